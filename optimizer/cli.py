@@ -1,0 +1,155 @@
+"""The `migopt` command line. Each command parses its input, calls `solver`/`optimizer`, and renders."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from optimizer.nvml_discovery import compare_gpu, load_nvml, read_gpus
+from optimizer.render import Output, console, emit_data, format_map, table
+from solver.catalog import GpuModel, load_catalog
+from solver.errors import MigoptError
+from solver.geometry import explain_map, feasible_maps, find_layout, maximal_maps
+
+app = typer.Typer(
+    name="migopt",
+    help="MIG geometry optimizer for Kubernetes GPU clusters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+GpuOption = Annotated[str, typer.Option("--gpu", help="GPU model: alias, GFD product, NVML name or PCI id.")]
+
+
+def _catalog_rows(model: GpuModel) -> list[list[object]]:
+    return [
+        [
+            p.name,
+            p.id,
+            p.compute_slices,
+            p.memory_slices,
+            p.memory_mib,
+            p.multiprocessors,
+            p.max_count,
+            "{" + ",".join(map(str, p.starts)) + f"}}:{p.memory_slices}",
+            ",".join(p.drift),
+        ]
+        for p in model.profiles
+    ]
+
+
+@app.command()
+def catalog(
+    gpu: Annotated[str | None, typer.Option("--gpu", help="Show one model (any of its names).")] = None,
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+    from_nvml: Annotated[
+        bool, typer.Option("--from-nvml", help="Compare this machine's GPUs with the catalog.")
+    ] = False,
+) -> None:
+    """The MIG profiles, placements and limits of every known GPU model."""
+    if from_nvml:
+        _compare_with_nvml(output)
+        return
+    models = [load_catalog().model(gpu)] if gpu else list(load_catalog().models)
+    if output is not Output.table:
+        emit_data([m.model_dump(mode="json") for m in models], output)
+        return
+    for model in models:
+        flags = f" (unverified: {', '.join(model.unverified)})" if model.unverified else ""
+        title = (
+            f"{model.key}: {model.product}, {model.compute_slices} compute / {model.memory_slices} memory slices{flags}"
+        )
+        columns = ["profile", "id", "g", "mem", "MiB", "SMs", "max", "placements", "driver names"]
+        console.print(table(title, columns, _catalog_rows(model)))
+
+
+def _compare_with_nvml(output: Output) -> None:
+    comparisons = [compare_gpu(gpu) for gpu in read_gpus(load_nvml())]
+    if output is not Output.table:
+        emit_data([c.model_dump(mode="json") for c in comparisons], output)
+    else:
+        for c in comparisons:
+            g = c.gpu
+            console.print(
+                f"GPU {g.index}: {g.name} ({g.pci_device_id}) → {c.model or 'not in catalog'}; "
+                f"MIG current={'on' if g.mig_current else 'off'} pending={'on' if g.mig_pending else 'off'}; "
+                f"{len(g.profiles)} profiles, {len(g.instances)} instances"
+            )
+            if c.differences:
+                rows = [[d.profile, d.field, d.catalog, d.nvml, d.severity] for d in c.differences]
+                console.print(table(None, ["profile", "field", "catalog", "nvml", "severity"], rows))
+            else:
+                console.print("  matches the catalog")
+            for problem in c.layout_problems:
+                console.print(f"  layout problem: {problem}")
+    if any(d.severity == "mismatch" for c in comparisons for d in c.differences):
+        raise typer.Exit(1)
+
+
+def _parse_map(text: str) -> dict[str, int]:
+    devices: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, count = part.partition("=")
+        if not sep or not count.strip().isdigit():
+            raise MigoptError(f"bad --check entry {part!r}: expected PROFILE=COUNT, e.g. 1g.5gb=2")
+        devices[name.strip()] = devices.get(name.strip(), 0) + int(count)
+    if not devices:
+        raise MigoptError("empty --check: expected PROFILE=COUNT[,PROFILE=COUNT…]")
+    return devices
+
+
+@app.command()
+def geometries(
+    gpu: GpuOption,
+    maximal: Annotated[bool, typer.Option("--maximal", help="Only maps no instance can be added to.")] = False,
+    check: Annotated[str | None, typer.Option("--check", help="Check one map, e.g. 1g.5gb=2,3g.20gb=1.")] = None,
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+) -> None:
+    """Every feasible `mig-devices` map of a GPU model, or whether one map is feasible (exit 0/1)."""
+    model = load_catalog().model(gpu)
+    if check is not None:
+        devices = _parse_map(check)
+        reason = explain_map(model, devices)
+        layout = find_layout(model, devices) if reason is None else None
+        if output is not Output.table:
+            emit_data(
+                {
+                    "gpu": model.key,
+                    "devices": devices,
+                    "feasible": reason is None,
+                    "reason": reason,
+                    "layout": [i.model_dump() for i in layout or []],
+                },
+                output,
+            )
+        elif layout is not None:
+            placed = " ".join(f"{i.profile}@{i.start}" for i in layout)
+            console.print(f"feasible on {model.key}: {format_map(devices)} (e.g. {placed})")
+        else:
+            console.print(f"infeasible on {model.key}: {format_map(devices)}: {reason}")
+        raise typer.Exit(0 if reason is None else 1)
+    maps = maximal_maps(model) if maximal else feasible_maps(model)
+    if output is not Output.table:
+        emit_data(maps, output)
+        return
+    rows = [
+        [i + 1, format_map(m), sum(model.profile(n).compute_slices * c for n, c in m.items())]
+        for i, m in enumerate(maps)
+    ]
+    console.print(
+        table(f"{model.key}: {len(maps)} {'maximal ' if maximal else ''}maps", ["#", "mig-devices", "compute"], rows)
+    )
+
+
+def main() -> None:
+    """Console-script entry: user errors become one line on stderr and exit code 2."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="level=%(levelname)s logger=%(name)s %(message)s")
+    try:
+        app()
+    except MigoptError as err:
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(2)
