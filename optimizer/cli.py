@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from optimizer.nvml_discovery import compare_gpu, load_nvml, read_gpus
-from optimizer.render import Output, console, emit_data, format_map, table
+from optimizer.render import Output, console, emit_data, format_map, render_plan, table
+from optimizer.snapshot_io import load_snapshot
 from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
 from solver.geometry import explain_map, feasible_maps, find_layout, maximal_maps
+from solver.plan import PlanPolicy
+from solver.planner import PolicyName, make_plan
 
 app = typer.Typer(
     name="migopt",
@@ -143,6 +147,41 @@ def geometries(
     console.print(
         table(f"{model.key}: {len(maps)} {'maximal ' if maximal else ''}maps", ["#", "mig-devices", "compute"], rows)
     )
+
+
+@app.command()
+def plan(
+    snapshot: Annotated[Path, typer.Option("--snapshot", help="Cluster snapshot, YAML or JSON.")],
+    policy: Annotated[str, typer.Option("--policy", help="optimal (CP-SAT) or greedy (baseline).")] = "optimal",
+    time_limit: Annotated[float, typer.Option("--time-limit", help="Solver time limit, seconds.")] = 2.0,
+    max_evictions: Annotated[int | None, typer.Option("--max-evictions", help="Cap on evicted pods.")] = None,
+    max_reconfigurations: Annotated[
+        int | None, typer.Option("--max-reconfigurations", help="Cap on reconfigured GPUs.")
+    ] = None,
+    protect_priority: Annotated[
+        int, typer.Option("--protect-priority", help="Never evict pods at or above this priority.")
+    ] = PlanPolicy().protect_priority,
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+) -> None:
+    """Plan the MIG geometry of every GPU for the pending pods of a snapshot."""
+    if policy not in ("optimal", "greedy"):
+        raise MigoptError(f"unknown --policy {policy!r}: expected optimal or greedy")
+    if time_limit <= 0 or (max_evictions is not None and max_evictions < 0):
+        raise MigoptError("--time-limit must be positive and --max-evictions non-negative")
+    if max_reconfigurations is not None and max_reconfigurations < 0:
+        raise MigoptError("--max-reconfigurations must be non-negative")
+    knobs = PlanPolicy(
+        time_limit_s=time_limit,
+        max_evictions=max_evictions,
+        max_reconfigurations=max_reconfigurations,
+        protect_priority=protect_priority,
+    )
+    name: PolicyName = "greedy" if policy == "greedy" else "optimal"
+    result = make_plan(load_snapshot(snapshot), knobs, name)
+    if output is Output.table:
+        render_plan(result)
+    else:
+        emit_data(result.model_dump(mode="json"), output)
 
 
 def main() -> None:

@@ -11,6 +11,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from solver.plan import Plan
+
 
 class Output(StrEnum):
     table = "table"
@@ -42,3 +44,27 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table
 def format_map(devices: dict[str, int]) -> str:
     """`{profile: count}` as the CLI's `1g.5gb=2,3g.20gb=1` form."""
     return ",".join(f"{name}={count}" for name, count in devices.items())
+
+
+def render_plan(plan: Plan) -> None:
+    """A plan for people: the summary, what changes per node and who is evicted, and why pods stay pending."""
+    o = plan.objectives
+    console.print(
+        f"plan: {plan.status} ({plan.policy}) in {plan.solve_seconds:.2f}s; served {o.served_pods} pods, "
+        f"weight {plan.objective} of bound {plan.bound} (gap {plan.gap:.2%}); evicts {o.evicted_pods} pods, "
+        f"reconfigures {o.reconfigured_gpus} GPUs on {o.touched_nodes} nodes; fragmentation {o.fragmentation} slices"
+    )
+    changes = [
+        [g.node, g.index, g.model, format_map(g.current) or "-", format_map(g.target) or "-", ", ".join(g.evict)]
+        for g in plan.gpus
+        if g.reconfigure
+    ]
+    if changes:
+        console.print(table("GPUs that change", ["node", "gpu", "model", "current", "target", "evict"], changes))
+    placed = [[p.pod, p.node, ", ".join(f"gpu{d.gpu}:{d.profile}" for d in p.devices)] for p in plan.placements]
+    if placed:
+        console.print(table("pods placed", ["pod", "node", "devices"], placed))
+    if plan.unplaced:
+        console.print(table("pods left pending", ["pod", "reason"], [[u.pod, u.reason] for u in plan.unplaced]))
+    for note in plan.notes:
+        console.print(f"note: {note}")

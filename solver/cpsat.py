@@ -1,0 +1,203 @@
+"""The cluster-wide MIG geometry integer program, solved with OR-Tools CP-SAT on the aggregated problem.
+
+Variables (all integer):
+  r[u]      members of unit u reconfigured (0 when its pods may not be evicted)
+  y[g, t]   reconfigured members of group g given target t;   sum_t y[g, t] = sum_{u in g} r[u]
+  s[d]      pods of pod group d served
+  z[d, P, k] devices of resource key k that group d takes from pool P (only pools d may use);
+            sum_P z[d, P, k] = request_d[k] * s[d]
+Capacity per pool P and key k:
+  sum_d z[d, P, k] <= sum_{u: pool P} keep_k(u) * (members(u) - r[u]) + sum_{g: pool P} sum_t cap_k(t) * y[g, t]
+Policy: sum_u evict_pods(u) r[u] <= max_evictions; sum_u gpus(u) r[u] <= max_reconfigurations.
+
+Lexicographic objective, solved in three stages, each fixing the previous optimum (or best found) as a bound:
+  1. maximise sum_d weight(d) s[d]                              (priority-weighted demand served)
+  2. minimise sum_u r[u] (evict_weight(u) * B + gpus(u))       (evictions by priority, then GPUs reconfigured;
+                                                                 B exceeds any possible GPU count)
+  3. minimise idle slices of kept and reconfigured members      (fragmentation)
+
+Pods asking for devices on one node are relaxed to draw from any pool they may use, so the stage-1 bound stays
+a valid upper bound; co-location is restored when the answer is disaggregated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ortools.sat.python import cp_model
+
+from solver.problem import PoolKey, Problem
+
+_STAGE_SHARE = (0.6, 0.5, 1.0)  # share of the time still left that each stage may use
+
+
+@dataclass
+class AggregateSolution:
+    reconfigured: dict[int, int]
+    targets: dict[int, list[int]]
+    served: dict[int, int]
+    allocation: dict[tuple[int, int, str], int]
+    proven_optimal: bool
+    objective: int
+    bound: int
+    solve_seconds: float
+    stage_status: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AggregateHint:
+    """A starting point (e.g. the greedy plan in aggregate form): members reconfigured and targets chosen."""
+
+    reconfigured: dict[int, int]
+    targets: dict[int, list[int]]
+    served: dict[int, int]
+
+
+class GeometryModel:
+    """Builds the CP-SAT model once; `solve` runs the three lexicographic stages."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.model = cp_model.CpModel()
+        self.pool_index = {pool: i for i, pool in enumerate(problem.pools)}
+        self._build()
+
+    def _build(self) -> None:
+        p, m = self.problem, self.model
+        in_group = {u for g in p.reconfig_groups for u in g.units}
+        self.r = {u: m.new_int_var(0, len(p.units[u].members), f"r{u}") for u in sorted(in_group)}
+        self.y = {
+            (gi, ti): m.new_int_var(0, sum(len(p.units[u].members) for u in g.units), f"y{gi}_{ti}")
+            for gi, g in enumerate(p.reconfig_groups)
+            for ti in range(len(g.targets))
+        }
+        for gi, g in enumerate(p.reconfig_groups):
+            m.add(sum(self.y[gi, ti] for ti in range(len(g.targets))) == sum(self.r[u] for u in g.units))
+
+        supply: dict[tuple[int, str], list[cp_model.LinearExprT]] = {}
+        for ui, unit in enumerate(p.units):
+            pool = self.pool_index[unit.pool]
+            for key, count in unit.keep_capacity:
+                kept = len(unit.members) - self.r[ui] if ui in self.r else len(unit.members)
+                supply.setdefault((pool, key), []).append(count * kept)
+        for gi, g in enumerate(p.reconfig_groups):
+            pool = self.pool_index[g.pool]
+            for ti, target in enumerate(g.targets):
+                for key, count in target.capacity:
+                    supply.setdefault((pool, key), []).append(count * self.y[gi, ti])
+
+        self.s = {di: m.new_int_var(0, len(d.demands), f"s{di}") for di, d in enumerate(p.pod_groups)}
+        self.z: dict[tuple[int, int, str], cp_model.IntVar] = {}
+        use: dict[tuple[int, str], list[cp_model.IntVar]] = {}
+        for di, d in enumerate(p.pod_groups):
+            pools = [self.pool_index[pool] for pool in p.pools if p.usable(d, pool)]
+            for key, count in d.resources:
+                offering = [pi for pi in pools if (pi, key) in supply]
+                if not offering:
+                    m.add(self.s[di] == 0)
+                    continue
+                terms = []
+                for pi in offering:
+                    var = m.new_int_var(0, count * len(d.demands), f"z{di}_{pi}_{key}")
+                    self.z[di, pi, key] = var
+                    use.setdefault((pi, key), []).append(var)
+                    terms.append(var)
+                m.add(sum(terms) == count * self.s[di])
+        for (pi, key), takers in use.items():
+            m.add(sum(takers) <= sum(supply[pi, key]))
+
+        policy = p.policy
+        if policy.max_evictions is not None:
+            m.add(sum(p.units[u].evict_pods * var for u, var in self.r.items()) <= policy.max_evictions)
+        if policy.max_reconfigurations is not None:
+            m.add(sum(p.units[u].gpus_per_member * var for u, var in self.r.items()) <= policy.max_reconfigurations)
+
+        self.served_weight = sum(d.weight * self.s[di] for di, d in enumerate(p.pod_groups))
+        big = 1 + sum(len(u.members) * u.gpus_per_member for u in p.units)
+        self.disruption = sum(
+            (p.units[u].evict_weight * big + p.units[u].gpus_per_member) * v for u, v in self.r.items()
+        )
+        frag_terms: list[cp_model.LinearExprT] = []
+        for ui, unit in enumerate(p.units):
+            kept = len(unit.members) - self.r[ui] if ui in self.r else len(unit.members)
+            frag_terms.append(unit.keep_fragmentation * kept)
+        for gi, g in enumerate(p.reconfig_groups):
+            frag_terms += [t.fragmentation * self.y[gi, ti] for ti, t in enumerate(g.targets)]
+        self.fragmentation = sum(frag_terms)
+
+    def hint(self, hint: AggregateHint) -> None:
+        self.model.clear_hints()  # type: ignore[no-untyped-call]
+        for u, var in self.r.items():
+            self.model.add_hint(var, hint.reconfigured.get(u, 0))
+        for (gi, ti), var in self.y.items():
+            self.model.add_hint(var, hint.targets.get(gi, [0] * (ti + 1))[ti])
+        for di, var in self.s.items():
+            self.model.add_hint(var, hint.served.get(di, 0))
+
+    def _hint_from(self, solver: cp_model.CpSolver) -> None:
+        self.model.clear_hints()  # type: ignore[no-untyped-call]
+        for var in [*self.r.values(), *self.y.values(), *self.s.values(), *self.z.values()]:
+            self.model.add_hint(var, solver.value(var))
+
+    def solve(self, time_limit_s: float, workers: int) -> AggregateSolution | None:
+        """Run the three stages within `time_limit_s`; None when not even stage 1 found a solution."""
+        started = time.perf_counter()
+        statuses: list[str] = []
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = workers
+        solver.parameters.random_seed = 0
+        objective = bound = 0
+        proven = False
+        answer: AggregateSolution | None = None
+        stages = (
+            (self.served_weight, True),
+            (self.disruption, False),
+            (self.fragmentation, False),
+        )
+        for stage, ((expression, maximise), share) in enumerate(zip(stages, _STAGE_SHARE, strict=True)):
+            left = time_limit_s - (time.perf_counter() - started)
+            if left <= 0.01 and answer is not None:
+                break
+            solver.parameters.max_time_in_seconds = max(left * share, 0.01)
+            if maximise:
+                self.model.maximize(expression)
+            else:
+                self.model.minimize(expression)
+            status = solver.solve(self.model)
+            statuses.append(solver.status_name(status))
+            if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                break
+            value = round(solver.objective_value)
+            if stage == 0:
+                objective, proven = value, status == cp_model.OPTIMAL
+                bound = int(solver.best_objective_bound + 1e-6)
+            answer = self._read(solver, objective, bound, proven, statuses)
+            self._hint_from(solver)
+            self.model.add(expression >= value) if maximise else self.model.add(expression <= value)
+        if answer is not None:
+            answer.solve_seconds = time.perf_counter() - started
+        return answer
+
+    def _read(
+        self, solver: cp_model.CpSolver, objective: int, bound: int, proven: bool, statuses: list[str]
+    ) -> AggregateSolution:
+        p = self.problem
+        return AggregateSolution(
+            reconfigured={u: solver.value(v) for u, v in self.r.items() if solver.value(v)},
+            targets={
+                gi: [solver.value(self.y[gi, ti]) for ti in range(len(g.targets))]
+                for gi, g in enumerate(p.reconfig_groups)
+            },
+            served={di: solver.value(v) for di, v in self.s.items() if solver.value(v)},
+            allocation={k: solver.value(v) for k, v in self.z.items() if solver.value(v)},
+            proven_optimal=proven,
+            objective=objective,
+            bound=bound,
+            solve_seconds=0.0,
+            stage_status=list(statuses),
+        )
+
+
+def pool_of(problem: Problem, index: int) -> PoolKey:
+    return problem.pools[index]

@@ -1,0 +1,140 @@
+"""From the aggregated answer (how many of each unit change, to what) back to concrete GPUs and pods.
+
+Deterministic: members, targets and pods are taken in sorted order, so the same snapshot gives the same plan.
+Reconfigurations are concentrated on nodes already being changed, to touch as few nodes as possible.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from solver.cpsat import AggregateSolution
+from solver.decisions import Decisions, Device, GpuRef, free_devices, resource_key
+from solver.demand import Demand
+from solver.problem import Member, PodGroup, PoolKey, Problem
+from solver.snapshot import NodeState
+
+FreeIndex = dict[tuple[int, str], list[Device]]  # (pool index, resource key) -> free devices, in order
+
+
+def _choose_members(problem: Problem, answer: AggregateSolution) -> dict[int, list[Member]]:
+    """Which members of each unit are reconfigured: prefer nodes already touched, then name order."""
+    touched: set[str] = set()
+    chosen: dict[int, list[Member]] = {}
+    for ui in sorted(answer.reconfigured, key=lambda u: (-answer.reconfigured[u], u)):
+        members = sorted(problem.units[ui].members, key=lambda m: (m.node not in touched, m.node, m.gpus))
+        chosen[ui] = members[: answer.reconfigured[ui]]
+        touched.update(m.node for m in chosen[ui])
+    return chosen
+
+
+def _targets(problem: Problem, answer: AggregateSolution, chosen: dict[int, list[Member]]) -> dict[Member, int]:
+    """Pair each group's reconfigured members (sorted) with its chosen targets (in target order)."""
+    result: dict[Member, int] = {}
+    for gi, group in enumerate(problem.reconfig_groups):
+        members = sorted((m for u in group.units for m in chosen.get(u, [])), key=lambda m: (m.node, m.gpus))
+        expanded = [ti for ti, count in enumerate(answer.targets.get(gi, [])) for _ in range(count)]
+        result.update(zip(members, expanded, strict=True))
+    return result
+
+
+def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) -> tuple[FreeIndex, dict[str, NodeState]]:
+    nodes = {n.name: n for n in problem.snapshot.nodes}
+    chosen = _choose_members(problem, answer)
+    target_of = _targets(problem, answer, chosen)
+    pool_index = {pool: i for i, pool in enumerate(problem.pools)}
+    group_of_unit = {u: gi for gi, g in enumerate(problem.reconfig_groups) for u in g.units}
+    free: FreeIndex = defaultdict(list)
+    for ui, unit in enumerate(problem.units):
+        for member in unit.members:
+            node = nodes[member.node]
+            gpus = [g for g in node.gpus if g.index in member.gpus]
+            ti = target_of.get(member)
+            if ti is None:
+                pool: PoolKey = unit.pool
+                targets: list[dict[str, int] | None] = [None] * len(gpus)
+            else:
+                pool = unit.reconfig_pool
+                devices = dict(problem.reconfig_groups[group_of_unit[ui]].targets[ti].devices)
+                targets = [devices] * len(gpus)
+                for gpu in gpus:
+                    decisions.targets[(node.name, gpu.index)] = devices
+            for gpu, target in zip(gpus, targets, strict=True):
+                for device in free_devices(node, gpu, target):
+                    free[pool_index[pool], resource_key(node, gpu, device.profile)].append(device)
+    return free, nodes
+
+
+def _take_on_one_node(demand: Demand, free: FreeIndex, pools: list[int]) -> list[Device] | None:
+    """All devices of one pod from a single node (the first in name order that has them), from allowed pools."""
+    by_node: dict[str, dict[str, list[tuple[int, Device]]]] = defaultdict(lambda: defaultdict(list))
+    for pi in pools:
+        for key, _ in demand.resources:
+            for device in free.get((pi, key), []):
+                by_node[device.node][key].append((pi, device))
+    for node in sorted(by_node):
+        offer = by_node[node]
+        if all(len(offer[key]) >= count for key, count in demand.resources):
+            taken = [(pi, key, device) for key, count in demand.resources for pi, device in offer[key][:count]]
+            for pi, key, device in taken:
+                free[pi, key].remove(device)
+            return [device for _, _, device in taken]
+    return None
+
+
+def _take_single(demand: Demand, free: FreeIndex, quota: dict[int, int], pools: list[int]) -> list[Device] | None:
+    """One device for a one-device pod: from a pool the IP allotted to its group while quota lasts, else any."""
+    key = demand.resources[0][0]
+    for pi in [p for p in pools if quota.get(p, 0) > 0] + pools:
+        devices = free.get((pi, key))
+        if devices:
+            quota[pi] = quota.get(pi, 0) - 1
+            return [devices.pop(0)]
+    return None
+
+
+def _place(problem: Problem, answer: AggregateSolution, free: FreeIndex, decisions: Decisions) -> None:
+    """Place the pods the IP serves (multi-device pods first), then let any other pod take what is left."""
+    waiting: list[tuple[PodGroup, Demand]] = []
+    multi_first = sorted(range(len(problem.pod_groups)), key=lambda di: problem.pod_groups[di].demands[0].devices == 1)
+    for di in multi_first:
+        group = problem.pod_groups[di]
+        pools = [pi for pi, pool in enumerate(problem.pools) if problem.usable(group, pool)]
+        quota = {pi: c for (d, pi, _), c in answer.allocation.items() if d == di}
+        for n, demand in enumerate(group.demands):
+            taken = None
+            if n < answer.served.get(di, 0):
+                single = demand.devices == 1
+                taken = _take_single(demand, free, quota, pools) if single else _take_on_one_node(demand, free, pools)
+            if taken is None:
+                waiting.append((group, demand))
+            else:
+                decisions.placements[demand.pod.name] = taken
+    for group, demand in sorted(waiting, key=lambda gd: (-gd[0].weight, gd[1].pod.name)):
+        pools = [pi for pi, pool in enumerate(problem.pools) if problem.usable(group, pool)]
+        taken = _take_on_one_node(demand, free, pools)
+        if taken is not None:
+            decisions.placements[demand.pod.name] = taken
+
+
+def _drop_idle_reconfigurations(problem: Problem, decisions: Decisions) -> None:
+    """A reconfigured GPU that ends up serving no pod is left as it is: no disruption for nothing."""
+    used: set[GpuRef] = {(d.node, d.gpu) for devices in decisions.placements.values() for d in devices}
+    nodes = {n.name: n for n in problem.snapshot.nodes}
+    for ref in sorted(decisions.targets):
+        node = nodes[ref[0]]
+        if node.strategy == "single":
+            refs = [(node.name, g.index) for g in node.gpus]
+            if not any(r in used for r in refs):
+                for r in refs:
+                    decisions.targets.pop(r, None)
+        elif ref not in used:
+            del decisions.targets[ref]
+
+
+def disaggregate(problem: Problem, answer: AggregateSolution) -> Decisions:
+    decisions = Decisions()
+    free, _ = _index(problem, answer, decisions)
+    _place(problem, answer, free, decisions)
+    _drop_idle_reconfigurations(problem, decisions)
+    return decisions

@@ -1,0 +1,91 @@
+"""Why a pending pod is not placed by a plan, in words a person can act on.
+
+Reasons are checked from the most structural (no such GPU anywhere) to the most circumstantial (others got the
+capacity first), and cached per (request, eligibility, priority) so a large cluster is walked once per kind of
+pod, not once per pod.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from solver.catalog import load_catalog
+from solver.demand import Demand, rejection
+from solver.plan import PlanPolicy
+from solver.snapshot import ClusterSnapshot, GpuState, NodeState
+
+_FILTER_WORDS = {
+    "selector": "fail its node selector",
+    "affinity": "fail its required node affinity",
+    "taint": "have taints it does not tolerate",
+    "cordoned": "are cordoned",
+    "strategy": "use another MIG strategy",
+}
+
+
+class Explainer:
+    def __init__(self, snapshot: ClusterSnapshot, policy: PlanPolicy, evicted: int, reconfigured: int) -> None:
+        self.snapshot = snapshot
+        self.policy = policy
+        self.evicted = evicted
+        self.reconfigured = reconfigured
+        self._cache: dict[tuple[object, ...], str] = {}
+
+    def reason(self, demand: Demand) -> str:
+        key = (demand.eligibility_key, demand.resources, demand.pod.priority)
+        if key not in self._cache:
+            self._cache[key] = self._reason(demand)
+        return self._cache[key]
+
+    def _capable(self, node: NodeState, gpu: GpuState, demand: Demand) -> bool:
+        model = gpu.gpu_model
+        if demand.kind == "single":
+            return all(k.split(":")[1] == model.key for k, _ in demand.resources)
+        return any(model.has_profile(k) for k, _ in demand.resources)
+
+    def _reason(self, demand: Demand) -> str:
+        wanted = ", ".join(f"{c}x {k.rsplit(':', 1)[-1]}" for k, c in demand.resources)
+        capable = [n for n in self.snapshot.nodes if any(self._capable(n, g, demand) for g in n.gpus)]
+        if not capable:
+            profiles = [k.rsplit(":", 1)[-1] for k, _ in demand.resources]
+            models = [m.key for m in load_catalog().models if any(m.has_profile(p) for p in profiles)]
+            return f"no GPU in the cluster offers {wanted} (GPU models with it: {', '.join(models)})"
+        verdicts = {n.name: rejection(n, demand) for n in capable}
+        eligible = [n for n in capable if verdicts[n.name] is None]
+        if not eligible:
+            counts = Counter(v for v in verdicts.values() if v)
+            parts = [f"{c} {_FILTER_WORDS[v]}" for v, c in counts.most_common()]
+            return f"no node with GPUs offering {wanted} accepts the pod: " + ", ".join(parts)
+        gpus = [g for n in eligible for g in n.gpus if self._capable(n, g, demand)]
+        names = {k.rsplit(":", 1)[-1] for k, _ in demand.resources}
+        free = [g for g in gpus if any(not i.pod and g.gpu_model.profile(i.profile).name in names for i in g.instances)]
+        behind_priority = behind_protected = reconfigurable = 0
+        for gpu in gpus:
+            if gpu in free:
+                continue
+            holders = [self.snapshot.running_pod(p) for p in gpu.holders]
+            if any(not p.evictable or p.priority >= self.policy.protect_priority for p in holders):
+                behind_protected += 1
+            elif any(p.priority >= demand.pod.priority for p in holders):
+                behind_priority += 1
+            else:
+                reconfigurable += 1
+        if not free and not reconfigurable:
+            return (
+                f"capacity for {wanted} exists only behind evicting pods of equal or higher priority "
+                f"({behind_priority} GPUs) or protected pods ({behind_protected} GPUs)"
+            )
+        caps = []
+        if self.policy.max_evictions is not None and self.evicted >= self.policy.max_evictions:
+            caps.append(f"eviction cap ({self.policy.max_evictions}) reached")
+        if self.policy.max_reconfigurations is not None and self.reconfigured >= self.policy.max_reconfigurations:
+            caps.append(f"reconfiguration cap ({self.policy.max_reconfigurations}) reached")
+        if caps:
+            return "; ".join(caps)
+        if demand.devices > 1:
+            return f"no eligible node has all of {wanted} free together after this plan"
+        return (
+            f"the free or freeable capacity for {wanted} on {len(gpus)} eligible GPUs ({len(eligible)} nodes) "
+            f"went to pending pods of higher weight, or may be freed only by evicting pods of equal or "
+            f"higher priority ({behind_priority} GPUs)"
+        )

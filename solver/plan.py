@@ -1,0 +1,79 @@
+"""What a planner returns (the architecture guide's plan contract) and the knobs a plan is made under."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+PlanStatus = Literal["optimal", "feasible", "greedy", "greedy-fallback", "empty"]
+
+
+class PlanPolicy(BaseModel):
+    """Limits and weights of one planning run. Defaults are what `migopt plan` uses."""
+
+    time_limit_s: float = Field(default=2.0, gt=0, description="CP-SAT wall-clock limit for the whole plan")
+    protect_priority: int = Field(
+        default=1_000_000_000, description="running pods at or above this priority are never evicted"
+    )
+    max_evictions: int | None = Field(default=None, ge=0, description="cap on pods evicted by one plan")
+    max_reconfigurations: int | None = Field(default=None, ge=0, description="cap on GPUs reconfigured by one plan")
+    workers: int = Field(default=1, ge=1, description="CP-SAT workers; 1 keeps plans reproducible")
+
+
+class DeviceAssignment(BaseModel):
+    gpu: int
+    profile: str
+    start: int
+
+
+class PodPlacement(BaseModel):
+    pod: str
+    node: str
+    devices: list[DeviceAssignment]
+
+
+class GpuPlan(BaseModel):
+    node: str
+    index: int
+    model: str
+    current: dict[str, int]
+    target: dict[str, int]
+    reconfigure: bool
+    evict: list[str] = []
+    layout: list[tuple[str, int]] = Field(default=[], description="target placements (profile, start)")
+
+
+class UnplacedPod(BaseModel):
+    pod: str
+    reason: str
+
+
+class ObjectiveBreakdown(BaseModel):
+    """The lexicographic objective's terms: (1) served, then (2) disruption, then (3) fragmentation."""
+
+    served_weight: int = Field(description="priority-weighted compute slices of pending pods served")
+    served_pods: int
+    evicted_weight: int = Field(description="priority-weighted evicted pods")
+    evicted_pods: int
+    reconfigured_gpus: int
+    touched_nodes: int
+    fragmentation: int = Field(description="free compute slices no pending request could use")
+
+
+class Plan(BaseModel):
+    status: PlanStatus
+    policy: Literal["optimal", "greedy"]
+    solve_seconds: float
+    objective: int = Field(description="served_weight of the returned plan (the primary objective)")
+    bound: int = Field(description="proven upper bound on served_weight")
+    gap: float = Field(description="(bound - objective) / bound, 0 when bound is 0")
+    objectives: ObjectiveBreakdown
+    gpus: list[GpuPlan]
+    placements: list[PodPlacement]
+    unplaced: list[UnplacedPod]
+    notes: list[str] = []
+
+    @property
+    def evictions(self) -> list[str]:
+        return sorted({pod for gpu in self.gpus for pod in gpu.evict})

@@ -1,0 +1,235 @@
+"""The cluster snapshot the planner reads: nodes, their GPUs and MIG layouts, running and pending pods.
+
+The shape is the architecture guide's contract (`migopt plan --snapshot FILE`), extended with what planning
+needs to be safe: taints, affinity, tolerations, running pods' priorities and whether they may be evicted.
+Parsing validates everything a user can get wrong and reports it on one line naming the node, GPU or pod.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import cached_property
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from solver.catalog import GpuModel, load_catalog
+from solver.errors import MigoptError
+from solver.geometry import Instance, check_layout
+from solver.profiles import MIG_RESOURCE_PREFIX, profile_from_resource
+
+GPU_RESOURCE = "nvidia.com/gpu"
+PRODUCT_LABEL = "nvidia.com/gpu.product"
+STRATEGY_LABEL = "nvidia.com/mig.strategy"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InstanceState(_Strict):
+    """One MIG instance of a GPU's current layout; `pod` names the pod holding it, absent when free."""
+
+    profile: str
+    start: int = Field(ge=0)
+    pod: str | None = None
+
+
+class GpuState(_Strict):
+    index: int = Field(ge=0)
+    model: str
+    instances: list[InstanceState] = []
+
+    @cached_property
+    def gpu_model(self) -> GpuModel:
+        return load_catalog().model(self.model)
+
+    @property
+    def layout(self) -> list[Instance]:
+        return [Instance(profile=self.gpu_model.profile(i.profile).name, start=i.start) for i in self.instances]
+
+    @property
+    def holders(self) -> set[str]:
+        """The pods holding an instance of this GPU."""
+        return {i.pod for i in self.instances if i.pod}
+
+
+class Taint(_Strict):
+    key: str
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+
+
+class Toleration(_Strict):
+    key: str = ""
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = ""
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+
+
+class NodeSelectorRequirement(_Strict):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: list[str] = []
+
+
+class NodeSelectorTerm(_Strict):
+    """Requirements that must all hold; a pod's terms are alternatives (Kubernetes' required node affinity)."""
+
+    match_expressions: list[NodeSelectorRequirement] = Field(default=[], alias="matchExpressions")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class NodeState(_Strict):
+    name: str = Field(min_length=1)
+    labels: dict[str, str] = {}
+    taints: list[Taint] = []
+    unschedulable: bool = False
+    gpus: list[GpuState] = []
+
+    @property
+    def strategy(self) -> Literal["mixed", "single"]:
+        """The device plugin's MIG strategy on this node (GFD's label; `mixed` when absent)."""
+        return "single" if self.labels.get(STRATEGY_LABEL) == "single" else "mixed"
+
+
+class RunningPod(_Strict):
+    """A pod holding MIG instances: what evicting it costs and whether it may be evicted at all."""
+
+    name: str
+    priority: int = 0
+    evictable: bool = True
+
+
+class PendingPod(_Strict):
+    name: str = Field(min_length=1)
+    requests: dict[str, int]
+    priority: int = 0
+    node_selector: dict[str, str] = {}
+    node_affinity: list[NodeSelectorTerm] = []
+    tolerations: list[Toleration] = []
+
+    @field_validator("requests")
+    @classmethod
+    def _counts_positive(cls, requests: dict[str, int]) -> dict[str, int]:
+        for resource, count in requests.items():
+            if count < 0:
+                raise ValueError(f"negative count {count} for {resource}")
+        return {r: c for r, c in requests.items() if c > 0}
+
+    @property
+    def mig_requests(self) -> dict[str, int]:
+        """Mixed-strategy requests as profile → count."""
+        return {
+            profile_from_resource(r): c for r, c in sorted(self.requests.items()) if r.startswith(MIG_RESOURCE_PREFIX)
+        }
+
+    @property
+    def single_product(self) -> str | None:
+        """The `<model>-MIG-<profile>` product a single-strategy request (`nvidia.com/gpu`) selects, if any."""
+        product = self.node_selector.get(PRODUCT_LABEL, "")
+        return product if self.requests.get(GPU_RESOURCE) and "-MIG-" in product else None
+
+
+class ClusterSnapshot(_Strict):
+    nodes: list[NodeState] = []
+    pods: list[PendingPod] = []
+    running: list[RunningPod] = []
+
+    @cached_property
+    def running_by_name(self) -> dict[str, RunningPod]:
+        return {p.name: p for p in self.running}
+
+    def running_pod(self, name: str) -> RunningPod:
+        """A pod named in a layout; pods the snapshot does not describe count as priority 0, evictable."""
+        return self.running_by_name.get(name) or RunningPod(name=name)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterSnapshot:
+        _check_unique([n.name for n in self.nodes], "node")
+        _check_unique([p.name for p in self.pods], "pending pod")
+        return self
+
+
+def _check_unique(names: list[str], what: str) -> None:
+    duplicated = [n for n, c in Counter(names).items() if c > 1]
+    if duplicated:
+        raise ValueError(f"duplicate {what} name {duplicated[0]!r}")
+
+
+def split_single_product(product: str) -> tuple[GpuModel, str]:
+    """`NVIDIA-A100-SXM4-40GB-MIG-1g.5gb` → (the A100-40GB model, `1g.5gb`)."""
+    model_part, _, profile_part = product.rpartition("-MIG-")
+    model = load_catalog().model(model_part)
+    return model, model.profile(profile_part).name
+
+
+def _location(data: Any, loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as `nodes[node-1].gpus[0].model`, naming items by their name where they have one."""
+    parts: list[str] = []
+    current = data
+    for step in loc:
+        if isinstance(step, int) and isinstance(current, list) and step < len(current):
+            current = current[step]
+            label = current.get("name", current.get("index", step)) if isinstance(current, dict) else step
+            parts[-1] += f"[{label}]"
+        else:
+            current = current.get(step) if isinstance(current, dict) else None
+            parts.append(str(step))
+    return ".".join(parts)
+
+
+def parse_snapshot(data: Any) -> ClusterSnapshot:
+    """Validate raw snapshot data (from YAML/JSON), including catalog facts, with one-line errors."""
+    if not isinstance(data, dict):
+        raise MigoptError("snapshot: expected a mapping with 'nodes' and 'pods'")
+    try:
+        snapshot = ClusterSnapshot.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = _location(data, tuple(first["loc"])) or "snapshot"
+        raise MigoptError(f"snapshot: {where}: {first['msg']}") from None
+    for node in snapshot.nodes:
+        _check_node(node)
+    for pod in snapshot.pods:
+        _check_pod(pod)
+    return snapshot
+
+
+def _check_node(node: NodeState) -> None:
+    _check_unique_indices(node)
+    for gpu in node.gpus:
+        where = f"snapshot: nodes[{node.name}].gpus[{gpu.index}]"
+        try:
+            problems = check_layout(gpu.gpu_model, gpu.layout)
+        except MigoptError as err:
+            raise MigoptError(f"{where}: {err}") from None
+        if problems:
+            raise MigoptError(f"{where}.instances: infeasible layout: {problems[0]}")
+
+
+def _check_unique_indices(node: NodeState) -> None:
+    indices = [g.index for g in node.gpus]
+    if len(set(indices)) != len(indices):
+        raise MigoptError(f"snapshot: nodes[{node.name}].gpus: duplicate GPU index")
+
+
+def _check_pod(pod: PendingPod) -> None:
+    where = f"snapshot: pods[{pod.name}]"
+    try:
+        mig = pod.mig_requests
+        product = pod.single_product
+        if product is not None:
+            split_single_product(product)
+    except MigoptError as err:
+        raise MigoptError(f"{where}.requests: {err}") from None
+    catalog = load_catalog()
+    for profile in mig:
+        if not any(m.has_profile(profile) for m in catalog.models):
+            raise MigoptError(f"{where}.requests: no GPU model in the catalog has MIG profile {profile!r}")
+    if not mig and product is None:
+        raise MigoptError(
+            f"{where}.requests: no MIG request (expected nvidia.com/mig-<profile>, or nvidia.com/gpu with a "
+            f"{PRODUCT_LABEL}=<model>-MIG-<profile> node selector)"
+        )

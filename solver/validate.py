@@ -1,0 +1,99 @@
+"""Independent checks that a plan is safe to act on. Run on every plan before it is returned, and by the tests.
+
+A plan is valid when: every target is a feasible map of its GPU's model; a GPU that changes evicts exactly the
+pods holding its instances and a GPU that stays evicts nobody; no protected pod is evicted; policy caps hold;
+every placed pod gets exactly the devices it asked for, on one node that accepts it, from devices that exist
+and are free after the plan, none given twice; capacity freed by evicting pods of priority P serves only
+pods above P; and every pending pod is either placed or explained.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from solver.decisions import free_devices, resource_key
+from solver.demand import Demand, demands, rejection, weights_for
+from solver.geometry import find_layout
+from solver.plan import GpuPlan, Plan, PlanPolicy, PodPlacement
+from solver.snapshot import ClusterSnapshot, NodeState
+
+
+def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> list[str]:
+    """Every way the plan breaks the rules above (empty when it is valid)."""
+    problems: list[str] = []
+    nodes = {n.name: n for n in snapshot.nodes}
+    gpu_plans = {(g.node, g.index): g for g in plan.gpus}
+    available: Counter[tuple[str, int, str, int]] = Counter()
+    tier: dict[tuple[str, int], int] = {}
+    for node in snapshot.nodes:
+        for gpu in node.gpus:
+            gp = gpu_plans.get((node.name, gpu.index))
+            if gp is None:
+                problems.append(f"{node.name}/{gpu.index}: missing from plan")
+                continue
+            if gp.reconfigure:
+                if find_layout(gpu.gpu_model, gp.target) is None:
+                    problems.append(f"{node.name}/{gpu.index}: target {gp.target} infeasible on {gpu.gpu_model.key}")
+                    continue
+                if sorted(gpu.holders) != sorted(gp.evict):
+                    problems.append(f"{node.name}/{gpu.index}: evicts {gp.evict}, holders are {sorted(gpu.holders)}")
+                holders = [snapshot.running_pod(p) for p in gpu.holders]
+                if any(not p.evictable or p.priority >= policy.protect_priority for p in holders):
+                    problems.append(f"{node.name}/{gpu.index}: evicts a protected pod")
+                if holders:
+                    tier[node.name, gpu.index] = max(p.priority for p in holders)
+            elif gp.evict:
+                problems.append(f"{node.name}/{gpu.index}: evicts {gp.evict} without reconfiguring")
+            target = gp.target if gp.reconfigure else None
+            for device in free_devices(node, gpu, target):
+                available[node.name, gpu.index, device.profile, device.start if target is None else -1] += 1
+    evicted = {p for g in plan.gpus for p in g.evict}
+    if policy.max_evictions is not None and len(evicted) > policy.max_evictions:
+        problems.append(f"{len(evicted)} evictions exceed the cap of {policy.max_evictions}")
+    reconfigured = sum(g.reconfigure for g in plan.gpus)
+    if policy.max_reconfigurations is not None and reconfigured > policy.max_reconfigurations:
+        problems.append(f"{reconfigured} reconfigurations exceed the cap of {policy.max_reconfigurations}")
+
+    pending = {d.pod.name: d for d in demands(snapshot, weights_for(snapshot))}
+    for placement in plan.placements:
+        problems += _placement_problems(placement, pending.get(placement.pod), nodes, gpu_plans, available, tier)
+    placed = {p.pod for p in plan.placements}
+    unplaced = {u.pod for u in plan.unplaced}
+    if placed & unplaced or (placed | unplaced) != set(pending) or len(plan.placements) != len(placed):
+        problems.append("pending pods are not each either placed once or explained")
+    return problems
+
+
+def _placement_problems(
+    placement: PodPlacement,
+    demand: Demand | None,
+    nodes: dict[str, NodeState],
+    gpu_plans: dict[tuple[str, int], GpuPlan],
+    available: Counter[tuple[str, int, str, int]],
+    tier: dict[tuple[str, int], int],
+) -> list[str]:
+    """One pod's placement: right node, right devices, free ones, not from higher-priority evictions."""
+    node = nodes.get(placement.node)
+    if demand is None or node is None:
+        return [f"{placement.pod}: placed but not pending, or on an unknown node"]
+    problems = []
+    why = rejection(node, demand)
+    if why is not None:
+        problems.append(f"{placement.pod}: node {node.name} rejects it ({why})")
+    got: Counter[str] = Counter()
+    for device in placement.devices:
+        gpu = next((g for g in node.gpus if g.index == device.gpu), None)
+        gp = gpu_plans.get((node.name, device.gpu))
+        if gpu is None or gp is None:
+            problems.append(f"{placement.pod}: no GPU {device.gpu} on {node.name}")
+            continue
+        slot = (node.name, device.gpu, device.profile, -1 if gp.reconfigure else device.start)
+        if available[slot] <= 0:
+            problems.append(f"{placement.pod}: {device.profile} on {node.name}/{device.gpu} is not free")
+        available[slot] -= 1
+        got[resource_key(node, gpu, device.profile)] += 1
+        if tier.get((node.name, device.gpu), -(2**63)) >= demand.pod.priority:
+            problems.append(f"{placement.pod}: takes capacity freed by evicting pods of higher or equal priority")
+    if got != Counter(dict(demand.resources)):
+        problems.append(f"{placement.pod}: got {dict(got)}, asked for {dict(demand.resources)}")
+    return problems
