@@ -6,8 +6,6 @@ equal to the current map is no change at all (mig-parted leaves such a GPU untou
 
 from __future__ import annotations
 
-from collections import Counter
-
 from solver.decisions import Decisions, resource_key
 from solver.demand import Demand
 from solver.explain import Explainer
@@ -25,13 +23,8 @@ from solver.problem import Problem
 from solver.snapshot import GpuState, NodeState
 
 
-def current_map(gpu: GpuState) -> dict[str, int]:
-    counts = Counter(gpu.gpu_model.profile(i.profile).name for i in gpu.instances)
-    return {p.name: counts[p.name] for p in gpu.gpu_model.profiles if counts[p.name]}
-
-
 def _gpu_plan(node: NodeState, gpu: GpuState, decisions: Decisions) -> GpuPlan:
-    current = current_map(gpu)
+    current = gpu.mig_devices
     target = decisions.targets.get((node.name, gpu.index), current)
     target = {n: c for n, c in target.items() if c}
     change = target != current

@@ -8,6 +8,7 @@ Variables (all integer):
             sum_P z[d, P, k] = request_d[k] * s[d]
 Capacity per pool P and key k:
   sum_d z[d, P, k] <= sum_{u: pool P} keep_k(u) * (members(u) - r[u]) + sum_{g: pool P} sum_t cap_k(t) * y[g, t]
+A member already at target t cannot "change" to it: y[g, t] <= sum of r[u] over units of g not at t.
 Policy: sum_u evict_pods(u) r[u] <= max_evictions; sum_u gpus(u) r[u] <= max_reconfigurations.
 
 Lexicographic objective, solved in three stages, each fixing the previous optimum (or best found) as a bound:
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
-from solver.problem import PoolKey, Problem
+from solver.problem import Problem
 
 _STAGE_SHARE = (0.6, 0.5, 1.0)  # share of the time still left that each stage may use
 
@@ -45,20 +46,13 @@ class AggregateSolution:
     stage_status: list[str] = field(default_factory=list)
 
 
-@dataclass
-class AggregateHint:
-    """A starting point (e.g. the greedy plan in aggregate form): members reconfigured and targets chosen."""
-
-    reconfigured: dict[int, int]
-    targets: dict[int, list[int]]
-    served: dict[int, int]
-
-
 class GeometryModel:
     """Builds the CP-SAT model once; `solve` runs the three lexicographic stages."""
 
-    def __init__(self, problem: Problem) -> None:
+    def __init__(self, problem: Problem, served_caps: dict[int, int] | None = None) -> None:
+        """`served_caps` bounds pods served per pod group (used to re-solve after co-location failed)."""
         self.problem = problem
+        self.served_caps = served_caps or {}
         self.model = cp_model.CpModel()
         self.pool_index = {pool: i for i, pool in enumerate(problem.pools)}
         self._build()
@@ -74,6 +68,12 @@ class GeometryModel:
         }
         for gi, g in enumerate(p.reconfig_groups):
             m.add(sum(self.y[gi, ti] for ti in range(len(g.targets))) == sum(self.r[u] for u in g.units))
+            for ti, target in enumerate(g.targets):
+                # a member already at target t does not change (mig-parted skips it), so only others may take t;
+                # each member excludes one target at most, so these bounds make an assignment exist (Hall)
+                if any(p.units[u].current == target.as_current for u in g.units):
+                    others = [self.r[u] for u in g.units if p.units[u].current != target.as_current]
+                    m.add(self.y[gi, ti] <= sum(others))
 
         supply: dict[tuple[int, str], list[cp_model.LinearExprT]] = {}
         for ui, unit in enumerate(p.units):
@@ -87,7 +87,10 @@ class GeometryModel:
                 for key, count in target.capacity:
                     supply.setdefault((pool, key), []).append(count * self.y[gi, ti])
 
-        self.s = {di: m.new_int_var(0, len(d.demands), f"s{di}") for di, d in enumerate(p.pod_groups)}
+        self.s = {
+            di: m.new_int_var(0, min(len(d.demands), self.served_caps.get(di, len(d.demands))), f"s{di}")
+            for di, d in enumerate(p.pod_groups)
+        }
         self.z: dict[tuple[int, int, str], cp_model.IntVar] = {}
         use: dict[tuple[int, str], list[cp_model.IntVar]] = {}
         for di, d in enumerate(p.pod_groups):
@@ -126,14 +129,15 @@ class GeometryModel:
             frag_terms += [t.fragmentation * self.y[gi, ti] for ti, t in enumerate(g.targets)]
         self.fragmentation = sum(frag_terms)
 
-    def hint(self, hint: AggregateHint) -> None:
+    def hint(self, previous: AggregateSolution) -> None:
+        """Start from an earlier answer (its served counts clipped to this model's caps)."""
         self.model.clear_hints()  # type: ignore[no-untyped-call]
         for u, var in self.r.items():
-            self.model.add_hint(var, hint.reconfigured.get(u, 0))
+            self.model.add_hint(var, previous.reconfigured.get(u, 0))
         for (gi, ti), var in self.y.items():
-            self.model.add_hint(var, hint.targets.get(gi, [0] * (ti + 1))[ti])
+            self.model.add_hint(var, previous.targets.get(gi, [0] * (ti + 1))[ti])
         for di, var in self.s.items():
-            self.model.add_hint(var, hint.served.get(di, 0))
+            self.model.add_hint(var, min(previous.served.get(di, 0), self.served_caps.get(di, 10**9)))
 
     def _hint_from(self, solver: cp_model.CpSolver) -> None:
         self.model.clear_hints()  # type: ignore[no-untyped-call]
@@ -197,7 +201,3 @@ class GeometryModel:
             solve_seconds=0.0,
             stage_status=list(statuses),
         )
-
-
-def pool_of(problem: Problem, index: int) -> PoolKey:
-    return problem.pools[index]

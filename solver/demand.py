@@ -52,11 +52,12 @@ class Demand(BaseModel):
 
     @property
     def eligibility_key(self) -> tuple[object, ...]:
-        """Everything that decides which nodes may run the pod, and nothing else."""
+        """Everything that decides which nodes may run the pod: its filters, and its request when that narrows the
+        nodes further (single-strategy products; several devices, which must all be on one node)."""
         selector = tuple(sorted((k, v) for k, v in self.pod.node_selector.items() if not self._is_product_key(k)))
         return (
             self.kind,
-            self.resources if self.kind == "single" else (),
+            self.resources if self.kind == "single" or self.devices > 1 else (),
             selector,
             tuple(t.model_dump_json() for t in self.pod.node_affinity),
             tuple(sorted(t.model_dump_json() for t in self.pod.tolerations)),

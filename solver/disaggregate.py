@@ -29,13 +29,50 @@ def _choose_members(problem: Problem, answer: AggregateSolution) -> dict[int, li
 
 
 def _targets(problem: Problem, answer: AggregateSolution, chosen: dict[int, list[Member]]) -> dict[Member, int]:
-    """Pair each group's reconfigured members (sorted) with its chosen targets (in target order)."""
+    """Give each group's reconfigured members (sorted) the chosen targets, never a member its own current map."""
     result: dict[Member, int] = {}
     for gi, group in enumerate(problem.reconfig_groups):
-        members = sorted((m for u in group.units for m in chosen.get(u, [])), key=lambda m: (m.node, m.gpus))
-        expanded = [ti for ti, count in enumerate(answer.targets.get(gi, [])) for _ in range(count)]
-        result.update(zip(members, expanded, strict=True))
+        members = sorted(
+            ((m, problem.units[u].current) for u in group.units for m in chosen.get(u, [])),
+            key=lambda mc: (mc[0].node, mc[0].gpus),
+        )
+        forbidden = [
+            next((ti for ti, t in enumerate(group.targets) if t.as_current == current), -1) for _, current in members
+        ]
+        assignment = _assign(forbidden, list(answer.targets.get(gi, [])))
+        result.update((member, ti) for (member, _), ti in zip(members, assignment, strict=True))
     return result
+
+
+def _assign(forbidden: list[int], capacity: list[int]) -> list[int]:
+    """A target per member (member i may not take `forbidden[i]`) using exactly `capacity[t]` of each target.
+
+    Augmenting paths over target types (Kuhn's algorithm with capacities); the IP's bounds guarantee success.
+    """
+    owner: list[list[int]] = [[] for _ in capacity]
+    taken = [-1] * len(forbidden)
+
+    def augment(member: int, seen: set[int]) -> bool:
+        for t in range(len(capacity)):
+            if t == forbidden[member] or t in seen or not capacity[t]:
+                continue
+            seen.add(t)
+            if len(owner[t]) < capacity[t]:
+                owner[t].append(member)
+                taken[member] = t
+                return True
+            for other in list(owner[t]):
+                if augment(other, seen):
+                    owner[t].remove(other)
+                    owner[t].append(member)
+                    taken[member] = t
+                    return True
+        return False
+
+    for member in range(len(forbidden)):
+        if not augment(member, set()):
+            raise ValueError("no assignment of targets to members exists")
+    return taken
 
 
 def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) -> tuple[FreeIndex, dict[str, NodeState]]:
@@ -94,10 +131,11 @@ def _take_single(demand: Demand, free: FreeIndex, quota: dict[int, int], pools: 
 
 
 def _place(problem: Problem, answer: AggregateSolution, free: FreeIndex, decisions: Decisions) -> None:
-    """Place the pods the IP serves (multi-device pods first), then let any other pod take what is left."""
+    """Place the pods the IP serves, one-device pods first, as the IP allotted them; then several-device pods,
+    whose co-location the IP relaxed; then let any other pod take what is left."""
     waiting: list[tuple[PodGroup, Demand]] = []
-    multi_first = sorted(range(len(problem.pod_groups)), key=lambda di: problem.pod_groups[di].demands[0].devices == 1)
-    for di in multi_first:
+    single_first = sorted(range(len(problem.pod_groups)), key=lambda di: problem.pod_groups[di].demands[0].devices > 1)
+    for di in single_first:
         group = problem.pod_groups[di]
         pools = [pi for pi, pool in enumerate(problem.pools) if problem.usable(group, pool)]
         quota = {pi: c for (d, pi, _), c in answer.allocation.items() if d == di}

@@ -43,11 +43,20 @@ class Explainer:
             return all(k.split(":")[1] == model.key for k, _ in demand.resources)
         return any(model.has_profile(k) for k, _ in demand.resources)
 
+    def _node_capable(self, node: NodeState, demand: Demand) -> bool:
+        """Some GPU of the node offers each requested profile (all of a pod's devices must be on one node)."""
+        return all(
+            any(self._capable(node, g, demand.model_copy(update={"resources": ((k, c),)})) for g in node.gpus)
+            for k, c in demand.resources
+        )
+
     def _reason(self, demand: Demand) -> str:
         wanted = ", ".join(f"{c}x {k.rsplit(':', 1)[-1]}" for k, c in demand.resources)
-        capable = [n for n in self.snapshot.nodes if any(self._capable(n, g, demand) for g in n.gpus)]
+        capable = [n for n in self.snapshot.nodes if self._node_capable(n, demand)]
         if not capable:
             profiles = [k.rsplit(":", 1)[-1] for k, _ in demand.resources]
+            if len(profiles) > 1:
+                return f"no node has GPUs offering all of {wanted}; a pod's devices must all be on one node"
             models = [m.key for m in load_catalog().models if any(m.has_profile(p) for p in profiles)]
             return f"no GPU in the cluster offers {wanted} (GPU models with it: {', '.join(models)})"
         verdicts = {n.name: rejection(n, demand) for n in capable}

@@ -43,6 +43,11 @@ class Target:
     capacity: Capacity  # resource key -> devices per member
     fragmentation: int
 
+    @property
+    def as_current(self) -> tuple[tuple[str, int], ...]:
+        """The map in `Unit.current`'s form: a member already holding it would not change at all."""
+        return tuple(sorted(self.devices))
+
 
 @dataclass
 class Unit:
@@ -56,6 +61,7 @@ class Unit:
     evict_pods: int
     evict_weight: int
     gpus_per_member: int
+    current: tuple[tuple[str, int], ...] | None  # every member GPU's map, when they are all the same
     members: list[Member] = field(default_factory=list)
 
     @property
@@ -168,6 +174,39 @@ def _single_keep(node: NodeState) -> dict[str, int]:
     return {single_key(models.pop(), profiles.pop()): free}
 
 
+def _signature(node: NodeState, representative: dict[int, Demand]) -> frozenset[int]:
+    """The eligibility classes whose pods the node accepts. A several-device request also needs the node's GPU
+    models to have every profile it asks for, since all its devices must be on this node."""
+    profiles = {p for g in node.gpus for p in g.gpu_model.profile_names}
+    return frozenset(
+        c
+        for c, d in representative.items()
+        if rejection(node, d) is None
+        and (d.kind == "single" or d.devices == 1 or all(k in profiles for k, _ in d.resources))
+    )
+
+
+def _signatures(nodes: list[NodeState], representative: dict[int, Demand]) -> dict[str, frozenset[int]]:
+    """Signatures of all nodes, computed once per distinct node "shape": only labels some pod's selector or
+    affinity mentions can matter, so nodes differing only in others (hostname, …) share the answer."""
+    keys = {k for d in representative.values() for k in d.pod.node_selector}
+    keys |= {r.key for d in representative.values() for t in d.pod.node_affinity for r in t.match_expressions}
+    cache: dict[tuple[object, ...], frozenset[int]] = {}
+    result = {}
+    for node in nodes:
+        shape = (
+            tuple(sorted((k, v) for k, v in node.labels.items() if k in keys)),
+            tuple(node.taints),
+            node.unschedulable,
+            node.strategy,
+            tuple(sorted({g.gpu_model.key for g in node.gpus})),
+        )
+        if shape not in cache:
+            cache[shape] = _signature(node, representative)
+        result[node.name] = cache[shape]
+    return result
+
+
 def build_problem(snapshot: ClusterSnapshot, policy: PlanPolicy) -> Problem:
     """Aggregate the snapshot into units, reconfiguration groups, pools and pod groups."""
     weights = weights_for(snapshot)
@@ -179,9 +218,10 @@ def build_problem(snapshot: ClusterSnapshot, policy: PlanPolicy) -> Problem:
     keys = {k for d in pending for k, _ in d.resources}
 
     units: dict[tuple[object, ...], Unit] = {}
+    signatures = _signatures(snapshot.nodes, representative)
 
     def add(node: NodeState, gpus: list[GpuState], kind: str, keep: dict[str, int], frag: int) -> None:
-        signature = frozenset(c for c, d in representative.items() if rejection(node, d) is None)
+        signature = signatures[node.name]
         holders = sorted({pod for g in gpus for pod in g.holders})
         running = [snapshot.running_pod(name) for name in holders]
         tier = max((p.priority for p in running), default=None)
@@ -198,10 +238,11 @@ def build_problem(snapshot: ClusterSnapshot, policy: PlanPolicy) -> Problem:
             evict_pods=len(holders),
             evict_weight=sum(weights.factor(p.priority) for p in running),
             gpus_per_member=len(gpus),
+            current=maps.pop() if len(maps := {tuple(sorted(g.mig_devices.items())) for g in gpus}) == 1 else None,
         )
         key = (
             unit.kind, model.key, unit.keep_capacity, frag, signature, tier, unit.reconfigurable,
-            unit.evict_pods, unit.evict_weight, unit.gpus_per_member,
+            unit.evict_pods, unit.evict_weight, unit.gpus_per_member, unit.current,
         )  # fmt: skip
         units.setdefault(key, unit).members.append(Member(node=node.name, gpus=tuple(g.index for g in gpus)))
 

@@ -49,6 +49,12 @@ class GpuState(_Strict):
         return [Instance(profile=self.gpu_model.profile(i.profile).name, start=i.start) for i in self.instances]
 
     @property
+    def mig_devices(self) -> dict[str, int]:
+        """The current layout as a `mig-devices` map (catalog order): what mig-parted compares a target with."""
+        counts = Counter(self.gpu_model.profile(i.profile).name for i in self.instances)
+        return {p.name: counts[p.name] for p in self.gpu_model.profiles if counts[p.name]}
+
+    @property
     def holders(self) -> set[str]:
         """The pods holding an instance of this GPU."""
         return {i.pod for i in self.instances if i.pod}
