@@ -6,13 +6,14 @@ Reconfigurations are concentrated on nodes already being changed, to touch as fe
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from solver.cpsat import AggregateSolution
 from solver.decisions import Decisions, Device, GpuRef, free_devices, resource_key
-from solver.demand import Demand
+from solver.demand import Demand, rejection
+from solver.geometry import maximal_maps
 from solver.problem import Member, PodGroup, PoolKey, Problem
-from solver.snapshot import NodeState
+from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
 FreeIndex = dict[tuple[int, str], list[Device]]  # (pool index, resource key) -> free devices, in order
 
@@ -174,5 +175,101 @@ def disaggregate(problem: Problem, answer: AggregateSolution) -> Decisions:
     decisions = Decisions()
     free, _ = _index(problem, answer, decisions)
     _place(problem, answer, free, decisions)
+    _repair(problem, decisions)
     _drop_idle_reconfigurations(problem, decisions)
     return decisions
+
+
+def _repair(problem: Problem, decisions: Decisions) -> None:
+    """Place pods the aggregated answer could not co-locate, by re-targeting spare GPUs of one node.
+
+    For each unplaced pod (highest weight first) and each node that accepts it (name order): the node's free
+    devices the pod may use, plus GPUs that serve no pod in the plan and whose holders it may displace (lower
+    priority, evictable), given the maps that best cover what is still missing, within the policy caps.
+    """
+    for group in problem.pod_groups:
+        for demand in group.demands:
+            if demand.pod.name in decisions.placements:
+                continue
+            for node in sorted(problem.snapshot.nodes, key=lambda n: n.name):
+                if rejection(node, demand) is None and _repair_on(problem, decisions, node, demand):
+                    break
+
+
+def _repair_on(problem: Problem, decisions: Decisions, node: NodeState, demand: Demand) -> bool:
+    policy, snapshot = problem.policy, problem.snapshot
+    used = {d for devices in decisions.placements.values() for d in devices if d.node == node.name}
+    busy = {d.gpu for d in used}
+    offer: dict[int, list[Device]] = {}
+    for gpu in node.gpus:
+        target = decisions.targets.get((node.name, gpu.index))
+        if _tier(snapshot, gpu, target) < demand.pod.priority:
+            offer[gpu.index] = [d for d in free_devices(node, gpu, target) if d not in used]
+    wanted = Counter(dict(demand.resources))
+    new_targets: dict[int, dict[str, int]] = {}
+    for gpu in sorted(node.gpus, key=lambda g: (len(g.holders), g.index)):
+        missing = wanted - _keys(node, offer, exclude=gpu.index)
+        if not missing or gpu.index in busy or not _displaceable(snapshot, gpu, demand, policy.protect_priority):
+            continue
+        choice = _best_map(node, gpu, missing)
+        current = sum((_keys(node, {gpu.index: offer.get(gpu.index, [])}) & missing).values())
+        if choice is not None and choice[1] > current:
+            new_targets[gpu.index] = choice[0]
+            offer[gpu.index] = free_devices(node, gpu, choice[0])
+    if wanted - _keys(node, offer) or not _within_caps(problem, decisions, node, new_targets):
+        return False
+    for index, target in new_targets.items():
+        decisions.targets[(node.name, index)] = target
+    pool = [(resource_key(node, _gpu(node, d.gpu), d.profile), d) for i in sorted(offer) for d in offer[i]]
+    decisions.placements[demand.pod.name] = [
+        d for key, count in demand.resources for d in [d for k, d in pool if k == key][:count]
+    ]
+    return True
+
+
+def _gpu(node: NodeState, index: int) -> GpuState:
+    return next(g for g in node.gpus if g.index == index)
+
+
+def _keys(node: NodeState, offer: dict[int, list[Device]], exclude: int | None = None) -> Counter[str]:
+    return Counter(resource_key(node, _gpu(node, i), d.profile) for i, ds in offer.items() if i != exclude for d in ds)
+
+
+def _tier(snapshot: ClusterSnapshot, gpu: GpuState, target: dict[str, int] | None) -> float:
+    """The priority a pod must exceed to use this GPU's devices: its holders' if it changes, else none."""
+    if target is None or target == gpu.mig_devices or not gpu.holders:
+        return float("-inf")
+    return max(snapshot.running_pod(p).priority for p in gpu.holders)
+
+
+def _displaceable(snapshot: ClusterSnapshot, gpu: GpuState, demand: Demand, protect: int) -> bool:
+    holders = [snapshot.running_pod(p) for p in gpu.holders]
+    return all(p.evictable and p.priority < protect and p.priority < demand.pod.priority for p in holders)
+
+
+def _best_map(node: NodeState, gpu: GpuState, missing: Counter[str]) -> tuple[dict[str, int], int] | None:
+    """The map (never the current one) covering most of what is missing, and how much it covers."""
+    model = gpu.gpu_model
+    profiles = [p for p in model.profile_names if resource_key(node, gpu, p) in missing]
+    if not profiles:
+        return None
+    best: tuple[dict[str, int], int] | None = None
+    for devices in maximal_maps(model, profiles):
+        if devices == gpu.mig_devices:
+            continue
+        covered = sum(min(c, missing[resource_key(node, gpu, p)]) for p, c in devices.items())
+        if best is None or covered > best[1]:
+            best = (devices, covered)
+    return best
+
+
+def _within_caps(problem: Problem, decisions: Decisions, node: NodeState, new: dict[int, dict[str, int]]) -> bool:
+    nodes = {n.name: n for n in problem.snapshot.nodes}
+    changing = {
+        ref for ref, target in decisions.targets.items() if target != _gpu(nodes[ref[0]], ref[1]).mig_devices
+    } | {(node.name, i) for i in new}
+    evicted = {p for ref in changing for p in _gpu(nodes[ref[0]], ref[1]).holders}
+    policy = problem.policy
+    return (policy.max_evictions is None or len(evicted) <= policy.max_evictions) and (
+        policy.max_reconfigurations is None or len(changing) <= policy.max_reconfigurations
+    )

@@ -5,6 +5,11 @@ name; on each node every idle GPU takes the geometry covering the most lacking d
 that node, and the node's changes are kept only if some pod fits. Lacking counts free devices only where the
 sweep can still use them: this node's other GPUs and the nodes after it. Unlike nos, every tie is broken the same way
 on every run, and a GPU with an instance held by a pod is never reconfigured (greedy never evicts).
+
+The sweep stays near-linear in nodes plus pods (thousands of nodes, tens of thousands of pods): a node's tentative
+changes live in a scratch merged on commit; the requested counts and the later nodes' supply are running totals;
+pending pods are bucketed by node filters and request, so a node only looks at pods it could take; filters are
+evaluated once per kind of node and kind of pod; and a GPU's best map is cached by what is lacking.
 """
 
 from __future__ import annotations
@@ -12,56 +17,77 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
+from heapq import heapify, heappop, heappush
 
+from solver.catalog import GpuModel
 from solver.decisions import Decisions, Device, GpuRef, free_devices, resource_key
 from solver.demand import Demand, demands, key_compute_slices, rejection, single_key, weights_for
 from solver.geometry import MigDevices, feasible_maps, size_order
 from solver.plan import PlanPolicy
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
+_Resources = tuple[tuple[str, int], ...]
+"""A demand's request: (resource key, count) pairs."""
+
 
 @dataclass
 class _State:
-    """Targets chosen and devices given so far.
+    """Targets chosen and devices given on the nodes committed so far."""
 
-    Copied per node so that a node where no pod fits can be dropped as a whole, as nos reverts its fork.
+    targets: dict[GpuRef, MigDevices] = field(default_factory=dict)
+    placements: dict[str, list[Device]] = field(default_factory=dict)
+
+
+@dataclass
+class _NodePlan:
+    """One node's tentative targets and placements.
+
+    Kept only if some pod is placed there, as nos reverts its fork. A node's choices touch only its own GPUs,
+    so this scratch is all a fork needs: nothing committed has to be copied.
     """
 
     targets: dict[GpuRef, MigDevices] = field(default_factory=dict)
-    used: set[Device] = field(default_factory=set)
     placements: dict[str, list[Device]] = field(default_factory=dict)
 
-    def fork(self) -> _State:
-        return _State(dict(self.targets), set(self.used), {k: list(v) for k, v in self.placements.items()})
+    def commit(self, state: _State) -> None:
+        state.targets.update(self.targets)
+        state.placements.update(self.placements)
+
+
+@dataclass
+class _NodeView:
+    """A node's GPUs by index and each one's free devices (with resource keys) under its current layout.
+
+    Built once per node: the same devices give the later nodes' supply and the node's own starting pool.
+    """
+
+    node: NodeState
+    gpus: list[GpuState]
+    free: list[list[tuple[str, Device]]]
+    supply: Counter[str]  # all of them per resource key
+
+
+def _view(node: NodeState) -> _NodeView:
+    gpus = _sorted_gpus(node)
+    free = [[(resource_key(node, g, d.profile), d) for d in free_devices(node, g, None)] for g in gpus]
+    return _NodeView(node, gpus, free, Counter(key for devices in free for key, _ in devices))
+
+
+@cache
+def _key_slices(key: str) -> int:
+    """`key_compute_slices`, cached: parsing the profile again for every pod dominated sorting the pods."""
+    return key_compute_slices(key)
 
 
 def _pod_order(demand: Demand) -> tuple[int, int, str]:
     """nos's order: priority first, then the smaller request (more pods fit), then name for determinism."""
-    slices = sum(key_compute_slices(k) * c for k, c in demand.resources)
+    slices = sum(_key_slices(k) * c for k, c in demand.resources)
     return (-demand.pod.priority, slices, demand.pod.name)
 
 
 def _sorted_gpus(node: NodeState) -> list[GpuState]:
     return sorted(node.gpus, key=lambda g: g.index)
-
-
-def _free(state: _State, node: NodeState, gpu: GpuState) -> list[Device]:
-    """The GPU's devices a pod could still be given under the state's target (or its current layout)."""
-    devices = free_devices(node, gpu, state.targets.get((node.name, gpu.index)))
-    return [d for d in devices if d not in state.used]
-
-
-def _keys(node: NodeState, gpu: GpuState, profiles: Iterable[str]) -> Counter[str]:
-    """Devices per resource key: how the device plugin advertises these profiles on this node."""
-    return Counter(resource_key(node, gpu, p) for p in profiles)
-
-
-def _supply(state: _State, node: NodeState, gpu: GpuState) -> Counter[str]:
-    return _keys(node, gpu, (d.profile for d in _free(state, node, gpu)))
-
-
-def _offer(node: NodeState, gpu: GpuState, devices: MigDevices) -> Counter[str]:
-    return _keys(node, gpu, (p for p, c in devices.items() for _ in range(c)))
 
 
 def _current_map(gpu: GpuState) -> MigDevices:
@@ -82,43 +108,187 @@ def _score(offer: Counter[str], requested: Counter[str], elsewhere: Counter[str]
     return sum(min(c, max(0, requested[k] - elsewhere[k])) for k, c in offer.items())
 
 
-def _within_cap(state: _State, cap: int | None, more: int) -> bool:
-    return cap is None or len(state.targets) + more <= cap
+def _add(total: Counter[str], part: Counter[str], sign: int) -> None:
+    """Add (or subtract) in place; unlike Counter's operators this keeps zeros, which read the same as absent."""
+    for key, count in part.items():
+        total[key] += sign * count
+
+
+@dataclass
+class _Bucket:
+    """Unplaced pods with the same node filters and request, in pod order.
+
+    Such pods are interchangeable on any node: if the first does not fit none does (a node's pool only shrinks),
+    so pods always leave from the front and `head` is all the bookkeeping needed.
+    """
+
+    group: int
+    resources: _Resources
+    pods: list[tuple[int, Demand]]  # (rank in pod order, demand)
+    head: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.head == len(self.pods)
+
+
+class _Pending:
+    """The pods not placed yet, with the counts the sweep reads, updated as pods are placed instead of recounted."""
+
+    def __init__(self, ordered: list[Demand]) -> None:
+        self.requested = _requested(ordered)
+        self.left = len(ordered)
+        groups: dict[tuple[object, ...], int] = {}
+        self.representatives: list[Demand] = []  # one demand per eligibility key, for `rejection`
+        self.group_left: list[int] = []
+        buckets: dict[tuple[int, _Resources], _Bucket] = {}
+        for rank, demand in enumerate(ordered):
+            key = demand.eligibility_key  # computed once: it serialises JSON
+            if key not in groups:
+                groups[key] = len(groups)
+                self.representatives.append(demand)
+                self.group_left.append(0)
+            group = groups[key]
+            self.group_left[group] += 1
+            bucket = buckets.setdefault((group, demand.resources), _Bucket(group, demand.resources, []))
+            bucket.pods.append((rank, demand))
+        self._by_first_key: dict[str | None, list[_Bucket]] = {}
+        for bucket in buckets.values():
+            self._by_first_key.setdefault(_first_key(bucket.resources), []).append(bucket)
+
+    def any_for(self, accepted: frozenset[int]) -> bool:
+        """Whether some unplaced pod may run on a node accepting these groups."""
+        return any(self.group_left[g] for g in accepted)
+
+    def candidates(self, accepted: frozenset[int], keys: Iterable[str]) -> list[_Bucket]:
+        """Buckets whose pods the node accepts and whose first requested key the node has free."""
+        result: list[_Bucket] = []
+        for key in (None, *keys):  # None: pods requesting nothing, which fit anywhere
+            result += (b for b in self._by_first_key.get(key, ()) if b.group in accepted and not b.done)
+        return result
+
+    def pop(self, bucket: _Bucket) -> Demand:
+        """The bucket's first pod, now placed: it leaves the counts (placing commits the node, so this is final)."""
+        _, demand = bucket.pods[bucket.head]
+        bucket.head += 1
+        if bucket.done:
+            self._by_first_key[_first_key(bucket.resources)].remove(bucket)
+        self.left -= 1
+        self.group_left[bucket.group] -= 1
+        for key, count in demand.resources:
+            self.requested[key] -= count
+        return demand
+
+
+def _first_key(resources: _Resources) -> str | None:
+    return resources[0][0] if resources else None
+
+
+class _Filters:
+    """`rejection` answers, once per kind of node and kind of pod instead of once per node and pod.
+
+    A pod's kind is its `Demand.eligibility_key`; a node's kind is everything of it `rejection` reads (cordon,
+    strategy, labels, taints), which real clusters repeat across many nodes.
+    """
+
+    def __init__(self, representatives: list[Demand]) -> None:
+        self._representatives = representatives
+        self._accepted: dict[tuple[object, ...], frozenset[int]] = {}
+
+    def accepted(self, node: NodeState) -> frozenset[int]:
+        """The pod groups (indices into the representatives) the node may run."""
+        kind = (
+            node.unschedulable,
+            node.strategy,
+            tuple(sorted(node.labels.items())),
+            tuple((t.key, t.value, t.effect) for t in node.taints),
+        )
+        if kind not in self._accepted:
+            self._accepted[kind] = frozenset(
+                g for g, demand in enumerate(self._representatives) if rejection(node, demand) is None
+            )
+        return self._accepted[kind]
+
+
+class _MapChooser:
+    """The best feasible map of a mixed-strategy GPU for a lacking vector, cached per model and vector.
+
+    A map's score only depends on the lacking count of each of the model's profiles, capped at the most any map
+    holds, so few distinct vectors occur however many GPUs are decided.
+    """
+
+    def __init__(self) -> None:
+        self._maps: dict[str, tuple[list[MigDevices], dict[str, int]]] = {}
+        self._best: dict[tuple[str, tuple[int, ...]], tuple[MigDevices | None, int]] = {}
+
+    def profiles(self, model: GpuModel) -> dict[str, int]:
+        """The model's profiles, each with the most instances any feasible map holds."""
+        return self._model(model)[1]
+
+    def best(self, model: GpuModel, lacking: dict[str, int]) -> tuple[MigDevices | None, int]:
+        """The first map with the highest score and that score, as a scan keeping strict improvements finds it."""
+        maps, caps = self._model(model)
+        key = (model.key, tuple(min(lacking[p], cap) for p, cap in caps.items()))
+        if key not in self._best:
+            best: MigDevices | None = None
+            best_score = -1
+            for devices in maps:
+                score = sum(min(c, lacking[p]) for p, c in devices.items())
+                if score > best_score:
+                    best, best_score = devices, score
+            self._best[key] = (best, best_score)
+        return self._best[key]
+
+    def _model(self, model: GpuModel) -> tuple[list[MigDevices], dict[str, int]]:
+        if model.key not in self._maps:
+            maps = feasible_maps(model)
+            caps = {p: max((m.get(p, 0) for m in maps), default=0) for p in model.profile_names}
+            self._maps[model.key] = (maps, caps)
+        return self._maps[model.key]
 
 
 def _choose_mixed(
-    state: _State, node: NodeState, requested: Counter[str], later: Counter[str], cap: int | None
+    view: _NodeView,
+    plan: _NodePlan,
+    requested: Counter[str],
+    later: Counter[str],
+    room: int | None,
+    chooser: _MapChooser,
 ) -> None:
-    """Give each idle GPU the first feasible map covering the most lacking devices, if that beats keeping it."""
-    gpus = _sorted_gpus(node)
-    supplies = {g.index: _supply(state, node, g) for g in gpus}
-    for gpu in gpus:
+    """Give each idle GPU the first feasible map covering the most lacking devices, if that beats keeping it.
+
+    `room` is how many more GPUs the cap lets this node reconfigure (None: no cap).
+    """
+    supplies = [Counter(key for key, _ in devices) for devices in view.free]
+    on_node = Counter(view.supply)
+    for i, gpu in enumerate(view.gpus):
         if gpu.holders:  # never delete a device a pod holds: greedy does not evict
             continue
-        elsewhere = later + sum((c for i, c in supplies.items() if i != gpu.index), Counter[str]())
-        best: MigDevices | None = None
-        best_score = _score(supplies[gpu.index], requested, elsewhere)
-        for devices in feasible_maps(gpu.gpu_model):
-            score = _score(_offer(node, gpu, devices), requested, elsewhere)
-            if score > best_score:
-                best, best_score = devices, score
-        if best is None or best == _current_map(gpu) or not _within_cap(state, cap, 1):
+        if room is not None and len(plan.targets) >= room:
+            return  # no further GPU may change
+        model = gpu.gpu_model
+        # elsewhere: the later nodes' supply and this node's other GPUs', i.e. all on the node but this GPU's
+        lacking = {p: max(0, requested[p] - later[p] - on_node[p] + supplies[i][p]) for p in chooser.profiles(model)}
+        best, best_score = chooser.best(model, lacking)
+        keep_score = sum(min(c, lacking[k]) for k, c in supplies[i].items())
+        if best is None or best_score <= keep_score or best == _current_map(gpu):
             continue
-        state.targets[(node.name, gpu.index)] = best
-        supplies[gpu.index] = _offer(node, gpu, best)
+        plan.targets[(view.node.name, gpu.index)] = dict(best)
+        _add(on_node, supplies[i], -1)
+        supplies[i] = Counter(best)  # a mixed node advertises each device under its profile name
+        _add(on_node, supplies[i], 1)
 
 
 def _choose_single(
-    state: _State, node: NodeState, requested: Counter[str], later: Counter[str], cap: int | None
+    view: _NodeView, plan: _NodePlan, requested: Counter[str], later: Counter[str], room: int | None
 ) -> None:
     """Turn every GPU of an idle, one-model single-strategy node into one profile, if that beats keeping it."""
-    gpus = _sorted_gpus(node)
+    gpus = view.gpus
     if not gpus or len({g.gpu_model.key for g in gpus}) != 1 or any(g.holders for g in gpus):
         return
     model = gpus[0].gpu_model
-    keep = sum((_supply(state, node, g) for g in gpus), Counter[str]())
     best: MigDevices | None = None
-    best_score = _score(keep, requested, later)
+    best_score = _score(view.supply, requested, later)
     for profile in size_order(model):
         count = max(m[profile.name] for m in feasible_maps(model, [profile.name]))
         offer = Counter({single_key(model.key, profile.name): count * len(gpus)})
@@ -126,60 +296,81 @@ def _choose_single(
         if score > best_score:
             best, best_score = {profile.name: count}, score
     changed = [g for g in gpus if best is not None and _current_map(g) != best]
-    if best is None or not changed or not _within_cap(state, cap, len(changed)):
+    if best is None or not changed or (room is not None and len(plan.targets) + len(changed) > room):
         return
     for gpu in changed:
-        state.targets[(node.name, gpu.index)] = dict(best)
+        plan.targets[(view.node.name, gpu.index)] = dict(best)
 
 
-def _pool(state: _State, node: NodeState) -> list[tuple[str, Device]]:
-    """The node's free devices with their resource keys, lowest (GPU index, start) first."""
-    pool = [(resource_key(node, g, d.profile), d) for g in _sorted_gpus(node) for d in _free(state, node, g)]
-    return sorted(pool, key=lambda kd: (kd[1].gpu, kd[1].start))
+class _Pool:
+    """A node's free devices by resource key, each list lowest (GPU index, start) first: the order pods take them."""
+
+    def __init__(self, view: _NodeView, targets: dict[GpuRef, MigDevices]) -> None:
+        self.by_key: dict[str, list[Device]] = {}
+        node = view.node
+        for gpu, current in zip(view.gpus, view.free, strict=True):
+            target = targets.get((node.name, gpu.index))
+            if target is None:
+                devices = current
+            else:
+                devices = [(resource_key(node, gpu, d.profile), d) for d in free_devices(node, gpu, target)]
+            for key, device in devices:
+                self.by_key.setdefault(key, []).append(device)
+
+    def fits(self, resources: _Resources) -> bool:
+        return all(len(self.by_key.get(key, ())) >= count for key, count in resources)
+
+    def take(self, resources: _Resources) -> list[Device]:
+        """Every device the request asks for (it must fit): a pod never spans nodes."""
+        chosen: list[Device] = []
+        for key, count in resources:
+            devices = self.by_key[key]
+            chosen += devices[:count]
+            del devices[:count]
+        return chosen
 
 
-def _place(state: _State, pool: list[tuple[str, Device]], demand: Demand) -> bool:
-    """Give the pod every device it asks for from this node's pool, or nothing (a pod never spans nodes)."""
-    chosen: list[tuple[str, Device]] = []
-    for key, count in demand.resources:
-        matching = [kd for kd in pool if kd[0] == key][:count]
-        if len(matching) < count:
-            return False
-        chosen += matching
-    for kd in chosen:
-        pool.remove(kd)
-        state.used.add(kd[1])
-    state.placements[demand.pod.name] = [d for _, d in chosen]
-    return True
-
-
-def _later_supply(nodes: list[NodeState]) -> list[Counter[str]]:
-    """For each node, the free devices of the nodes after it: the only supply the sweep can still use."""
-    empty = _State()
-    result = [Counter[str]() for _ in nodes]
-    for i in range(len(nodes) - 2, -1, -1):
-        after = nodes[i + 1]
-        result[i] = result[i + 1] + sum((_supply(empty, after, g) for g in after.gpus), Counter[str]())
-    return result
+def _place(plan: _NodePlan, pool: _Pool, buckets: list[_Bucket], pending: _Pending) -> None:
+    """Offer the pool to the candidate pods in pod order; a bucket whose first pod does not fit is done here."""
+    heap = [(bucket.pods[bucket.head][0], i) for i, bucket in enumerate(buckets)]
+    heapify(heap)
+    while heap:
+        _, i = heappop(heap)
+        bucket = buckets[i]
+        if not pool.fits(bucket.resources):
+            continue
+        devices = pool.take(bucket.resources)
+        plan.placements[pending.pop(bucket).pod.name] = devices
+        if not bucket.done:
+            heappush(heap, (bucket.pods[bucket.head][0], i))
 
 
 def greedy_decisions(snapshot: ClusterSnapshot, policy: PlanPolicy) -> Decisions:
     """Plan like nos, deterministically: reconfigure idle GPUs node by node and place pods where they fit."""
-    pending = sorted(demands(snapshot, weights_for(snapshot)), key=_pod_order)
-    nodes = sorted(snapshot.nodes, key=lambda n: n.name)
+    pending = _Pending(sorted(demands(snapshot, weights_for(snapshot)), key=_pod_order))
+    filters = _Filters(pending.representatives)
+    chooser = _MapChooser()
+    views = [_view(node) for node in sorted(snapshot.nodes, key=lambda n: n.name)]
+    later: Counter[str] = Counter()  # free devices of the nodes after the current one: all the sweep can still use
+    for view in views:
+        _add(later, view.supply, 1)
+    cap = policy.max_reconfigurations
     state = _State()
-    for node, later in zip(nodes, _later_supply(nodes), strict=True):
-        unplaced = [d for d in pending if d.pod.name not in state.placements]
-        if not unplaced:
+    for view in views:
+        _add(later, view.supply, -1)
+        if not pending.left:
             break
-        eligible = [d for d in unplaced if rejection(node, d) is None]
-        if not eligible:  # nothing could be placed here, so anything chosen would be reverted
+        accepted = filters.accepted(view.node)
+        if not pending.any_for(accepted):  # nothing could be placed here, so anything chosen would be reverted
             continue
-        fork = state.fork()
-        choose = _choose_single if node.strategy == "single" else _choose_mixed
-        choose(fork, node, _requested(unplaced), later, policy.max_reconfigurations)
-        pool = _pool(fork, node)
-        placed = [d for d in eligible if _place(fork, pool, d)]
-        if placed:
-            state = fork
+        plan = _NodePlan()
+        room = None if cap is None else cap - len(state.targets)
+        if view.node.strategy == "single":
+            _choose_single(view, plan, pending.requested, later, room)
+        else:
+            _choose_mixed(view, plan, pending.requested, later, room, chooser)
+        pool = _Pool(view, plan.targets)
+        _place(plan, pool, pending.candidates(accepted, pool.by_key), pending)
+        if plan.placements:
+            plan.commit(state)
     return Decisions(targets=dict(state.targets), placements=dict(state.placements))

@@ -195,7 +195,7 @@ def parse_snapshot(data: Any) -> ClusterSnapshot:
     except ValidationError as err:
         first = err.errors()[0]
         where = _location(data, tuple(first["loc"])) or "snapshot"
-        raise MigoptError(f"snapshot: {where}: {first['msg']}") from None
+        raise MigoptError(f"snapshot: {where}: {first['msg'].removeprefix('Value error, ')}") from None
     for node in snapshot.nodes:
         _check_node(node)
     for pod in snapshot.pods:

@@ -195,3 +195,20 @@ def test_single_strategy_node_with_a_busy_gpu_is_left_alone() -> None:
     }
     _, decisions = plan({"nodes": [single], "pods": [request]})
     assert decisions == Decisions()
+
+
+def test_a_reverted_node_does_not_use_up_the_reconfiguration_cap() -> None:
+    """n1 is reconfigured for the pod, which still does not fit there; n2 may then use the whole cap."""
+    data = {"nodes": [node("n1", gpu(0)), node("n2", gpu(0), gpu(1))], "pods": [pod("ns/a", mig_7g_40gb=2)]}
+    _, decisions = plan(data, max_reconfigurations=2)
+    assert list(decisions.targets) == [("n2", 0), ("n2", 1)]
+    assert {(d.node, d.gpu) for d in decisions.placements["ns/a"]} == {("n2", 0), ("n2", 1)}
+
+
+def test_a_pod_that_no_longer_fits_does_not_stop_the_pods_after_it() -> None:
+    """Pods take a node's devices in pod order; ns/a's two devices are gone after ns/c, ns/b's one is not."""
+    idle = gpu(0, ("3g.20gb", 0, None), ("3g.20gb", 4, None))
+    pods = [pod("ns/a", 5, mig_3g_20gb=2), pod("ns/b", mig_3g_20gb=1), pod("ns/c", 9, mig_3g_20gb=1)]
+    _, decisions = plan({"nodes": [node("n1", idle)], "pods": pods}, max_reconfigurations=0)
+    assert list(decisions.placements) == ["ns/c", "ns/b"]
+    assert [d.start for d in decisions.placements["ns/c"] + decisions.placements["ns/b"]] == [0, 4]
