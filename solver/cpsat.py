@@ -8,10 +8,11 @@ Variables (all integer):
             sum_P z[d, P, k] = request_d[k] * s[d]
 Capacity per pool P and key k:
   sum_d z[d, P, k] <= sum_{u: pool P} keep_k(u) * (members(u) - r[u]) + sum_{g: pool P} sum_t cap_k(t) * y[g, t]
-A member already at target t cannot "change" to it: y[g, t] <= sum of r[u] over units of g not at t.
+A member already at target t cannot "change" to it: sum of r[u] over units of g at t <= sum_{t' != t} y[g, t'].
 Policy: sum_u evict_pods(u) r[u] <= max_evictions; sum_u gpus(u) r[u] <= max_reconfigurations.
 
-Lexicographic objective, solved in three stages, each fixing the previous optimum (or best found) as a bound:
+Lexicographic objective; terms are folded into one weighted objective while that stays exact (see `stages`),
+else solved in stages, each fixing the previous optimum (or best found) as a bound:
   1. maximise sum_d weight(d) s[d]                              (priority-weighted demand served)
   2. minimise sum_u r[u] (evict_weight(u) * B + gpus(u))       (evictions by priority, then GPUs reconfigured;
                                                                  B exceeds any possible GPU count)
@@ -30,7 +31,7 @@ from ortools.sat.python import cp_model
 
 from solver.problem import Problem
 
-_STAGE_SHARE = (0.6, 0.5, 1.0)  # share of the time still left that each stage may use
+_EXACT = 2**53  # integers up to here survive CP-SAT's floating-point objective handling exactly
 
 
 @dataclass
@@ -69,11 +70,11 @@ class GeometryModel:
         for gi, g in enumerate(p.reconfig_groups):
             m.add(sum(self.y[gi, ti] for ti in range(len(g.targets))) == sum(self.r[u] for u in g.units))
             for ti, target in enumerate(g.targets):
-                # a member already at target t does not change (mig-parted skips it), so only others may take t;
-                # each member excludes one target at most, so these bounds make an assignment exist (Hall)
-                if any(p.units[u].current == target.as_current for u in g.units):
-                    others = [self.r[u] for u in g.units if p.units[u].current != target.as_current]
-                    m.add(self.y[gi, ti] <= sum(others))
+                # a member already at target t does not change (mig-parted skips it), so those members must take
+                # other targets; each member excludes one target at most, so this makes an assignment exist (Hall)
+                at_t = [self.r[u] for u in g.units if p.units[u].current == target.as_current]
+                if at_t:
+                    m.add(sum(at_t) <= sum(self.y[gi, other] for other in range(len(g.targets)) if other != ti))
 
         supply: dict[tuple[int, str], list[cp_model.LinearExprT]] = {}
         for ui, unit in enumerate(p.units):
@@ -128,6 +129,12 @@ class GeometryModel:
         for gi, g in enumerate(p.reconfig_groups):
             frag_terms += [t.fragmentation * self.y[gi, ti] for ti, t in enumerate(g.targets)]
         self.fragmentation = sum(frag_terms)
+        # upper bounds of the three terms, to fold several into one integer objective without overlap
+        self.maxima = (
+            sum(d.weight * len(d.demands) for d in p.pod_groups),
+            sum((p.units[u].evict_weight * big + p.units[u].gpus_per_member) * len(p.units[u].members) for u in self.r),
+            sum(len(u.members) * u.gpus_per_member * u.model.compute_slices for u in p.units),
+        )
 
     def hint(self, previous: AggregateSolution) -> None:
         """Start from an earlier answer (its served counts clipped to this model's caps)."""
@@ -144,41 +151,62 @@ class GeometryModel:
         for var in [*self.r.values(), *self.y.values(), *self.s.values(), *self.z.values()]:
             self.model.add_hint(var, solver.value(var))
 
+    def stages(self) -> list[list[int]]:
+        """Terms (0 served, 1 disruption, 2 fragmentation) solved together per stage.
+
+        Disruption is folded into the served stage when the scaled sum stays exact in a double (< 2**53): the
+        first solution found then already avoids needless evictions, and one presolve is spared. Folding
+        fragmentation too made proofs much slower in measurements, so it always gets a stage of its own.
+        """
+        if (self.maxima[0] + 1) * (self.maxima[1] + 1) < _EXACT:
+            return [[0, 1], [2]]
+        return [[0], [1], [2]]
+
+    def _objective(self, terms: list[int]) -> tuple[cp_model.LinearExprT, int]:
+        """The stage's objective to maximise, and the factor of its first term."""
+        expressions = (self.served_weight, self.disruption, self.fragmentation)
+        parts: list[cp_model.LinearExprT] = []
+        coefficients: list[int] = []
+        factor = 1
+        for term in reversed(terms):
+            parts.append(expressions[term])
+            coefficients.append(factor if term == 0 else -factor)
+            factor *= self.maxima[term] + 1
+        return cp_model.LinearExpr.weighted_sum(parts, coefficients), factor // (self.maxima[terms[0]] + 1)
+
     def solve(self, time_limit_s: float, workers: int) -> AggregateSolution | None:
-        """Run the three stages within `time_limit_s`; None when not even stage 1 found a solution."""
+        """Run the lexicographic stages within `time_limit_s`; None when the first found no solution."""
         started = time.perf_counter()
         statuses: list[str] = []
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = workers
         solver.parameters.random_seed = 0
-        objective = bound = 0
+        # measured: presolve costs seconds on these models and its reductions do not pay that back
+        solver.parameters.cp_model_presolve = False
+        served = bound = 0
         proven = False
         answer: AggregateSolution | None = None
-        stages = (
-            (self.served_weight, True),
-            (self.disruption, False),
-            (self.fragmentation, False),
-        )
-        for stage, ((expression, maximise), share) in enumerate(zip(stages, _STAGE_SHARE, strict=True)):
+        expressions = (self.served_weight, self.disruption, self.fragmentation)
+        for number, terms in enumerate(self.stages()):
             left = time_limit_s - (time.perf_counter() - started)
-            if left <= 0.01 and answer is not None:
+            if number and left <= 0.01:
                 break
-            solver.parameters.max_time_in_seconds = max(left * share, 0.01)
-            if maximise:
-                self.model.maximize(expression)
-            else:
-                self.model.minimize(expression)
+            solver.parameters.max_time_in_seconds = max(left * (0.8 if number == 0 else 1.0), 0.01)
+            objective, factor = self._objective(terms)
+            self.model.maximize(objective)
             status = solver.solve(self.model)
             statuses.append(solver.status_name(status))
             if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 break
-            value = round(solver.objective_value)
-            if stage == 0:
-                objective, proven = value, status == cp_model.OPTIMAL
-                bound = int(solver.best_objective_bound + 1e-6)
-            answer = self._read(solver, objective, bound, proven, statuses)
+            if number == 0:
+                served, proven = int(solver.value(self.served_weight)), status == cp_model.OPTIMAL
+                # objective = served * factor - rest, with 0 <= rest < factor, so served <= (B + factor - 1) / factor
+                bound = int((int(solver.best_objective_bound + 1e-6) + factor - 1) // factor)
+            answer = self._read(solver, served, max(bound, served), proven, statuses)
             self._hint_from(solver)
-            self.model.add(expression >= value) if maximise else self.model.add(expression <= value)
+            for term in terms:
+                value = int(solver.value(expressions[term]))
+                self.model.add(expressions[term] >= value) if term == 0 else self.model.add(expressions[term] <= value)
         if answer is not None:
             answer.solve_seconds = time.perf_counter() - started
         return answer

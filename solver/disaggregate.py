@@ -181,24 +181,39 @@ def disaggregate(problem: Problem, answer: AggregateSolution) -> Decisions:
 
 
 def _repair(problem: Problem, decisions: Decisions) -> None:
-    """Place pods the aggregated answer could not co-locate, by re-targeting spare GPUs of one node.
+    """Place several-device pods the aggregated answer could not co-locate, by re-targeting spare GPUs of a node.
 
-    For each unplaced pod (highest weight first) and each node that accepts it (name order): the node's free
-    devices the pod may use, plus GPUs that serve no pod in the plan and whose holders it may displace (lower
-    priority, evictable), given the maps that best cover what is still missing, within the policy caps.
+    For each such pod (highest weight first) and each node that accepts it and has all its profiles (name
+    order): the node's free devices the pod may use, plus GPUs that serve no pod in the plan and whose holders it
+    may displace (lower priority, evictable), given the maps that best cover what is still missing, within the
+    policy caps.
     """
-    for group in problem.pod_groups:
-        for demand in group.demands:
-            if demand.pod.name in decisions.placements:
-                continue
-            for node in sorted(problem.snapshot.nodes, key=lambda n: n.name):
-                if rejection(node, demand) is None and _repair_on(problem, decisions, node, demand):
+    stranded = [
+        d for g in problem.pod_groups for d in g.demands if d.devices > 1 and d.pod.name not in decisions.placements
+    ]
+    if not stranded:
+        return
+    used: dict[str, set[Device]] = defaultdict(set)
+    for devices in decisions.placements.values():
+        for device in devices:
+            used[device.node].add(device)
+    nodes = sorted(problem.snapshot.nodes, key=lambda n: n.name)
+    profiles = {n.name: {p for g in n.gpus for p in g.gpu_model.profile_names} for n in nodes}
+    for demand in stranded:
+        needed = {k.rsplit(":", 1)[-1] for k, _ in demand.resources}
+        for node in nodes:
+            if needed <= profiles[node.name] and rejection(node, demand) is None:
+                taken = _repair_on(problem, decisions, node, demand, used[node.name])
+                if taken:
+                    used[node.name].update(taken)
                     break
 
 
-def _repair_on(problem: Problem, decisions: Decisions, node: NodeState, demand: Demand) -> bool:
+def _repair_on(
+    problem: Problem, decisions: Decisions, node: NodeState, demand: Demand, used: set[Device]
+) -> list[Device]:
+    """The devices the pod gets on this node after re-targeting spare GPUs (recorded in `decisions`), or []."""
     policy, snapshot = problem.policy, problem.snapshot
-    used = {d for devices in decisions.placements.values() for d in devices if d.node == node.name}
     busy = {d.gpu for d in used}
     offer: dict[int, list[Device]] = {}
     for gpu in node.gpus:
@@ -217,14 +232,13 @@ def _repair_on(problem: Problem, decisions: Decisions, node: NodeState, demand: 
             new_targets[gpu.index] = choice[0]
             offer[gpu.index] = free_devices(node, gpu, choice[0])
     if wanted - _keys(node, offer) or not _within_caps(problem, decisions, node, new_targets):
-        return False
+        return []
     for index, target in new_targets.items():
         decisions.targets[(node.name, index)] = target
     pool = [(resource_key(node, _gpu(node, d.gpu), d.profile), d) for i in sorted(offer) for d in offer[i]]
-    decisions.placements[demand.pod.name] = [
-        d for key, count in demand.resources for d in [d for k, d in pool if k == key][:count]
-    ]
-    return True
+    taken = [d for key, count in demand.resources for d in [d for k, d in pool if k == key][:count]]
+    decisions.placements[demand.pod.name] = taken
+    return taken
 
 
 def _gpu(node: NodeState, index: int) -> GpuState:

@@ -30,6 +30,7 @@ class Explainer:
         self.evicted = evicted
         self.reconfigured = reconfigured
         self._cache: dict[tuple[object, ...], str] = {}
+        self._offers: dict[str, set[str]] = {}
 
     def reason(self, demand: Demand) -> str:
         key = (demand.eligibility_key, demand.resources, demand.pod.priority)
@@ -45,10 +46,11 @@ class Explainer:
 
     def _node_capable(self, node: NodeState, demand: Demand) -> bool:
         """Some GPU of the node offers each requested profile (all of a pod's devices must be on one node)."""
-        return all(
-            any(self._capable(node, g, demand.model_copy(update={"resources": ((k, c),)})) for g in node.gpus)
-            for k, c in demand.resources
-        )
+        if node.name not in self._offers:
+            self._offers[node.name] = {p for g in node.gpus for p in g.gpu_model.profile_names} | {
+                f"single:{g.gpu_model.key}:{p}" for g in node.gpus for p in g.gpu_model.profile_names
+            }
+        return all(k in self._offers[node.name] for k, _ in demand.resources)
 
     def _reason(self, demand: Demand) -> str:
         wanted = ", ".join(f"{c}x {k.rsplit(':', 1)[-1]}" for k, c in demand.resources)

@@ -164,6 +164,10 @@ def _single_targets(model: GpuModel, gpus: int, keys: set[str]) -> list[Target]:
     return targets
 
 
+def targets_as_current(targets: list[Target]) -> set[tuple[tuple[str, int], ...]]:
+    return {t.as_current for t in targets}
+
+
 def _single_keep(node: NodeState) -> dict[str, int]:
     """Free devices of a single-strategy node; none unless every GPU holds one and the same profile (spec §3)."""
     profiles = {g.gpu_model.profile(i.profile).name for g in node.gpus for i in g.instances}
@@ -218,30 +222,43 @@ def build_problem(snapshot: ClusterSnapshot, policy: PlanPolicy) -> Problem:
     keys = {k for d in pending for k, _ in d.resources}
 
     units: dict[tuple[object, ...], Unit] = {}
+    target_cache: dict[tuple[str, str, int], list[Target]] = {}
+
+    def targets_for(kind: str, model: GpuModel, gpus: int) -> list[Target]:
+        key = (kind, model.key, gpus)
+        if key not in target_cache:
+            target_cache[key] = _mixed_targets(model, keys) if kind == "mixed" else _single_targets(model, gpus, keys)
+        return target_cache[key]
+
     signatures = _signatures(snapshot.nodes, representative)
 
     def add(node: NodeState, gpus: list[GpuState], kind: str, keep: dict[str, int], frag: int) -> None:
         signature = signatures[node.name]
         holders = sorted({pod for g in gpus for pod in g.holders})
         running = [snapshot.running_pod(name) for name in holders]
-        tier = max((p.priority for p in running), default=None)
         protected = any(not p.evictable or p.priority >= policy.protect_priority for p in running)
         model = gpus[0].gpu_model
+        targets = targets_for(kind, model, len(gpus))
+        maps = {tuple(sorted(g.mig_devices.items())) for g in gpus}
+        reconfigurable = bool(targets) and not protected and len({g.gpu_model.key for g in gpus}) == 1
+        # what cannot matter is left out of the unit, so that more members share one
         unit = Unit(
             kind=kind,
             model=model,
-            keep_capacity=tuple(sorted((k, c) for k, c in keep.items() if c > 0)),
+            keep_capacity=tuple(sorted((k, c) for k, c in keep.items() if c > 0 and k in keys)),
             keep_fragmentation=frag,
             signature=signature,
-            tier=tier,
-            reconfigurable=not protected and len({g.gpu_model.key for g in gpus}) == 1,
-            evict_pods=len(holders),
-            evict_weight=sum(weights.factor(p.priority) for p in running),
+            tier=max((p.priority for p in running), default=None) if reconfigurable else None,
+            reconfigurable=reconfigurable,
+            evict_pods=len(holders) if reconfigurable else 0,
+            evict_weight=sum(weights.factor(p.priority) for p in running) if reconfigurable else 0,
             gpus_per_member=len(gpus),
-            current=maps.pop() if len(maps := {tuple(sorted(g.mig_devices.items())) for g in gpus}) == 1 else None,
+            current=next(iter(maps))
+            if reconfigurable and len(maps) == 1 and maps <= targets_as_current(targets)
+            else None,
         )
         key = (
-            unit.kind, model.key, unit.keep_capacity, frag, signature, tier, unit.reconfigurable,
+            unit.kind, model.key, unit.keep_capacity, frag, signature, unit.tier, unit.reconfigurable,
             unit.evict_pods, unit.evict_weight, unit.gpus_per_member, unit.current,
         )  # fmt: skip
         units.setdefault(key, unit).members.append(Member(node=node.name, gpus=tuple(g.index for g in gpus)))
@@ -264,13 +281,7 @@ def build_problem(snapshot: ClusterSnapshot, policy: PlanPolicy) -> Problem:
             continue
         group = groups.get(unit.group_key)
         if group is None:
-            targets = (
-                _mixed_targets(unit.model, keys)
-                if unit.kind == "mixed"
-                else _single_targets(unit.model, unit.gpus_per_member, keys)
-            )
-            if not targets:
-                continue
+            targets = targets_for(unit.kind, unit.model, unit.gpus_per_member)
             group = groups[unit.group_key] = ReconfigGroup(unit.group_key, targets, [], unit.reconfig_pool)
         group.units.append(index)
 

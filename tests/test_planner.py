@@ -83,8 +83,8 @@ def tiny_snapshots(draw: st.DrawFn) -> tuple[dict[str, Any], PlanPolicy]:
                 running.append({"name": entry["pod"], "priority": draw(st.sampled_from(PRIORITIES))})
             if draw(st.integers(0, 3)):  # sometimes drop an instance
                 instances.append(entry)
-        nodes.append({"name": f"n{n}", "labels": {"zone": "ab"[n % 2]}, "gpus": [{"index": 0, "model": model_key,
-                                                                                  "instances": instances}]})  # fmt: skip
+        gpu = {"index": 0, "model": model_key, "instances": instances}
+        nodes.append({"name": f"n{n}", "labels": {"zone": "ab"[n % 2]}, "gpus": [gpu]})
     pods = []
     for i in range(draw(st.integers(1, 5))):
         pod: dict[str, Any] = {
@@ -132,7 +132,7 @@ def brute_force_served(snapshot: ClusterSnapshot, policy: PlanPolicy) -> int:
             continue
         devices: list[tuple[int, str, int | None]] = []  # (gpu, profile, tier: priority a user must exceed)
         for i, target in enumerate(combo):
-            node, gpu = gpus[i]
+            _node, gpu = gpus[i]
             if target is None:
                 devices += [(i, gpu.gpu_model.profile(x.profile).name, None) for x in gpu.instances if not x.pod]
             else:
@@ -157,7 +157,7 @@ def _best_assignment(pending: list[Any], devices: list[tuple[int, str, int | Non
         result = search(k + 1, free)
         for j, device in enumerate(devices):
             if free[j] and fits(pending[k], device):
-                taken = free[:j] + (False,) + free[j + 1 :]
+                taken = (*free[:j], False, *free[j + 1 :])
                 result = max(result, pending[k].weight + search(k + 1, taken))
         return result
 
