@@ -6,10 +6,9 @@ equal to the current map is no change at all (mig-parted leaves such a GPU untou
 
 from __future__ import annotations
 
-from solver.decisions import Decisions, resource_key
+from solver.decisions import Decisions, resource_key, target_layout
 from solver.demand import Demand
 from solver.explain import Explainer
-from solver.geometry import find_layout
 from solver.plan import (
     DeviceAssignment,
     GpuPlan,
@@ -28,7 +27,7 @@ def _gpu_plan(node: NodeState, gpu: GpuState, decisions: Decisions) -> GpuPlan:
     target = decisions.targets.get((node.name, gpu.index), current)
     target = {n: c for n, c in target.items() if c}
     change = target != current
-    layout = find_layout(gpu.gpu_model, target) if change else gpu.layout
+    layout = target_layout(gpu.gpu_model.key, tuple(sorted(target.items()))) if change else gpu.layout_pairs
     return GpuPlan(
         node=node.name,
         index=gpu.index,
@@ -37,7 +36,7 @@ def _gpu_plan(node: NodeState, gpu: GpuState, decisions: Decisions) -> GpuPlan:
         target=target,
         reconfigure=change,
         evict=sorted(gpu.holders) if change else [],
-        layout=[(i.profile, i.start) for i in layout or []],
+        layout=list(layout),
     )
 
 

@@ -7,7 +7,9 @@ derives evictions, objective terms and explanations the same way for both, so th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 
+from solver.catalog import load_catalog
 from solver.demand import single_key
 from solver.geometry import find_layout
 from solver.snapshot import GpuState, NodeState
@@ -42,11 +44,17 @@ def free_devices(node: NodeState, gpu: GpuState, target: dict[str, int] | None) 
     if target is None:
         instances = [(gpu.gpu_model.profile(i.profile).name, i.start) for i in gpu.instances if not i.pod]
     else:
-        layout = find_layout(gpu.gpu_model, target)
-        if layout is None:
-            raise ValueError(f"target {target} is not feasible on {gpu.gpu_model.key}")
-        instances = [(i.profile, i.start) for i in layout]
+        instances = list(target_layout(gpu.gpu_model.key, tuple(sorted(target.items()))))
     return [Device(node=node.name, gpu=gpu.index, profile=p, start=s) for p, s in sorted(instances, key=lambda x: x[1])]
+
+
+@cache
+def target_layout(model_key: str, target: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+    """The layout a target map gets (the same every time: plans are deterministic); computed once per map."""
+    layout = find_layout(load_catalog().model(model_key), dict(target))
+    if layout is None:
+        raise ValueError(f"target {dict(target)} is not feasible on {model_key}")
+    return tuple((i.profile, i.start) for i in layout)
 
 
 def resource_key(node: NodeState, gpu: GpuState, profile: str) -> str:

@@ -15,7 +15,7 @@ from solver.geometry import maximal_maps
 from solver.problem import Member, PodGroup, PoolKey, Problem
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
-FreeIndex = dict[tuple[int, str], list[Device]]  # (pool index, resource key) -> free devices, in order
+FreeIndex = dict[tuple[int, str], dict[str, list[Device]]]  # (pool index, resource key) -> node -> free devices
 
 
 def _choose_members(problem: Problem, answer: AggregateSolution) -> dict[int, list[Member]]:
@@ -82,7 +82,7 @@ def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) ->
     target_of = _targets(problem, answer, chosen)
     pool_index = {pool: i for i, pool in enumerate(problem.pools)}
     group_of_unit = {u: gi for gi, g in enumerate(problem.reconfig_groups) for u in g.units}
-    free: FreeIndex = defaultdict(list)
+    free: FreeIndex = defaultdict(dict)
     for ui, unit in enumerate(problem.units):
         for member in unit.members:
             node = nodes[member.node]
@@ -99,35 +99,43 @@ def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) ->
                     decisions.targets[(node.name, gpu.index)] = devices
             for gpu, target in zip(gpus, targets, strict=True):
                 for device in free_devices(node, gpu, target):
-                    free[pool_index[pool], resource_key(node, gpu, device.profile)].append(device)
+                    slot = free[pool_index[pool], resource_key(node, gpu, device.profile)]
+                    slot.setdefault(node.name, []).append(device)
     return free, nodes
 
 
 def _take_on_one_node(demand: Demand, free: FreeIndex, pools: list[int]) -> list[Device] | None:
     """All devices of one pod from a single node (the first in name order that has them), from allowed pools."""
-    by_node: dict[str, dict[str, list[tuple[int, Device]]]] = defaultdict(lambda: defaultdict(list))
-    for pi in pools:
-        for key, _ in demand.resources:
-            for device in free.get((pi, key), []):
-                by_node[device.node][key].append((pi, device))
-    for node in sorted(by_node):
-        offer = by_node[node]
+    first = demand.resources[0][0]
+    for node in sorted({node for pi in pools for node in free.get((pi, first), {})}):
+        offer = {
+            key: [(pi, d) for pi in pools for d in free.get((pi, key), {}).get(node, [])] for key, _ in demand.resources
+        }
         if all(len(offer[key]) >= count for key, count in demand.resources):
-            taken = [(pi, key, device) for key, count in demand.resources for pi, device in offer[key][:count]]
+            taken = [(pi, key, d) for key, count in demand.resources for pi, d in offer[key][:count]]
             for pi, key, device in taken:
-                free[pi, key].remove(device)
+                _remove(free, pi, key, device)
             return [device for _, _, device in taken]
     return None
+
+
+def _remove(free: FreeIndex, pool: int, key: str, device: Device) -> None:
+    devices = free[pool, key][device.node]
+    devices.remove(device)
+    if not devices:
+        del free[pool, key][device.node]
 
 
 def _take_single(demand: Demand, free: FreeIndex, quota: dict[int, int], pools: list[int]) -> list[Device] | None:
     """One device for a one-device pod: from a pool the IP allotted to its group while quota lasts, else any."""
     key = demand.resources[0][0]
     for pi in [p for p in pools if quota.get(p, 0) > 0] + pools:
-        devices = free.get((pi, key))
-        if devices:
+        by_node = free.get((pi, key))
+        if by_node:
             quota[pi] = quota.get(pi, 0) - 1
-            return [devices.pop(0)]
+            device = next(iter(by_node.values()))[0]
+            _remove(free, pi, key, device)
+            return [device]
     return None
 
 
@@ -136,10 +144,13 @@ def _place(problem: Problem, answer: AggregateSolution, free: FreeIndex, decisio
     whose co-location the IP relaxed; then let any other pod take what is left."""
     waiting: list[tuple[PodGroup, Demand]] = []
     single_first = sorted(range(len(problem.pod_groups)), key=lambda di: problem.pod_groups[di].demands[0].devices > 1)
+    quotas: dict[int, dict[int, int]] = defaultdict(dict)
+    for (di, pi, _), count in answer.allocation.items():
+        quotas[di][pi] = count
     for di in single_first:
         group = problem.pod_groups[di]
         pools = [pi for pi, pool in enumerate(problem.pools) if problem.usable(group, pool)]
-        quota = {pi: c for (d, pi, _), c in answer.allocation.items() if d == di}
+        quota = quotas[di]
         for n, demand in enumerate(group.demands):
             taken = None
             if n < answer.served.get(di, 0):
@@ -278,6 +289,8 @@ def _best_map(node: NodeState, gpu: GpuState, missing: Counter[str]) -> tuple[di
 
 
 def _within_caps(problem: Problem, decisions: Decisions, node: NodeState, new: dict[int, dict[str, int]]) -> bool:
+    if problem.policy.max_evictions is None and problem.policy.max_reconfigurations is None:
+        return True
     nodes = {n.name: n for n in problem.snapshot.nodes}
     changing = {
         ref for ref, target in decisions.targets.items() if target != _gpu(nodes[ref[0]], ref[1]).mig_devices

@@ -31,6 +31,7 @@ class Explainer:
         self.reconfigured = reconfigured
         self._cache: dict[tuple[object, ...], str] = {}
         self._offers: dict[str, set[str]] = {}
+        self._capable_nodes: dict[tuple[tuple[str, int], ...], list[NodeState]] = {}
 
     def reason(self, demand: Demand) -> str:
         key = (demand.eligibility_key, demand.resources, demand.pod.priority)
@@ -54,7 +55,9 @@ class Explainer:
 
     def _reason(self, demand: Demand) -> str:
         wanted = ", ".join(f"{c}x {k.rsplit(':', 1)[-1]}" for k, c in demand.resources)
-        capable = [n for n in self.snapshot.nodes if self._node_capable(n, demand)]
+        if demand.resources not in self._capable_nodes:
+            self._capable_nodes[demand.resources] = [n for n in self.snapshot.nodes if self._node_capable(n, demand)]
+        capable = self._capable_nodes[demand.resources]
         if not capable:
             profiles = [k.rsplit(":", 1)[-1] for k, _ in demand.resources]
             if len(profiles) > 1:

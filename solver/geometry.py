@@ -111,33 +111,12 @@ def _expand(model: GpuModel, devices: MigDevices) -> list[Profile]:
     return [p for p in size_order(model) for _ in range(devices.get(p.name, 0))]
 
 
-def layouts_for_map(model: GpuModel, devices: Mapping[str, int], keep: Iterable[Instance] = ()) -> list[list[Instance]]:
-    """Every layout that realises the map, optionally containing the `keep` instances where they are."""
+def _layouts(model: GpuModel, devices: Mapping[str, int], keep: Iterable[Instance]) -> Iterator[list[Instance]]:
+    """Every layout realising the map with the `keep` instances where they are, lazily, in search order."""
     target = normalise_map(model, devices)
-    kept = list(keep)
-    if check_layout(model, kept):
-        return []
-    remaining = Counter(target)
-    used = 0
-    for inst in kept:
-        profile = model.profile(inst.profile)
-        remaining[profile.name] -= 1
-        used |= ((1 << profile.memory_slices) - 1) << inst.start
-    if any(c < 0 for c in remaining.values()) or _map_bounds_problem(model, target):
-        return []
-    fixed = [Instance(profile=model.profile(i.profile).name, start=i.start) for i in kept]
-    return [
-        sorted(fixed + [Instance(profile=p.name, start=s) for p, s in layout], key=lambda i: (i.start, i.profile))
-        for layout in _search(model, _expand(model, dict(remaining)), used, -1, [])
-    ]
-
-
-def find_layout(model: GpuModel, devices: Mapping[str, int], keep: Iterable[Instance] = ()) -> list[Instance] | None:
-    """One layout realising the map (keeping `keep` in place), or None."""
-    target = normalise_map(model, devices)
-    kept = list(keep)
+    kept = [Instance(profile=model.profile(i.profile).name, start=i.start) for i in keep]
     if check_layout(model, kept) or _map_bounds_problem(model, target):
-        return None
+        return
     remaining = Counter(target)
     used = 0
     for inst in kept:
@@ -145,13 +124,20 @@ def find_layout(model: GpuModel, devices: Mapping[str, int], keep: Iterable[Inst
         remaining[profile.name] -= 1
         used |= ((1 << profile.memory_slices) - 1) << inst.start
     if any(c < 0 for c in remaining.values()):
-        return None
+        return
     for layout in _search(model, _expand(model, dict(remaining)), used, -1, []):
-        fixed = [Instance(profile=model.profile(i.profile).name, start=i.start) for i in kept]
-        return sorted(
-            fixed + [Instance(profile=p.name, start=s) for p, s in layout], key=lambda i: (i.start, i.profile)
-        )
-    return None
+        placed = kept + [Instance(profile=p.name, start=s) for p, s in layout]
+        yield sorted(placed, key=lambda i: (i.start, i.profile))
+
+
+def layouts_for_map(model: GpuModel, devices: Mapping[str, int], keep: Iterable[Instance] = ()) -> list[list[Instance]]:
+    """Every layout that realises the map, optionally containing the `keep` instances where they are."""
+    return list(_layouts(model, devices, keep))
+
+
+def find_layout(model: GpuModel, devices: Mapping[str, int], keep: Iterable[Instance] = ()) -> list[Instance] | None:
+    """One layout realising the map (keeping `keep` in place), or None."""
+    return next(_layouts(model, devices, keep), None)
 
 
 def explain_map(model: GpuModel, devices: Mapping[str, int]) -> str | None:

@@ -49,6 +49,11 @@ class GpuState(_Strict):
         return [Instance(profile=self.gpu_model.profile(i.profile).name, start=i.start) for i in self.instances]
 
     @property
+    def layout_pairs(self) -> tuple[tuple[str, int], ...]:
+        """The current layout as (profile, start) pairs, start order."""
+        return tuple(sorted(((i.profile, i.start) for i in self.layout), key=lambda x: x[1]))
+
+    @property
     def mig_devices(self) -> dict[str, int]:
         """The current layout as a `mig-devices` map (catalog order): what mig-parted compares a target with."""
         counts = Counter(self.gpu_model.profile(i.profile).name for i in self.instances)

@@ -48,7 +48,7 @@ policies = st.builds(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cluster_specs(), policies)
 def test_every_plan_is_valid_and_optimal_is_never_worse(spec: ClusterSpec, policy: PlanPolicy) -> None:
     snapshot = parse_snapshot(generate_snapshot(spec))
@@ -164,7 +164,7 @@ def _best_assignment(pending: list[Any], devices: list[tuple[int, str, int | Non
     return search(0, tuple(True for _ in devices))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tiny_snapshots())
 def test_optimal_matches_brute_force_on_tiny_clusters(case: tuple[dict[str, Any], PlanPolicy]) -> None:
     raw, policy = case
