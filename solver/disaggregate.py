@@ -76,7 +76,8 @@ def _assign(forbidden: list[int], capacity: list[int]) -> list[int]:
     return taken
 
 
-def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) -> tuple[FreeIndex, dict[str, NodeState]]:
+def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) -> FreeIndex:
+    """Targets for the chosen members (recorded in `decisions`) and every free device, by pool and key."""
     nodes = {n.name: n for n in problem.snapshot.nodes}
     chosen = _choose_members(problem, answer)
     target_of = _targets(problem, answer, chosen)
@@ -101,7 +102,7 @@ def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) ->
                 for device in free_devices(node, gpu, target):
                     slot = free[pool_index[pool], resource_key(node, gpu, device.profile)]
                     slot.setdefault(node.name, []).append(device)
-    return free, nodes
+    return free
 
 
 def _take_on_one_node(demand: Demand, free: FreeIndex, pools: list[int]) -> list[Device] | None:
@@ -184,7 +185,7 @@ def _drop_idle_reconfigurations(problem: Problem, decisions: Decisions) -> None:
 
 def disaggregate(problem: Problem, answer: AggregateSolution) -> Decisions:
     decisions = Decisions()
-    free, _ = _index(problem, answer, decisions)
+    free = _index(problem, answer, decisions)
     _place(problem, answer, free, decisions)
     _repair(problem, decisions)
     _drop_idle_reconfigurations(problem, decisions)

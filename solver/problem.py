@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from solver.catalog import GpuModel
-from solver.demand import Demand, PriorityWeights, demands, key_compute_slices, rejection, single_key, weights_for
+from solver.demand import Demand, PriorityWeights, demands, rejection, single_key, weights_for
 from solver.geometry import feasible_maps, maximal_maps
 from solver.plan import PlanPolicy
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
@@ -307,7 +307,3 @@ def build_problem(snapshot: ClusterSnapshot, policy: PlanPolicy) -> Problem:
         pod_groups=sorted(pod_groups.values(), key=lambda g: (-g.weight, g.resources, g.eligibility, g.priority)),
         pools=pools,
     )
-
-
-def resource_slices(resources: tuple[tuple[str, int], ...]) -> int:
-    return sum(key_compute_slices(k) * c for k, c in resources)
