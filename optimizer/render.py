@@ -21,6 +21,8 @@ class Output(StrEnum):
 
 
 console = Console(soft_wrap=True)
+if not console.is_terminal:  # piped output: do not fold tables to 80 columns
+    console.width = 200
 
 
 def emit_data(data: Any, output: Output) -> None:
