@@ -95,6 +95,8 @@ class NodeSelectorTerm(_Strict):
 class NodeState(_Strict):
     name: str = Field(min_length=1)
     labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    allocatable: dict[str, int] = {}
     taints: list[Taint] = []
     unschedulable: bool = False
     gpus: list[GpuState] = []
