@@ -1,0 +1,188 @@
+"""Run a scenario: the same workload on a fresh twin per policy, the real controller driving the twin.
+
+`static:<config>` is an administrator's fixed geometry (no controller); `greedy` and `optimal` run migopt's
+controller in `enforce` mode with that planner, starting from the scenario's initial config. Time is simulated:
+the twin's clock jumps from event to event, the controller ticks every `tick_s` of simulated time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+
+from pydantic import BaseModel
+
+from optimizer.cluster_port import MIG_CONFIG_LABEL, MIG_STATE_LABEL
+from optimizer.migparted import MigConfigEntry, MigPartedConfig, render_config
+from optimizer.reconcile import Controller, ControllerSettings
+from simulations.placement import apply_map
+from simulations.report import PodTimes, PolicyResult, Sample, percentile, time_weighted_allocation, waits
+from simulations.scenario import Scenario, SyntheticSource
+from simulations.standard_configs import standard_map
+from simulations.twin.cluster import Twin
+from simulations.twin.state import PodPhase
+from simulations.workloads import WorkloadPod, default_replay, generate, inflate, load_trace, timed
+from solver.catalog import load_catalog
+from solver.errors import MigoptError
+from solver.plan import PlanPolicy
+from solver.snapshot import STRATEGY_LABEL, ClusterSnapshot, GpuState, InstanceState, NodeState
+
+Progress = Callable[[float], None]
+
+
+def _initial_cluster(scenario: Scenario, config: str) -> tuple[ClusterSnapshot, str]:
+    """Nodes whose GPUs all hold the standard `config`, and the mig-parted file that names it."""
+    shape = scenario.cluster
+    catalog = load_catalog()
+    models = [catalog.model(m) for m in shape.models]
+    entries = []
+    for model in models:
+        devices = standard_map(model, config)
+        entry: dict[str, object] = {"devices": "all", "mig-enabled": devices is not None}
+        if devices is not None:
+            entry["mig-devices"] = devices
+        if len(models) > 1:
+            entry["device-filter"] = list(model.pci_device_ids)
+        entries.append(MigConfigEntry.model_validate(entry))
+    file = MigPartedConfig.model_validate({"version": "v1", "mig-configs": {config: entries, **_disabled()}})
+    nodes = []
+    width = len(str(shape.nodes))
+    for i in range(shape.nodes):
+        model = models[i % len(models)]
+        devices = standard_map(model, config) or {}
+        layout, _ = apply_map(model, devices)
+        if layout is None:
+            raise MigoptError(f"{config} cannot be created on {model.key}")
+        gpus = [
+            GpuState(
+                index=g, model=model.key, instances=[InstanceState(profile=x.profile, start=x.start) for x in layout]
+            )
+            for g in range(shape.gpus_per_node)
+        ]
+        labels = {MIG_CONFIG_LABEL: config, MIG_STATE_LABEL: "success", STRATEGY_LABEL: shape.strategy}
+        nodes.append(NodeState(name=f"node-{i:0{width}d}", labels=labels, gpus=gpus))
+    return ClusterSnapshot(nodes=nodes), render_config(file)
+
+
+def _disabled() -> dict[str, list[MigConfigEntry]]:
+    return {"all-disabled": [MigConfigEntry.model_validate({"devices": "all", "mig-enabled": False})]}
+
+
+def _sample(twin: Twin) -> Sample:
+    allocated = total = 0
+    for node in twin.nodes.values():
+        for gpu in node.gpus:
+            model = gpu.gpu_model
+            total += model.compute_slices
+            allocated += sum(model.profile(i.profile).compute_slices for i in gpu.instances if i.pod)
+    pending = sum(1 for p in twin.pods.values() if p.active and p.phase == PodPhase.PENDING)
+    return Sample(time_s=twin.now(), allocated_slices=allocated, total_slices=total, pending_pods=pending)
+
+
+def run_policy(
+    scenario: Scenario, policy: str, pods: list[WorkloadPod], progress: Progress | None = None
+) -> PolicyResult:
+    """One policy on a fresh twin: the figures of `simulations.report`."""
+    started = time.perf_counter()
+    static = policy.startswith("static:")
+    snapshot, config_text = _initial_cluster(
+        scenario, policy.removeprefix("static:") if static else scenario.cluster.initial_config
+    )
+    twin = Twin.from_snapshot(snapshot, config_text, seed=scenario.seed)
+    controller = None
+    if not static:
+        knobs = scenario.controller
+        settings = ControllerSettings(
+            mode="enforce",
+            planner="greedy" if policy == "greedy" else "optimal",
+            batch_idle_s=knobs.batch_idle_s,
+            batch_timeout_s=knobs.batch_timeout_s,
+            policy=PlanPolicy(time_limit_s=knobs.time_limit_s, max_evictions=knobs.max_evictions),
+        )
+        controller = Controller(twin, settings)
+    for pod in pods:
+        twin.clock.schedule(pod.arrival_s, _arrival(twin, pod))
+    samples: list[Sample] = []
+    tick = scenario.controller.tick_s
+    now = 0.0
+    while now <= scenario.horizon_s:
+        twin.run_until(now)
+        if controller is not None:
+            controller.tick()
+        samples.append(_sample(twin))
+        if progress is not None:
+            progress(now / scenario.horizon_s)
+        now += tick
+    return _result(policy, twin, pods, samples, scenario.horizon_s, controller, time.perf_counter() - started)
+
+
+def _arrival(twin: Twin, pod: WorkloadPod) -> Callable[[], None]:
+    def arrive() -> None:
+        twin.add_pod(
+            pod.name, pod.requests, priority=pod.priority, node_selector=pod.node_selector, duration_s=pod.duration_s
+        )
+
+    return arrive
+
+
+def _result(
+    policy: str,
+    twin: Twin,
+    pods: list[WorkloadPod],
+    samples: list[Sample],
+    horizon_s: float,
+    controller: Controller | None,
+    wall_s: float,
+) -> PolicyResult:
+    first_start: dict[str, float] = {}
+    for pod in twin.pods.values():
+        if pod.started_at is not None:
+            first_start[pod.origin] = min(first_start.get(pod.origin, pod.started_at), pod.started_at)
+    arrived = [p for p in pods if p.arrival_s <= horizon_s]
+    times = [PodTimes(name=p.name, arrival_s=p.arrival_s, started_s=first_start.get(p.name)) for p in arrived]
+    waited = waits(times, horizon_s)
+    rebuilt = sum(1 for run in twin.mig_runs if run.outcome == "success" and run.went_pending)
+    return PolicyResult(
+        policy=policy,
+        served_pods=sum(1 for t in times if t.started_s is not None),
+        arrived_pods=len(arrived),
+        pending_seconds_p50=round(percentile(waited, 0.5), 1),
+        pending_seconds_p95=round(percentile(waited, 0.95), 1),
+        slice_allocation=round(time_weighted_allocation(samples, horizon_s), 4),
+        reconfigurations=rebuilt,
+        evictions=sum(1 for e in twin.evictions if e.outcome == "evicted"),
+        plans=controller.plans_made if controller else 0,
+        wall_seconds=round(wall_s, 2),
+        samples=samples,
+    )
+
+
+class SimulationReport(BaseModel):
+    scenario: str
+    horizon_s: float
+    pods: int
+    policies: dict[str, PolicyResult]
+
+
+def workload_pods(scenario: Scenario) -> list[WorkloadPod]:
+    """The scenario's pods: generated, or replayed from a trace (inflate fills the cluster's compute slices)."""
+    source = scenario.workload
+    if isinstance(source, SyntheticSource):
+        return generate(source.spec)
+    rows = load_trace(source.path)
+    replay = source.replay or default_replay(rows)
+    if replay == "timed":
+        return timed(rows, source.mapping, time_scale=source.time_scale, window_s=source.window_s)
+    shape = scenario.cluster
+    capacity = shape.nodes * shape.gpus_per_node * load_catalog().model(shape.models[0]).compute_slices
+    return inflate(rows, source.mapping, capacity, target_share=source.target_share, seed=source.seed)
+
+
+def run_scenario(scenario: Scenario, progress: Callable[[str, float], None] | None = None) -> SimulationReport:
+    """Every policy of the scenario on the same pods."""
+    pods = workload_pods(scenario)
+    results = {}
+    for policy in scenario.policies:
+        results[policy] = run_policy(scenario, policy, pods, partial(progress, policy) if progress else None)
+    return SimulationReport(scenario=scenario.name, horizon_s=scenario.horizon_s, pods=len(pods), policies=results)

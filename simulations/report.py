@@ -1,0 +1,99 @@
+"""Figures of one simulated run per policy, and the plots comparing them.
+
+Definitions (spec/papers-and-traces.md §3):
+- `served_pods`: pods that started running before the horizon.
+- `pending_seconds_p50/p95`: time from arrival to start; a pod still waiting at the horizon counts with the time
+  it had waited then (censored), so a policy cannot look fast by never starting the hard pods.
+- `slice_allocation`: time-weighted mean share of the cluster's compute slices held by running pods.
+- `reconfigurations`: GPUs whose MIG layout was rebuilt; `evictions`: pods evicted by the controller.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class Sample(BaseModel):
+    """The cluster at one instant of simulated time."""
+
+    time_s: float
+    allocated_slices: int
+    total_slices: int
+    pending_pods: int
+
+
+class PodTimes(BaseModel):
+    name: str
+    arrival_s: float
+    started_s: float | None
+
+
+class PolicyResult(BaseModel):
+    policy: str
+    served_pods: int
+    arrived_pods: int
+    pending_seconds_p50: float
+    pending_seconds_p95: float
+    slice_allocation: float = Field(description="time-weighted mean share of compute slices allocated")
+    reconfigurations: int
+    evictions: int
+    plans: int
+    wall_seconds: float
+    samples: list[Sample] = Field(default=[], exclude=True)
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile (0 for no values)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def waits(pods: list[PodTimes], horizon_s: float) -> list[float]:
+    return [(p.started_s if p.started_s is not None else horizon_s) - p.arrival_s for p in pods]
+
+
+def time_weighted_allocation(samples: list[Sample], horizon_s: float) -> float:
+    """Mean of allocated/total over time, each sample holding until the next (or the horizon)."""
+    if not samples:
+        return 0.0
+    total = 0.0
+    for current, following in zip(samples, [*samples[1:], None], strict=True):
+        end = following.time_s if following is not None else horizon_s
+        span = max(0.0, end - current.time_s)
+        total += span * (current.allocated_slices / current.total_slices if current.total_slices else 0.0)
+    covered = max(horizon_s - samples[0].time_s, 1e-9)
+    return total / covered
+
+
+def plot(results: list[PolicyResult], out_dir: Path) -> list[Path]:
+    """Allocation and pending pods over time, one line per policy, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, title, value in (
+        ("allocation.png", "share of compute slices allocated", lambda s: s.allocated_slices / max(s.total_slices, 1)),
+        ("pending.png", "pending pods", lambda s: float(s.pending_pods)),
+    ):
+        figure, axes = plt.subplots(figsize=(9, 4.5))
+        for result in results:
+            hours = [s.time_s / 3600 for s in result.samples]
+            axes.step(hours, [value(s) for s in result.samples], where="post", label=result.policy)
+        axes.set_xlabel("simulated time (h)")
+        axes.set_ylabel(title)
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        path = out_dir / name
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+    return written

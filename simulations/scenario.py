@@ -1,0 +1,116 @@
+"""What-if scenarios: a cluster, a workload, the policies to compare, and how long to run.
+
+Scenario files are YAML validated into these models; every mistake is one line naming the field. The built-in
+scenario (`default_scenario`) is what `migopt simulate` runs without arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from simulations.workloads import GpuMilliMapping, SyntheticWorkload
+from solver.catalog import load_catalog
+from solver.errors import MigoptError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClusterShape(_Strict):
+    """Nodes of one or more GPU models, all starting from one standard MIG config."""
+
+    nodes: int = Field(default=8, ge=1)
+    gpus_per_node: int = Field(default=8, ge=1)
+    models: list[str] = Field(default=["A100-80GB"], min_length=1)
+    strategy: Literal["mixed", "single"] = "mixed"
+    initial_config: str = "all-balanced"
+
+    @field_validator("models")
+    @classmethod
+    def _known(cls, models: list[str]) -> list[str]:
+        return [load_catalog().model(m).key for m in models]
+
+
+class SyntheticSource(_Strict):
+    kind: Literal["synthetic"] = "synthetic"
+    spec: SyntheticWorkload
+
+
+class TraceSource(_Strict):
+    kind: Literal["trace"] = "trace"
+    path: str
+    replay: Literal["inflate", "timed"] | None = None  # default: timed when the file has timestamps
+    mapping: GpuMilliMapping = GpuMilliMapping()
+    target_share: float = Field(default=1.0, gt=0)
+    time_scale: float = Field(default=1.0, gt=0)
+    window_s: float | None = Field(default=None, gt=0)
+    seed: int = 0
+
+
+class ControllerKnobs(_Strict):
+    tick_s: float = Field(default=30.0, gt=0)
+    batch_idle_s: float = Field(default=10.0, ge=0)
+    batch_timeout_s: float = Field(default=60.0, ge=0)
+    time_limit_s: float = Field(default=1.0, gt=0)
+    max_evictions: int | None = Field(default=None, ge=0)
+
+
+class Scenario(_Strict):
+    name: str = "scenario"
+    cluster: ClusterShape = ClusterShape()
+    workload: Annotated[SyntheticSource | TraceSource, Field(discriminator="kind")]
+    horizon_s: float = Field(default=6 * 3600.0, gt=0)
+    policies: list[str] = Field(default=["static:all-balanced", "greedy", "optimal"], min_length=1)
+    controller: ControllerKnobs = ControllerKnobs()
+    seed: int = 0
+
+    @field_validator("policies")
+    @classmethod
+    def _policy_names(cls, policies: list[str]) -> list[str]:
+        for policy in policies:
+            if policy not in ("greedy", "optimal") and not policy.startswith("static:"):
+                raise ValueError(f"unknown policy {policy!r}: expected static:<config>, greedy or optimal")
+        return policies
+
+
+def default_scenario() -> Scenario:
+    """Half a day on 8 A100-80GB nodes: a mixed stream of inference and training slices, 3 policies."""
+    return Scenario(
+        name="built-in: 8 x 8 A100-80GB, mixed MIG demand",
+        cluster=ClusterShape(nodes=8, gpus_per_node=8, models=["A100-80GB"], initial_config="all-balanced"),
+        workload=SyntheticSource(
+            spec=SyntheticWorkload(
+                arrival_rate_per_s=1 / 45,
+                duration_mean_s=3600,
+                duration_dist="lognormal",
+                profile_mix={"1g.10gb": 5, "2g.20gb": 3, "3g.40gb": 2, "4g.40gb": 1, "7g.80gb": 1},
+                priorities={0: 3, 100: 1},
+                horizon_s=12 * 3600,
+                seed=7,
+            )
+        ),
+        horizon_s=12 * 3600,
+    )
+
+
+def load_scenario(path: Path) -> Scenario:
+    """A scenario file, validated; a bad one is a one-line `MigoptError` naming the field."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise MigoptError(f"cannot read scenario {str(path)!r}: {err.strerror}") from None
+    except yaml.YAMLError:
+        raise MigoptError(f"scenario {str(path)!r} is not valid YAML") from None
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "scenario"
+        raise MigoptError(f"scenario {str(path)!r}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
+    except MigoptError as err:
+        raise MigoptError(f"scenario {str(path)!r}: {err}") from None

@@ -1,0 +1,338 @@
+"""`Twin`: a simulated Kubernetes GPU cluster with the NVIDIA GPU Operator, behind the controller's ClusterPort.
+
+It composes the parts: nodes and pods (`state`, `workload`), one mig-manager per node (`mig_manager`), the
+device plugin and GFD per node (`operands`), the scheduler (`scheduler`), the Eviction API (`evictions`),
+all on one simulated clock (`clock`). Label writes, whoever makes them, go through one place that feeds the
+watchers: `nvidia.com/mig.config` to the node's mig-manager, deploy labels to its operands. The scheduler
+runs after every clock event and after every call that changes the cluster. Given the same snapshot, calls
+and seed, a twin behaves identically.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Literal
+
+from optimizer.cluster_port import ClusterPort, EvictionOutcome
+from simulations.twin.clock import SimClock
+from simulations.twin.convert import load_pods, node_from_state, registered_resources, to_snapshot
+from simulations.twin.evictions import eviction_outcome
+from simulations.twin.labels import CLIENT_DEPLOY_LABEL, DEPLOY_LABELS, MIG_CONFIG_LABEL, MIG_STATE_LABEL
+from simulations.twin.mig_manager import MigManager, MigManagerTimings
+from simulations.twin.operands import NodeOperands
+from simulations.twin.scheduler import Scheduler
+from simulations.twin.state import (
+    EvictionRecord,
+    LabelChange,
+    LogLine,
+    MigRun,
+    PodDisruptionBudget,
+    PodPhase,
+    PodSpec,
+    RecordedEvent,
+    Strategy,
+    TwinNode,
+    TwinPod,
+)
+from simulations.twin.workload import PodStore
+from solver.snapshot import ClusterSnapshot, NodeSelectorTerm, Toleration
+
+DEFAULT_TIMINGS = MigManagerTimings()
+_NO_CHANGES: Mapping[str, str | None] = MappingProxyType({})
+_OPERAND_LABELS = frozenset((*DEPLOY_LABELS, CLIENT_DEPLOY_LABEL))
+
+
+class _ManagerHost:
+    """What the mig-manager pods reach, without widening the Twin's public surface."""
+
+    def __init__(self, twin: Twin) -> None:
+        self._twin = twin
+
+    def node(self, name: str) -> TwinNode:
+        return self._twin.node(name)
+
+    def write_labels(self, node: str, patch: Mapping[str, str | None]) -> None:
+        self._twin._write_labels(node, patch)
+
+    def read_mig_config(self) -> str | None:
+        return self._twin.read_mig_config()
+
+    def is_stuck(self, node: str) -> bool:
+        return node in self._twin.stuck_pending
+
+    def record_run(self, run: MigRun) -> None:
+        self._twin.mig_runs.append(run)
+
+    def log(self, node: str, message: str) -> None:
+        self._twin.log_lines.append(LogLine(time=self._twin.now(), node=node, message=message))
+
+
+class Twin:
+    """A digital twin of a MIG cluster; implements `optimizer.cluster_port.ClusterPort`.
+
+    Fault knobs: `stuck_pending` (node names whose mig-manager runs hang in `pending`, spec §7.1) and
+    `restart_mig_manager`. Records for assertions: `evictions`, `events`, `label_log`, `mig_runs`, `log_lines`.
+    """
+
+    def __init__(
+        self,
+        nodes: Iterable[TwinNode],
+        *,
+        mig_config_text: str | None = None,
+        timings: MigManagerTimings = DEFAULT_TIMINGS,
+        seed: int = 0,
+        grace_period_s: float = 30.0,
+        registered: Mapping[str, Mapping[str, int]] | None = None,
+    ) -> None:
+        self.clock = SimClock()
+        self.timings = timings
+        self.grace_period_s = grace_period_s
+        self.stuck_pending: set[str] = set()
+        self.evictions: list[EvictionRecord] = []
+        self.events: list[RecordedEvent] = []
+        self.label_log: list[LabelChange] = []
+        self.mig_runs: list[MigRun] = []
+        self.log_lines: list[LogLine] = []
+        self._scheduler = Scheduler(random.Random(seed))
+        self._node_version = 0  # bumped by label, cordon and strategy changes
+        self._scheduled_at: tuple[int, ...] | None = None  # the state the last scheduling pass saw
+        self._config_text = mig_config_text
+        self._nodes: dict[str, TwinNode] = {}
+        for node in nodes:
+            if node.name in self._nodes:
+                raise ValueError(f"duplicate node {node.name!r}")
+            self._nodes[node.name] = node
+        self._pods = PodStore(self.clock, self._nodes)
+        self._pdbs: dict[str, PodDisruptionBudget] = {}
+        host = _ManagerHost(self)
+        self._managers = {name: MigManager(name, self.clock, host, timings) for name in self._nodes}
+        self._operands = {
+            name: NodeOperands(node, self.clock, timings.restore_s, self._write_labels)
+            for name, node in self._nodes.items()
+        }
+        for name, manager in self._managers.items():
+            self._operands[name].register_stale((registered or {}).get(name, {}))
+            self._operands[name].boot()
+            manager.adopt()
+        self.clock.add_listener(self._schedule)
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        snapshot: ClusterSnapshot,
+        mig_config_text: str | None = None,
+        timings: MigManagerTimings = DEFAULT_TIMINGS,
+        seed: int = 0,
+        grace_period_s: float = 30.0,
+    ) -> Twin:
+        """A running cluster as the snapshot shows it; its mig-managers have already processed their labels.
+
+        Pending pods that fit free advertised devices are bound at once, as the scheduler would.
+        """
+        twin = cls(
+            [node_from_state(n) for n in snapshot.nodes], mig_config_text=mig_config_text, timings=timings,
+            seed=seed, grace_period_s=grace_period_s,
+            registered={n.name: registered_resources(n) for n in snapshot.nodes},
+        )  # fmt: skip
+        load_pods(snapshot, twin._nodes, twin._pods)
+        twin._schedule()
+        return twin
+
+    # ---- ClusterPort ------------------------------------------------------------------------------------
+
+    def snapshot(self) -> ClusterSnapshot:
+        return to_snapshot(self._nodes, {n: o.plugin for n, o in self._operands.items()}, self._pods)
+
+    def patch_node(
+        self, node: str, *, labels: Mapping[str, str | None] = _NO_CHANGES,
+        annotations: Mapping[str, str | None] = _NO_CHANGES,
+    ) -> None:  # fmt: skip
+        target = self.node(node)
+        for key, value in annotations.items():
+            if value is None:
+                target.annotations.pop(key, None)
+            else:
+                target.annotations[key] = value
+        self._write_labels(node, labels)
+        self._schedule()
+
+    def set_unschedulable(self, node: str, unschedulable: bool) -> None:
+        self.node(node).unschedulable = unschedulable
+        self._node_version += 1
+        self._schedule()
+
+    def evict(self, pod: str) -> EvictionOutcome:
+        target = self._pods.active(pod)
+        outcome = eviction_outcome(target, self._pods.running(), self._pdbs.values())
+        if outcome is EvictionOutcome.EVICTED and target is not None and not target.terminating:
+            if target.phase == PodPhase.RUNNING and target.spec.ignores_eviction:
+                self._pods.terminate(target, self.grace_period_s)
+            else:
+                self._pods.delete(target)
+            if target.spec.owned:
+                self._pods.recreate(target)
+        self.evictions.append(EvictionRecord(time=self.now(), pod=pod, outcome=outcome))
+        self._schedule()
+        return outcome
+
+    def read_mig_config(self) -> str | None:
+        return self._config_text
+
+    def write_mig_config(self, text: str) -> None:
+        self._config_text = text
+
+    def record_event(self, kind: Literal["Pod", "Node"], name: str, reason: str, message: str) -> None:
+        self.events.append(RecordedEvent(time=self.now(), kind=kind, name=name, reason=reason, message=message))
+
+    def now(self) -> float:
+        return self.clock.now
+
+    # ---- time -------------------------------------------------------------------------------------------
+
+    def run_until(self, until: float) -> int:
+        """Fire everything due up to `until` and leave the clock there; returns the events fired."""
+        return self.clock.run_until(until)
+
+    def advance(self, seconds: float) -> int:
+        return self.clock.run_until(self.now() + seconds)
+
+    def run_until_idle(self, limit_s: float = 86_400.0) -> int:
+        """Fire events until none is left or the next is more than `limit_s` away (pods that run forever and
+        stuck runs schedule nothing, so this ends)."""
+        return self.clock.run_until_idle(self.now() + limit_s)
+
+    # ---- workload ---------------------------------------------------------------------------------------
+
+    def add_pod(
+        self,
+        name: str,
+        requests: Mapping[str, int],
+        *,
+        priority: int = 0,
+        node_selector: Mapping[str, str] | None = None,
+        node_affinity: list[NodeSelectorTerm] | None = None,
+        tolerations: list[Toleration] | None = None,
+        duration_s: float | None = None,
+        evictable: bool = True,
+        ignores_eviction: bool = False,
+        owned: bool = True,
+    ) -> TwinPod:
+        """Create a pending pod (the scheduler may bind it at once); raises `MigoptError` on a bad request."""
+        spec = PodSpec(
+            requests=dict(requests), priority=priority, node_selector=dict(node_selector or {}),
+            node_affinity=list(node_affinity or []), tolerations=list(tolerations or []), duration_s=duration_s,
+            evictable=evictable, ignores_eviction=ignores_eviction, owned=owned,
+        )  # fmt: skip
+        pod = self._pods.add(name, spec)
+        self._schedule()
+        return pod
+
+    def add_pdb(self, name: str, pods: Iterable[str], min_available: int) -> PodDisruptionBudget:
+        pdb = PodDisruptionBudget(name=name, pods=frozenset(pods), min_available=min_available)
+        self._pdbs[name] = pdb
+        return pdb
+
+    def pod(self, name: str) -> TwinPod:
+        """The pod of that name, including finished and deleted ones (KeyError if never created)."""
+        return self._pods.pods[name]
+
+    @property
+    def pods(self) -> Mapping[str, TwinPod]:
+        return MappingProxyType(self._pods.pods)
+
+    # ---- nodes and operators ----------------------------------------------------------------------------
+
+    def node(self, name: str) -> TwinNode:
+        try:
+            return self._nodes[name]
+        except KeyError:
+            raise KeyError(f"node {name!r} not found") from None
+
+    @property
+    def nodes(self) -> Mapping[str, TwinNode]:
+        return MappingProxyType(self._nodes)
+
+    def allocatable(self, node: str) -> dict[str, int]:
+        """The device plugin's resources as kubelet reports them now."""
+        self.node(node)
+        return dict(self._operands[node].plugin.allocatable)
+
+    def capacity(self, node: str) -> dict[str, int]:
+        self.node(node)
+        return dict(self._operands[node].plugin.capacity)
+
+    def mig_manager(self, node: str) -> MigManager:
+        self.node(node)
+        return self._managers[node]
+
+    def restart_mig_manager(self, node: str) -> None:
+        """Kill and restart the node's mig-manager pod: a run in flight is abandoned, the label is re-applied."""
+        self.mig_manager(node).start()
+
+    def set_strategy(self, node: str, strategy: Strategy) -> None:
+        """Change the device plugin's MIG strategy on a node (ClusterPolicy edit): both operands roll."""
+        self.node(node).strategy = strategy
+        self._node_version += 1
+        self._operands[node].restart()
+
+    def mig_manager_log(self, node: str) -> list[str]:
+        return [line.message for line in self.log_lines if line.node == node]
+
+    def state_history(self, node: str) -> list[str | None]:
+        """Every value `nvidia.com/mig.config.state` took on the node, in order."""
+        return [c.new for c in self.label_log if c.node == node and c.key == MIG_STATE_LABEL]
+
+    # ---- internals --------------------------------------------------------------------------------------
+
+    def _write_labels(self, node: str, patch: Mapping[str, str | None]) -> None:
+        """The API server's label merge, then the watchers: mig-manager and operand DaemonSets."""
+        target = self.node(node)
+        config_changed = operands_changed = False
+        for key, value in patch.items():
+            old = target.labels.get(key)
+            if old == value:
+                continue
+            if value is None:
+                del target.labels[key]
+            else:
+                target.labels[key] = value
+            self.label_log.append(LabelChange(time=self.now(), node=node, key=key, old=old, new=value))
+            self._node_version += 1
+            config_changed |= key == MIG_CONFIG_LABEL
+            operands_changed |= key in _OPERAND_LABELS
+        if operands_changed:
+            self._operands[node].sync()
+        if config_changed:
+            self._managers[node].observe(target.labels.get(MIG_CONFIG_LABEL, ""))
+
+    def _state_version(self) -> tuple[int, ...]:
+        return (self._node_version, self._pods.version, *(ops.plugin.version for ops in self._operands.values()))
+
+    def reschedule(self) -> None:
+        """Run a scheduling pass even if the twin saw no change (after editing its state objects directly)."""
+        self._scheduled_at = None
+        self._scheduler.forget()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """One pass, skipped when nothing that decides a binding changed since the last one."""
+        if self._state_version() == self._scheduled_at:
+            return
+        pending = self._pods.pending()
+        if pending:
+            advertised = {name: ops.plugin.devices for name, ops in self._operands.items()}
+            keys = {
+                name: (ops.plugin.version, self._pods.holdings_version.get(name, 0))
+                for name, ops in self._operands.items()
+            }
+            self._scheduler.run(
+                pending, self._pods.demand, self._nodes, advertised, keys, self._node_version, self._pods.bind
+            )
+        self._scheduled_at = self._state_version()
+
+
+def _conforms(twin: Twin) -> ClusterPort:
+    """Static check (mypy) that the twin implements the controller's port."""
+    return twin

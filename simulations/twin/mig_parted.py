@@ -1,0 +1,185 @@
+"""The node-side `nvidia-mig-parted` that mig-manager runs: select, assert and apply on a twin node's GPUs.
+
+It follows spec §2.2 (which GPUs an entry matches), §2.4 (mode phase, then per GPU: equal maps are skipped
+untouched, otherwise clear and create in mig-parted's orderings with the driver's placement), §2.5 (assert)
+and §2.6 (a profile unknown to every GPU of the node clears the GPU and succeeds; known only to another
+model it fails). Destroying an instance a pod holds fails with NVML's "In use by another client".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from optimizer.migparted import MigConfigEntry, parse_config
+from simulations.placement import ALL_ORDERINGS_FAILED, apply_map
+from simulations.twin.state import TwinGpu, TwinInstance, TwinNode
+from solver.catalog import GpuModel
+from solver.errors import MigoptError
+from solver.profiles import parse_profile
+
+IN_USE = "In use by another client"
+ORDERINGS_FAILED = f"error setting MIGConfig: {ALL_ORDERINGS_FAILED}"
+
+
+class MigPartedError(Exception):
+    """A mig-parted invocation failed; the message is what mig-manager logs after "Error: "."""
+
+
+Pair = tuple[MigConfigEntry, TwinGpu]
+
+
+def select_config(text: str | None, name: str) -> list[MigConfigEntry]:
+    """`assert --valid-config -c NAME`: the file parses and names the config (an empty name only if it has one)."""
+    if text is None:
+        raise MigPartedError("error parsing config file: the mig-parted ConfigMap does not exist")
+    try:
+        config = parse_config(text)
+    except MigoptError as err:
+        raise MigPartedError(f"error parsing config file: {err}") from None
+    if not name:
+        if len(config.mig_configs) == 1:
+            return next(iter(config.mig_configs.values()))
+        raise MigPartedError("missing required flag 'selected-config' when more than one config available")
+    if name not in config.mig_configs:
+        raise MigPartedError(f"selected mig-config not present: {name}")
+    return config.mig_configs[name]
+
+
+def _filter_matches(entry: MigConfigEntry, model: GpuModel) -> bool:
+    """A device filter names PCI ids; the twin knows a GPU's model, so any of the model's ids matches."""
+    raw = entry.device_filter
+    filters = [raw] if isinstance(raw, str) else list(raw or [])
+    filters = [f for f in filters if f]
+    if not filters:
+        return True
+    ids = {pci.lower() for pci in model.pci_device_ids}
+    return any(f.split(":", 1)[0].lower() in ids for f in filters)
+
+
+def walk(entries: Sequence[MigConfigEntry], node: TwinNode) -> list[Pair]:
+    """(entry, GPU) pairs in mig-parted's visiting order: entries in file order, GPUs in index order."""
+    pairs: list[Pair] = []
+    gpus = sorted(node.gpus, key=lambda g: g.index)
+    for entry in entries:
+        for gpu in gpus:
+            if (entry.devices == "all" or gpu.index in entry.devices) and _filter_matches(entry, gpu.gpu_model):
+                pairs.append((entry, gpu))
+    return pairs
+
+
+def resolve(model: GpuModel, name: str) -> str | None:
+    """The catalog name of `name` on this model (drifted names and `1c.1g.5gb` spellings included), or None."""
+    if model.has_profile(name):
+        return model.profile(name).name
+    try:
+        wanted = parse_profile(name)
+    except MigoptError:
+        return None
+    return next((p.name for p in model.profiles if parse_profile(p.name) == wanted), None)
+
+
+class _Desired(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    counts: dict[str, int]  # catalog names; zero counts kept (they make equality fail, spec §2.5)
+    unknown_to_node: str | None  # a name no GPU of the node knows: the expansion is empty (spec §2.6)
+    missing_here: str | None  # a name this GPU lacks but another GPU of the node has
+
+
+def _desired(entry: MigConfigEntry, gpu: TwinGpu, node: TwinNode) -> _Desired:
+    names = entry.mig_devices or {}
+    for name in names:
+        if all(resolve(g.gpu_model, name) is None for g in node.gpus):
+            return _Desired(counts={}, unknown_to_node=name, missing_here=None)
+    counts: Counter[str] = Counter()
+    missing: str | None = None
+    for name, count in names.items():
+        resolved = resolve(gpu.gpu_model, name)
+        if resolved is None:
+            missing = missing or name
+        else:
+            counts[resolved] += count
+    return _Desired(counts=dict(counts), unknown_to_node=None, missing_here=missing)
+
+
+def _map_equals(entry: MigConfigEntry, gpu: TwinGpu, node: TwinNode) -> bool:
+    desired = _desired(entry, gpu, node)
+    if desired.unknown_to_node or desired.missing_here:
+        return False
+    return desired.counts == gpu.mig_devices
+
+
+def pair_applied(entry: MigConfigEntry, gpu: TwinGpu, node: TwinNode) -> bool:
+    """This entry's mode, and for MIG-enabled entries its exact map, hold on this GPU."""
+    if gpu.mig_enabled != entry.mig_enabled:
+        return False
+    return not entry.mig_enabled or _map_equals(entry, gpu, node)
+
+
+def is_applied(entries: Sequence[MigConfigEntry], node: TwinNode) -> bool:
+    """`assert`: every GPU of the node matched by some entry, and every matched pair applied."""
+    pairs = walk(entries, node)
+    if {g.index for _, g in pairs} != {g.index for g in node.gpus}:
+        return False
+    return all(pair_applied(e, g, node) for e, g in pairs)
+
+
+def mode_change_needed(pairs: Sequence[Pair]) -> bool:
+    return any(gpu.mig_enabled != entry.mig_enabled for entry, gpu in pairs)
+
+
+def _in_use(gpu: TwinGpu) -> str | None:
+    held = next((i for i in gpu.instances if i.pod), None)
+    if held is None:
+        return None
+    return (
+        f"GPU {gpu.index}: Error clearing MigConfig: error destroying GPU instance for profile "
+        f"'{held.profile}' at {held.start}: {IN_USE}"
+    )
+
+
+def apply_mode(entry: MigConfigEntry, gpu: TwinGpu) -> None:
+    """Phase A for one matched GPU: clear it if MIG is on, then set the entry's mode (raises when busy)."""
+    if gpu.mig_enabled:
+        problem = _in_use(gpu)
+        if problem:
+            raise MigPartedError(f"{problem}: error setting MIG mode")
+        gpu.instances = []
+    gpu.mig_enabled = entry.mig_enabled
+
+
+def needs_config(entry: MigConfigEntry, gpu: TwinGpu, node: TwinNode) -> bool:
+    """Phase B does work on this GPU (its map differs); otherwise the GPU is skipped untouched."""
+    return entry.mig_enabled and gpu.mig_enabled and not _map_equals(entry, gpu, node)
+
+
+def apply_config(entry: MigConfigEntry, gpu: TwinGpu, node: TwinNode) -> list[str]:
+    """Phase B for one pair: returns the log lines; raises `MigPartedError` when the GPU could not be set."""
+    if not entry.mig_enabled:
+        if gpu.mig_enabled:
+            raise MigPartedError("MIG mode is currently enabled, but the configuration specifies it should be disabled")
+        return []
+    if not gpu.mig_enabled:
+        raise MigPartedError("unable to apply MIG config with MIG mode disabled")
+    if not needs_config(entry, gpu, node):
+        return []
+    problem = _in_use(gpu)
+    if problem:
+        raise MigPartedError(f"{problem}: {ORDERINGS_FAILED}")
+    desired = _desired(entry, gpu, node)
+    gpu.instances = []
+    if desired.unknown_to_node:  # the expansion came back empty: nothing to create, and no error
+        return [f"GPU {gpu.index}: MIG profile {desired.unknown_to_node} unknown on this node; cleared"]
+    if desired.missing_here:
+        raise MigPartedError(
+            f"GPU {gpu.index}: MIG profile {desired.missing_here} not found on this GPU: {ORDERINGS_FAILED}"
+        )
+    layout, log = apply_map(gpu.gpu_model, {name: count for name, count in desired.counts.items() if count})
+    if layout is None:
+        reason = log[-2] if len(log) > 1 else "no ordering succeeded"
+        raise MigPartedError(f"GPU {gpu.index}: {reason}: {ORDERINGS_FAILED}")
+    gpu.instances = [TwinInstance(profile=i.profile, start=i.start) for i in layout]
+    return [f"GPU {gpu.index}: MIG configuration applied successfully"]

@@ -1,0 +1,323 @@
+"""The twin's mig-manager against spec §1.2–1.4 and mig-parted's apply rules (§2.4–2.6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from simulations.twin import MigManagerTimings, PodPhase, Twin
+from simulations.twin.labels import DEPLOY_LABELS, MIG_CONFIG_LABEL, MIG_STATE_LABEL, PAUSED
+from solver.snapshot import parse_snapshot
+
+T = MigManagerTimings(assert_s=5, pause_s=20, apply_per_gpu_s=3, restore_s=15)
+CONFIG = """version: v1
+mig-configs:
+  all-disabled:
+    - devices: all
+      mig-enabled: false
+  all-1g:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.5gb": 7}
+  all-3g:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"3g.20gb": 2}
+  all-2g:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"2g.10gb": 3}
+  gpu0-3g:
+    - devices: [0]
+      mig-enabled: true
+      mig-devices: {"3g.20gb": 2}
+  gpu0-3g-gpu1-1g:
+    - devices: [0]
+      mig-enabled: true
+      mig-devices: {"3g.20gb": 2}
+    - devices: [1]
+      mig-enabled: true
+      mig-devices: {"1g.5gb": 7}
+  all-a30:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.6gb": 4}
+"""
+ONE_G = [{"profile": "1g.5gb", "start": s} for s in range(7)]
+
+
+def gpu(index: int, model: str = "A100-40GB", instances: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"index": index, "model": model, "instances": ONE_G if instances is None else instances}
+
+
+def twin(*gpus: dict[str, Any], label: str | None = "all-1g", labels: dict[str, str] | None = None) -> Twin:
+    node_labels = dict(labels or {})
+    if label:
+        node_labels |= {MIG_CONFIG_LABEL: label, MIG_STATE_LABEL: "success"}
+    node = {"name": "a", "labels": node_labels, "gpus": list(gpus) or [gpu(0), gpu(1)]}
+    return Twin.from_snapshot(parse_snapshot({"nodes": [node]}), CONFIG, timings=T)
+
+
+def held(*pods: str) -> list[dict[str, Any]]:
+    """The 1g.5gb layout with the first instances held by `pods`."""
+    return [dict(i, pod=pods[n]) if n < len(pods) else i for n, i in enumerate(ONE_G)]
+
+
+def relabel(t: Twin, value: str | None) -> None:
+    t.patch_node("a", labels={MIG_CONFIG_LABEL: value})
+
+
+def layout(t: Twin, index: int) -> list[tuple[str, int, str | None]]:
+    return [(i.profile, i.start, i.pod) for i in t.node("a").gpu(index).instances]
+
+
+def test_already_applied_config_succeeds_without_pending_or_pausing() -> None:
+    t = twin()
+    t.restart_mig_manager("a")  # a pod start re-applies the current label (spec §1.2 consequence 1)
+    t.run_until(T.assert_s - 1)
+    assert t.mig_manager("a").busy and t.state_history("a") == []
+    t.run_until_idle()
+    assert t.now() == T.assert_s
+    assert t.state_history("a") == []  # the label already said success: no transition at all
+    assert t.mig_runs[-1].outcome == "success" and not t.mig_runs[-1].went_pending
+    assert "Successfully updated to MIG config: all-1g" in t.mig_manager_log("a")
+    assert all(c.new != PAUSED for c in t.label_log)
+    assert t.allocatable("a")["nvidia.com/mig-1g.5gb"] == 14
+    assert t.node("a").labels["nvidia.com/gpu.deploy.nvsm"] == "true"  # absent counts as "not false" (§1.3)
+
+
+def test_reconfiguration_goes_pending_pauses_operands_and_restores_them() -> None:
+    t = twin(labels={"nvidia.com/gpu.deploy.dcgm": "false"})
+    relabel(t, "all-3g")
+    t.run_until(T.assert_s)
+    labels = t.node("a").labels
+    assert labels[MIG_STATE_LABEL] == "pending"
+    assert all(labels[k] == PAUSED for k in DEPLOY_LABELS if k != "nvidia.com/gpu.deploy.dcgm")
+    assert labels["nvidia.com/gpu.deploy.dcgm"] == "false"
+    assert t.allocatable("a")["nvidia.com/mig-1g.5gb"] == 0 and t.capacity("a")["nvidia.com/mig-1g.5gb"] == 14
+    assert t.snapshot().nodes[0].allocatable["nvidia.com/mig-1g.5gb"] == 0
+
+    done = T.assert_s + T.pause_s + 2 * T.apply_per_gpu_s
+    t.run_until(done - 0.5)
+    assert t.node("a").labels[MIG_STATE_LABEL] == "pending"
+    t.run_until(done)
+    labels = t.node("a").labels
+    assert labels[MIG_STATE_LABEL] == "success"
+    assert t.state_history("a") == ["pending", "success"]
+    assert all(labels[k] == "true" for k in DEPLOY_LABELS if k != "nvidia.com/gpu.deploy.dcgm")
+    assert labels["nvidia.com/gpu.deploy.dcgm"] == "false"
+    assert layout(t, 0) == [("3g.20gb", 0, None), ("3g.20gb", 4, None)]
+    assert t.allocatable("a").get("nvidia.com/mig-3g.20gb", 0) == 0  # the plugin pod is still starting
+
+    t.run_until(done + T.restore_s)
+    assert t.allocatable("a") == {"nvidia.com/gpu": 0, "nvidia.com/mig-1g.5gb": 0, "nvidia.com/mig-3g.20gb": 4}
+    assert labels["nvidia.com/mig-3g.20gb.count"] == "4" and "nvidia.com/mig-1g.5gb.count" not in labels
+    assert t.mig_manager_log("a")[-2:] == [
+        "Successfully updated to MIG config: all-3g",
+        "Waiting for change to 'nvidia.com/mig.config' label",
+    ]
+
+
+def test_same_value_relabel_does_nothing_and_remove_then_set_retries() -> None:
+    t = twin(gpu(0, instances=held("ns/x")), gpu(1))
+    relabel(t, "all-3g")
+    t.run_until_idle()
+    assert t.node("a").labels[MIG_STATE_LABEL] == "failed"
+    runs = len(t.mig_runs)
+    relabel(t, "all-3g")  # same value: the informer records nothing
+    t.run_until_idle()
+    assert len(t.mig_runs) == runs and not t.mig_manager("a").busy
+
+    t.set_unschedulable("a", True)  # else the re-created pod lands on the same free device again
+    t.evict("ns/x")
+    relabel(t, None)  # removal while idle: nothing starts, the state label stays
+    t.run_until_idle()
+    assert len(t.mig_runs) == runs and t.node("a").labels[MIG_STATE_LABEL] == "failed"
+    relabel(t, "all-3g")
+    t.run_until_idle()
+    assert len(t.mig_runs) == runs + 1 and t.mig_runs[-1].outcome == "success"
+
+
+def test_changes_during_a_run_coalesce_to_the_latest_value() -> None:
+    t = twin()
+    relabel(t, "all-3g")
+    t.run_until(1)
+    relabel(t, "all-2g")
+    relabel(t, "all-3g")  # A→B→A during the run of A: no second run
+    t.run_until_idle()
+    assert [r.config for r in t.mig_runs] == ["all-3g"]
+
+    relabel(t, "all-1g")
+    t.advance(T.assert_s + 1)
+    relabel(t, "all-2g")
+    relabel(t, "all-3g")  # only the latest differs from what was processed: one more run, of all-3g
+    t.run_until_idle()
+    assert [r.config for r in t.mig_runs] == ["all-3g", "all-1g", "all-3g"]
+    assert all(r.outcome == "success" for r in t.mig_runs)
+
+
+def test_label_removed_during_a_run_makes_the_next_run_fail_with_no_name() -> None:
+    t = twin()
+    relabel(t, "all-3g")
+    t.run_until(1)
+    relabel(t, None)
+    t.run_until_idle()
+    assert [(r.config, r.outcome) for r in t.mig_runs] == [("all-3g", "success"), ("", "failed")]
+    assert "missing required flag 'selected-config'" in t.mig_runs[-1].message
+    assert not t.mig_runs[-1].went_pending
+
+
+def test_missing_name_fails_without_pending() -> None:
+    t = twin()
+    relabel(t, "no-such-config")
+    t.run_until_idle()
+    assert t.state_history("a") == ["failed"]
+    assert t.mig_manager_log("a")[-2] == "Error: selected mig-config not present: no-such-config"
+    assert layout(t, 0) == layout(twin(), 0)
+
+
+def test_invalid_or_missing_file_fails_the_run() -> None:
+    t = twin()
+    t.write_mig_config("version: v2\nmig-configs: {}\n")
+    relabel(t, "all-3g")
+    t.run_until_idle()
+    assert t.state_history("a") == ["failed"] and "unknown version" in t.mig_runs[-1].message
+    t = Twin.from_snapshot(parse_snapshot({"nodes": [{"name": "a", "gpus": [gpu(0)]}]}), None, timings=T)
+    relabel(t, "all-3g")
+    t.run_until_idle()
+    assert t.state_history("a") == ["failed"]
+
+
+def test_busy_gpu_fails_in_use_and_leaves_instances_untouched() -> None:
+    t = twin(gpu(0), gpu(1, instances=held("ns/x")))
+    before = [layout(t, 0), layout(t, 1)]
+    relabel(t, "all-3g")
+    t.run_until_idle()
+    run = t.mig_runs[-1]
+    assert run.outcome == "failed" and run.went_pending and "In use by another client" in run.message
+    assert t.state_history("a") == ["pending", "failed"]
+    assert layout(t, 1) == before[1] and t.pod("ns/x").phase == PodPhase.RUNNING
+    assert layout(t, 0) == [("3g.20gb", 0, None), ("3g.20gb", 4, None)]  # GPU 0 came first: no rollback
+    assert all(t.node("a").labels[k] == "true" for k in DEPLOY_LABELS)
+    assert t.allocatable("a")["nvidia.com/mig-1g.5gb"] == 7  # operands came back with what exists
+
+
+def test_gpus_whose_map_is_unchanged_are_skipped_untouched() -> None:
+    t = twin(gpu(0), gpu(1, instances=held("ns/x", "ns/y")))
+    relabel(t, "gpu0-3g-gpu1-1g")
+    t.run_until_idle()
+    assert t.mig_runs[-1].outcome == "success"
+    assert t.mig_runs[-1].finished_at - t.mig_runs[-1].started_at == T.assert_s + T.pause_s + T.apply_per_gpu_s
+    assert layout(t, 1)[:2] == [("1g.5gb", 0, "ns/x"), ("1g.5gb", 1, "ns/y")]
+
+
+def test_config_that_misses_a_gpu_never_asserts() -> None:
+    t = twin()
+    relabel(t, "gpu0-3g")
+    t.run_until_idle()
+    assert t.mig_runs[-1].outcome == "success" and layout(t, 1) == layout(twin(), 1)
+    t.restart_mig_manager("a")
+    t.run_until_idle()
+    assert t.mig_runs[-1].went_pending  # GPU 1 is matched by no entry: every trigger re-runs the cycle
+
+
+def test_profile_unknown_to_the_node_clears_the_gpus_and_reports_success() -> None:
+    t = twin()
+    relabel(t, "all-a30")  # 1g.6gb exists only on A30: the expansion is empty (spec §2.6)
+    t.run_until_idle()
+    assert t.mig_runs[-1].outcome == "success"
+    assert "Successfully updated to MIG config: all-a30" in t.mig_manager_log("a")
+    assert layout(t, 0) == [] and layout(t, 1) == []
+    assert t.allocatable("a") == {"nvidia.com/gpu": 0, "nvidia.com/mig-1g.5gb": 0}
+    assert [g.instances for g in t.snapshot().nodes[0].gpus] == [[], []]
+
+
+def test_unknown_profile_under_single_strategy_leaves_gfd_invalid() -> None:
+    t = twin(labels={"nvidia.com/mig.strategy": "single"})
+    assert t.node("a").labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"
+    relabel(t, "all-a30")
+    t.run_until_idle()
+    assert t.node("a").labels[MIG_STATE_LABEL] == "success"
+    assert t.node("a").labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB-MIG-INVALID"
+    assert t.node("a").labels["nvidia.com/gpu.count"] == "0" and t.allocatable("a") == {"nvidia.com/gpu": 0}
+
+
+def test_profile_known_only_to_another_gpu_of_the_node_fails() -> None:
+    t = twin(gpu(0), gpu(1, model="A30", instances=[]))
+    relabel(t, "all-a30")
+    t.run_until_idle()
+    run = t.mig_runs[-1]
+    assert run.outcome == "failed" and "MIG profile 1g.6gb not found on this GPU" in run.message
+    assert "all orderings failed" in run.message
+    assert layout(t, 0) == [] and layout(t, 1) == []  # GPU 0 cleared by the attempt; GPU 1 never reached
+
+
+def test_stuck_run_stays_pending_until_the_pod_restarts() -> None:
+    t = twin()
+    t.stuck_pending.add("a")
+    relabel(t, "all-3g")
+    t.run_until_idle()
+    t.advance(3600)
+    labels = t.node("a").labels
+    assert labels[MIG_STATE_LABEL] == "pending" and labels["nvidia.com/gpu.deploy.device-plugin"] == PAUSED
+    assert all(v == 0 for v in t.allocatable("a").values()) and t.mig_runs == []
+    relabel(t, "all-2g")  # ignored: the worker is still in its run
+    t.advance(600)
+    assert t.mig_runs == [] and labels[MIG_STATE_LABEL] == "pending"
+
+    t.stuck_pending.clear()
+    t.restart_mig_manager("a")
+    t.run_until_idle()
+    assert [(r.config, r.outcome) for r in t.mig_runs] == [("all-2g", "success")]
+    assert labels["nvidia.com/gpu.deploy.device-plugin"] == "true"
+    assert t.allocatable("a")["nvidia.com/mig-2g.10gb"] == 6
+
+
+def test_mig_disabled_gpus_are_whole_gpus() -> None:
+    t = twin()
+    relabel(t, "all-disabled")
+    t.run_until_idle()
+    assert t.mig_runs[-1].outcome == "success"
+    assert all(not g.mig_enabled for g in t.node("a").gpus)
+    assert t.allocatable("a") == {"nvidia.com/gpu": 2, "nvidia.com/mig-1g.5gb": 0}
+    relabel(t, "all-1g")
+    t.run_until_idle()
+    assert t.mig_runs[-1].outcome == "success" and t.allocatable("a")["nvidia.com/mig-1g.5gb"] == 14
+
+
+def test_mode_change_refuses_a_busy_gpu() -> None:
+    t = twin(gpu(0, instances=held("ns/x")), gpu(1))
+    relabel(t, "all-disabled")
+    t.run_until_idle()
+    assert t.mig_runs[-1].outcome == "failed" and "In use by another client" in t.mig_runs[-1].message
+    assert t.node("a").gpu(0).mig_enabled and layout(t, 0)[0] == ("1g.5gb", 0, "ns/x")
+
+
+@pytest.mark.parametrize("value", ["all-3g", "all-2g"])
+def test_a_run_is_deterministic(value: str) -> None:
+    def trace() -> list[object]:
+        t = twin()
+        relabel(t, value)
+        t.run_until_idle()
+        return [c.model_dump() for c in t.label_log] + [t.snapshot().model_dump()]
+
+    assert trace() == trace()
+
+
+@pytest.mark.parametrize("strategy", ["mixed", "single"])
+def test_a_waiting_pod_binds_once_the_new_devices_are_advertised(strategy: str) -> None:
+    t = twin(labels={"nvidia.com/mig.strategy": strategy})
+    if strategy == "single":
+        selector = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB-MIG-3g.20gb"}
+        pod = t.add_pod("ns/big", {"nvidia.com/gpu": 1}, node_selector=selector)
+    else:
+        pod = t.add_pod("ns/big", {"nvidia.com/mig-3g.20gb": 1})
+    assert pod.phase == PodPhase.PENDING
+    relabel(t, "all-3g")
+    done = T.assert_s + T.pause_s + 2 * T.apply_per_gpu_s
+    t.run_until(done + T.restore_s - 1)
+    assert pod.phase == PodPhase.PENDING
+    t.run_until(done + T.restore_s)
+    assert pod.phase == PodPhase.RUNNING and pod.devices[0].profile == "3g.20gb"
+    assert t.node("a").gpu(0).instances[0].pod == "ns/big"
