@@ -1,0 +1,194 @@
+"""The real controller (reconcile loop + actuation) driving the twin, with the faults the issue lists injected.
+
+After every scenario: no pod evicted outside a plan, no node left cordoned, and the cluster converges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from optimizer.actuation import CORDONED, PHASE, ActuationSettings, Phase, is_active
+from optimizer.cluster_port import MIG_CONFIG_LABEL, MIG_STATE_LABEL, EvictionOutcome
+from optimizer.migparted import parse_config
+from optimizer.reconcile import Controller, ControllerSettings
+from simulations.twin import Twin
+from simulations.twin.state import PodPhase
+from solver.plan import Plan
+from solver.snapshot import ClusterSnapshot, GpuState, InstanceState, NodeState
+
+BALANCED = "all-balanced"
+CONFIG = """version: v1
+mig-configs:
+  all-balanced:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.5gb": 2, "2g.10gb": 1, "3g.20gb": 1}
+"""
+
+
+def cluster(nodes: int = 1, gpus: int = 2, holders: dict[tuple[int, int], str] | None = None) -> Twin:
+    """A100-40GB nodes at all-balanced; `holders` maps (node, gpu) to a running pod on its 3g.20gb."""
+    holders = holders or {}
+    states = []
+    for n in range(nodes):
+        gpu_states = []
+        for g in range(gpus):
+            layout = [("3g.20gb", 4), ("2g.10gb", 0), ("1g.5gb", 2), ("1g.5gb", 3)]
+            instances = [
+                InstanceState(profile=p, start=s, pod=holders.get((n, g)) if p == "3g.20gb" else None)
+                for p, s in layout
+            ]
+            gpu_states.append(GpuState(index=g, model="A100-40GB", instances=instances))
+        labels = {MIG_CONFIG_LABEL: BALANCED, MIG_STATE_LABEL: "success"}
+        states.append(NodeState(name=f"n{n}", labels=labels, gpus=gpu_states))
+    return Twin.from_snapshot(ClusterSnapshot(nodes=states), CONFIG)
+
+
+def settings(mode: str = "enforce", **actuation: float) -> ControllerSettings:
+    return ControllerSettings.model_validate(
+        {"mode": mode, "batch_idle_s": 0, "batch_timeout_s": 0, "actuation": ActuationSettings(**actuation)}
+    )
+
+
+def run(twin: Twin, make: Callable[[], Controller], seconds: float, step: float = 5.0) -> list[Plan]:
+    """Tick every `step` simulated seconds; `make` is called each tick (a fresh one simulates a restart).
+    Returns the plans made."""
+    plans = []
+    for _ in range(int(seconds / step)):
+        plan = make().tick()
+        if plan is not None:
+            plans.append(plan)
+        twin.advance(step)
+    return plans
+
+
+def converged(twin: Twin) -> None:
+    snapshot = twin.snapshot()
+    assert not any(is_active(n) for n in snapshot.nodes)
+    assert not any(n.unschedulable for n in snapshot.nodes)
+    assert not any(CORDONED in n.annotations for n in snapshot.nodes)
+
+
+def test_enforce_reconfigures_a_node_and_serves_the_pod() -> None:
+    twin = cluster()
+    twin.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1}, priority=10)
+    controller = Controller(twin, settings())
+    run(twin, lambda: controller, 600)
+    node = twin.node("n0")
+    assert twin.pod("team/big").phase == PodPhase.RUNNING
+    assert node.labels[MIG_CONFIG_LABEL].startswith("migopt-") and node.labels[MIG_STATE_LABEL] == "success"
+    assert node.annotations[PHASE] == Phase.DONE
+    assert node.labels[MIG_CONFIG_LABEL] in parse_config(twin.read_mig_config() or "").mig_configs
+    assert twin.evictions == []
+    converged(twin)
+
+
+def test_only_the_planned_pods_are_evicted() -> None:
+    twin = cluster(gpus=2, holders={(0, 0): "low/a", (0, 1): "low/b"})
+    for pod in ("low/a", "low/b"):
+        assert twin.pod(pod).phase == PodPhase.RUNNING
+    twin.add_pod("high/big", {"nvidia.com/mig-7g.40gb": 1}, priority=100)
+    controller = Controller(twin, settings())
+    plans = run(twin, lambda: controller, 900)
+    planned = {pod for plan in plans for pod in plan.evictions}
+    assert len(planned) == 1
+    assert {e.pod for e in twin.evictions} == planned
+    assert twin.pod("high/big").phase == PodPhase.RUNNING
+    converged(twin)
+
+
+def test_recommend_mode_touches_nothing() -> None:
+    twin = cluster(holders={(0, 0): "low/a"})
+    twin.add_pod("high/big", {"nvidia.com/mig-7g.40gb": 1}, priority=100)
+    controller = Controller(twin, settings(mode="recommend"))
+    run(twin, lambda: controller, 300)
+    assert controller.last_plan is not None and controller.last_plan.objectives.reconfigured_gpus == 1
+    assert twin.evictions == [] and twin.node("n0").labels[MIG_CONFIG_LABEL] == BALANCED
+    assert not twin.node("n0").unschedulable
+    assert any(e.reason == "MigPlanned" for e in twin.events)
+
+
+def test_a_blocking_pdb_abandons_the_change_and_uncordons() -> None:
+    twin = cluster(holders={(0, 0): "low/a", (0, 1): "low/b"})
+    twin.add_pdb("keep-a", ["low/a", "low/b"], min_available=2)
+    twin.add_pod("high/big", {"nvidia.com/mig-7g.40gb": 1}, priority=100)
+    controller = Controller(twin, settings(eviction_timeout_s=120, eviction_backoff_s=5))
+    run(twin, lambda: controller, 300)
+    assert twin.node("n0").annotations[PHASE] == Phase.ABANDONED
+    assert all(e.outcome is EvictionOutcome.BLOCKED for e in twin.evictions) and len(twin.evictions) >= 2
+    assert twin.node("n0").labels[MIG_CONFIG_LABEL] == BALANCED
+    converged(twin)
+
+
+def test_stuck_pending_fails_after_the_deadline_and_uncordons() -> None:
+    twin = cluster()
+    twin.stuck_pending.add("n0")
+    twin.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1})
+    controller = Controller(twin, settings(apply_timeout_s=200))
+    run(twin, lambda: controller, 600)
+    assert twin.node("n0").annotations[PHASE] == Phase.FAILED
+    assert twin.node("n0").labels[MIG_STATE_LABEL] == "pending"
+    converged(twin)
+
+
+def test_mig_manager_failure_is_retried_by_relabelling() -> None:
+    """A broken ConfigMap makes the run fail; once fixed, the remove-and-set retry succeeds (spec §1.2)."""
+    twin = cluster()
+    twin.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1})
+    controller = Controller(twin, settings(max_retries=3))
+    good: str | None = None
+    for _ in range(200):
+        controller.tick()
+        if good is None and twin.node("n0").annotations.get(PHASE) == Phase.APPLYING:
+            good = twin.read_mig_config()
+            twin.write_mig_config("version: v1\nmig-configs: {}\n")  # someone breaks the ConfigMap
+        if good is not None and twin.node("n0").labels.get(MIG_STATE_LABEL) == "failed":
+            twin.write_mig_config(good)
+        twin.advance(5)
+    assert "failed" in twin.state_history("n0")
+    assert any(e.reason == "MigReconfigurationRetry" for e in twin.events)
+    assert twin.node("n0").annotations[PHASE] == Phase.DONE
+    assert twin.pod("team/big").phase == PodPhase.RUNNING
+    converged(twin)
+
+
+def test_a_controller_restarted_at_every_step_converges_without_double_evictions() -> None:
+    twin = cluster(gpus=2, holders={(0, 0): "low/a", (0, 1): "low/b"})
+    twin.add_pod("high/big", {"nvidia.com/mig-7g.40gb": 1}, priority=100)
+    plans = run(twin, lambda: Controller(twin, settings()), 900)
+    evicted = [e.pod for e in twin.evictions if e.outcome is EvictionOutcome.EVICTED]
+    assert len(evicted) == len(set(evicted)) == 1
+    assert set(evicted) <= {pod for plan in plans for pod in plan.evictions}
+    assert twin.pod("high/big").phase == PodPhase.RUNNING
+    converged(twin)
+
+
+def test_no_new_plan_while_a_node_is_mid_change() -> None:
+    twin = cluster(nodes=2)
+    twin.add_pod("team/one", {"nvidia.com/mig-7g.40gb": 1})
+    controller = Controller(twin, settings())
+    controller.tick()
+    assert controller.plans_made == 1
+    twin.add_pod("team/two", {"nvidia.com/mig-7g.40gb": 1})
+    plans_during_change = []
+    while any(is_active(n) for n in twin.snapshot().nodes):
+        twin.advance(5)
+        controller.tick()
+        plans_during_change.append(controller.plans_made)
+    assert plans_during_change[:-1] == [1] * (len(plans_during_change) - 1)
+    run(twin, lambda: controller, 900)
+    assert twin.pod("team/two").phase == PodPhase.RUNNING
+    converged(twin)
+
+
+def test_a_pod_ignoring_eviction_is_asked_once_and_waited_for() -> None:
+    twin = Twin.from_snapshot(cluster().snapshot(), CONFIG, grace_period_s=120)
+    twin.add_pod("low/stubborn", {"nvidia.com/mig-3g.20gb": 1}, ignores_eviction=True, owned=False)
+    twin.add_pod("low/other", {"nvidia.com/mig-3g.20gb": 1}, owned=False)
+    twin.advance(5)
+    twin.add_pod("high/big", {"nvidia.com/mig-7g.40gb": 1}, priority=100)
+    run(twin, lambda: Controller(twin, settings()), 900)
+    asked = [e.pod for e in twin.evictions]
+    assert len(asked) == 1  # one pod had to go, asked once, even while it lingered through its grace period
+    assert twin.pod("high/big").phase == PodPhase.RUNNING
+    converged(twin)
