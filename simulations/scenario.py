@@ -85,7 +85,7 @@ def default_scenario() -> Scenario:
         cluster=ClusterShape(nodes=8, gpus_per_node=8, models=["A100-80GB"], initial_config="all-balanced"),
         workload=SyntheticSource(
             spec=SyntheticWorkload(
-                arrival_rate_per_s=1 / 45,
+                arrival_rate_per_s=1 / 25,
                 duration_mean_s=3600,
                 duration_dist="lognormal",
                 profile_mix={"1g.10gb": 5, "2g.20gb": 3, "3g.40gb": 2, "4g.40gb": 1, "7g.80gb": 1},
