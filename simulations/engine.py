@@ -150,6 +150,7 @@ def _result(
         pending_seconds_p50=round(percentile(waited, 0.5), 1),
         pending_seconds_p95=round(percentile(waited, 0.95), 1),
         slice_allocation=round(time_weighted_allocation(samples, horizon_s), 4),
+        final_allocation=round(samples[-1].allocated_slices / max(samples[-1].total_slices, 1), 4) if samples else 0.0,
         reconfigurations=rebuilt,
         evictions=sum(1 for e in twin.evictions if e.outcome == "evicted"),
         plans=controller.plans_made if controller else 0,

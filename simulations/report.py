@@ -4,7 +4,9 @@ Definitions (spec/papers-and-traces.md §3):
 - `served_pods`: pods that started running before the horizon.
 - `pending_seconds_p50/p95`: time from arrival to start; a pod still waiting at the horizon counts with the time
   it had waited then (censored), so a policy cannot look fast by never starting the hard pods.
-- `slice_allocation`: time-weighted mean share of the cluster's compute slices held by running pods.
+- `slice_allocation`: time-weighted mean share of the cluster's compute slices held by running pods;
+  `final_allocation`: the share at the horizon, the figure of an inflate replay (FGD's allocation rate once
+  all demand has arrived).
 - `reconfigurations`: GPUs whose MIG layout was rebuilt; `evictions`: pods evicted by the controller.
 """
 
@@ -38,6 +40,7 @@ class PolicyResult(BaseModel):
     pending_seconds_p50: float
     pending_seconds_p95: float
     slice_allocation: float = Field(description="time-weighted mean share of compute slices allocated")
+    final_allocation: float = Field(description="share allocated at the horizon: inflate replay's figure")
     reconfigurations: int
     evictions: int
     plans: int
