@@ -8,26 +8,15 @@ import pytest
 
 from optimizer.cluster_port import EvictionOutcome
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
-from simulations.twin import MigManagerTimings, PodPhase, SimClock, Twin
+from simulations.twin import PodPhase, SimClock, Twin
 from simulations.twin.labels import MIG_CONFIG_LABEL, PRODUCT_LABEL
 from solver.errors import MigoptError
 from solver.planner import make_plan
 from solver.snapshot import Taint, Toleration, parse_snapshot
+from tests.twin_fixtures import CONFIG, T
 
-T = MigManagerTimings(assert_s=5, pause_s=20, apply_per_gpu_s=3, restore_s=15)
 ONE_G = "nvidia.com/mig-1g.5gb"
 TWO_G = "nvidia.com/mig-2g.10gb"
-CONFIG = """version: v1
-mig-configs:
-  all-1g:
-    - devices: all
-      mig-enabled: true
-      mig-devices: {"1g.5gb": 7}
-  all-3g:
-    - devices: all
-      mig-enabled: true
-      mig-devices: {"3g.20gb": 2}
-"""
 
 
 def instances(*profiles: tuple[str, int], pods: dict[int, str] | None = None) -> list[dict[str, Any]]:
