@@ -10,6 +10,7 @@ A resource key names a kind of MIG device a pod can consume:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict
 
@@ -46,11 +47,11 @@ class Demand(BaseModel):
     resources: tuple[tuple[str, int], ...]
     weight: int
 
-    @property
+    @cached_property
     def devices(self) -> int:
         return sum(c for _, c in self.resources)
 
-    @property
+    @cached_property
     def eligibility_key(self) -> tuple[object, ...]:
         """Everything that decides which nodes may run the pod: its filters, and its request when that narrows the
         nodes further (single-strategy products; several devices, which must all be on one node)."""

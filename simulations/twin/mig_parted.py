@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict
 
-from optimizer.migparted import MigConfigEntry, parse_config
+from optimizer.migparted import MigConfigEntry, MigPartedConfig, parse_config
 from simulations.placement import ALL_ORDERINGS_FAILED, apply_map
 from simulations.twin.state import TwinGpu, TwinInstance, TwinNode
 from solver.catalog import GpuModel
@@ -31,12 +32,18 @@ class MigPartedError(Exception):
 Pair = tuple[MigConfigEntry, TwinGpu]
 
 
+@lru_cache(maxsize=8)
+def _parsed(text: str) -> MigPartedConfig:
+    """The file is re-read at every run but rarely changes: parse each distinct text once."""
+    return parse_config(text)
+
+
 def select_config(text: str | None, name: str) -> list[MigConfigEntry]:
     """`assert --valid-config -c NAME`: the file parses and names the config (an empty name only if it has one)."""
     if text is None:
         raise MigPartedError("error parsing config file: the mig-parted ConfigMap does not exist")
     try:
-        config = parse_config(text)
+        config = _parsed(text)
     except MigoptError as err:
         raise MigPartedError(f"error parsing config file: {err}") from None
     if not name:
