@@ -76,6 +76,13 @@ def pick_devices(demand: Demand, pool: FreePool) -> list[DeviceRef] | None:
     return chosen
 
 
+def _first_resource(demand: Demand) -> str:
+    """The resource name of a pod's first requested device, as the device plugin advertises it."""
+    if demand.kind == "single":
+        return resource_name(_single_target(demand.pod.node_selector.get(PRODUCT_LABEL, ""))[1])
+    return resource_name(demand.resources[0][0])
+
+
 def _filter_view(node: TwinNode) -> NodeState:
     return NodeState(name=node.name, labels=node.labels, taints=node.taints, unschedulable=node.unschedulable)
 
@@ -136,6 +143,12 @@ class Scheduler:
         """One pass over `pending` (already in queue order); returns how many pods it bound."""
         unservable: set[tuple[object, ...]] = set()  # free devices only shrink during a pass: same ask, same answer
         names = sorted(nodes)
+        pools = {name: self._pool(nodes[name], advertised.get(name, ()), pool_keys.get(name, ())) for name in names}
+        offering: dict[str, list[str]] = {}  # resource -> nodes with a free device of it when the pass began
+        for name in names:
+            for resource, refs in pools[name].by_resource.items():
+                if refs:
+                    offering.setdefault(resource, []).append(name)
         bound = 0
         for pod in pending:
             demand = demand_of(pod)
@@ -144,8 +157,8 @@ class Scheduler:
             if ask in unservable:
                 continue
             options: list[tuple[str, list[DeviceRef]]] = []
-            for name in names:
-                pool = self._pool(nodes[name], advertised.get(name, ()), pool_keys.get(name, ()))
+            for name in offering.get(_first_resource(demand), []):  # only nodes that can have the first device
+                pool = pools[name]
                 if not pool or not self._passes(nodes[name], demand, eligibility, meta_version):
                     continue
                 devices = pick_devices(demand, pool)
