@@ -327,8 +327,10 @@ class Twin:
                 name: (ops.plugin.version, self._pods.holdings_version.get(name, 0))
                 for name, ops in self._operands.items()
             }
+            plugins = tuple(ops.plugin.version for ops in self._operands.values())
+            growth = (self._pods.released_version, self._node_version, *plugins)
             self._scheduler.run(
-                pending, self._pods.demand, self._nodes, advertised, keys, self._node_version, self._pods.bind
+                pending, self._pods.demand, self._nodes, advertised, keys, self._node_version, self._pods.bind, growth
             )
         self._scheduled_at = self._state_version()
 

@@ -101,9 +101,22 @@ class Scheduler:
         self._pools: dict[str, tuple[tuple[int, ...], FreePool]] = {}
         self._allowed: dict[tuple[object, str], bool] = {}  # (eligibility, node) → filters pass
         self._allowed_version = -1
+        self._asks: dict[str, tuple[object, ...]] = {}
+        self._growth: tuple[int, ...] = ()
+        self._unservable: set[tuple[object, ...]] = set()
+
+    def _ask(self, demand: Demand) -> tuple[object, ...]:
+        """What a pod asks of a node, computed once per pod."""
+        name = demand.pod.name
+        ask = self._asks.get(name)
+        if ask is None:
+            selector = tuple(sorted(demand.pod.node_selector.items()))
+            ask = self._asks[name] = (demand.eligibility_key, demand.resources, selector)
+        return ask
 
     def forget(self) -> None:
         """Drop every cache (after the twin's objects were edited directly)."""
+        self._growth, self._unservable = (), set()
         self._views.clear()
         self._pools.clear()
         self._allowed.clear()
@@ -139,9 +152,16 @@ class Scheduler:
         pool_keys: Mapping[str, tuple[int, ...]],
         meta_version: int,
         bind: Binder,
+        growth: tuple[int, ...] = (),
     ) -> int:
-        """One pass over `pending` (already in queue order); returns how many pods it bound."""
-        unservable: set[tuple[object, ...]] = set()  # free devices only shrink during a pass: same ask, same answer
+        """One pass over `pending` (already in queue order); returns how many pods it bound.
+
+        `growth` changes whenever free capacity may have grown (devices freed, a plugin re-registered, node
+        metadata changed). While it does not, an ask that found no node stays unanswerable, across passes too.
+        """
+        if growth != self._growth:
+            self._growth, self._unservable = growth, set()
+        unservable = self._unservable  # free devices only shrink meanwhile: same ask, same answer
         names = sorted(nodes)
         pools = {name: self._pool(nodes[name], advertised.get(name, ()), pool_keys.get(name, ())) for name in names}
         offering: dict[str, list[str]] = {}  # resource -> nodes with a free device of it when the pass began
@@ -152,10 +172,10 @@ class Scheduler:
         bound = 0
         for pod in pending:
             demand = demand_of(pod)
-            eligibility = demand.eligibility_key
-            ask = (eligibility, demand.resources, tuple(sorted(demand.pod.node_selector.items())))
+            ask = self._ask(demand)
             if ask in unservable:
                 continue
+            eligibility = demand.eligibility_key
             options: list[tuple[str, list[DeviceRef]]] = []
             for name in offering.get(_first_resource(demand), []):  # only nodes that can have the first device
                 pool = pools[name]

@@ -36,6 +36,7 @@ class PodStore:
         self._demands: dict[str, Demand] = {}
         self.version = 0  # bumped whenever a pod arrives or devices change hands
         self.holdings_version: dict[str, int] = {}  # per node: bumped when its devices change hands
+        self.released_version = 0  # bumped whenever a pod frees devices: the only way free capacity grows
 
     def active(self, name: str) -> TwinPod | None:
         pod = self.pods.get(name)
@@ -103,6 +104,7 @@ class PodStore:
 
     def _release(self, pod: TwinPod) -> None:
         self._touch(pod.node or "")
+        self.released_version += 1
         node = self._nodes.get(pod.node or "")
         if node is None:
             return
