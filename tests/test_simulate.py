@@ -96,3 +96,10 @@ def test_trace_replays_in_both_modes(capsys: pytest.CaptureFixture[str], tmp_pat
 def test_the_built_in_scenario_is_valid() -> None:
     scenario = default_scenario()
     assert scenario.policies == ["static:all-balanced", "greedy", "optimal"]
+
+
+def test_the_example_scenario_file_is_valid() -> None:
+    from simulations.scenario import load_scenario
+
+    scenario = load_scenario(Path(__file__).resolve().parents[1] / "examples" / "scenario.yaml")
+    assert scenario.cluster.models == ["A100-40GB", "A100-80GB"] and scenario.controller.max_evictions == 5
