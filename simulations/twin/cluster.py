@@ -17,7 +17,7 @@ from typing import Literal
 
 from optimizer.cluster_port import ClusterPort, EvictionOutcome
 from simulations.twin.clock import SimClock
-from simulations.twin.convert import load_pods, node_from_state, registered_resources, to_snapshot
+from simulations.twin.convert import GpuCache, load_pods, node_from_state, registered_resources, to_snapshot
 from simulations.twin.evictions import eviction_outcome
 from simulations.twin.labels import CLIENT_DEPLOY_LABEL, DEPLOY_LABELS, MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from simulations.twin.mig_manager import MigManager, MigManagerTimings
@@ -99,6 +99,7 @@ class Twin:
         self._node_version = 0  # bumped by label, cordon and strategy changes
         self._scheduled_at: tuple[int, ...] | None = None  # the state the last scheduling pass saw
         self._config_text = mig_config_text
+        self._gpu_cache: GpuCache = {}
         self._nodes: dict[str, TwinNode] = {}
         for node in nodes:
             if node.name in self._nodes:
@@ -143,7 +144,7 @@ class Twin:
     # ---- ClusterPort ------------------------------------------------------------------------------------
 
     def snapshot(self) -> ClusterSnapshot:
-        return to_snapshot(self._nodes, {n: o.plugin for n, o in self._operands.items()}, self._pods)
+        return to_snapshot(self._nodes, {n: o.plugin for n, o in self._operands.items()}, self._pods, self._gpu_cache)
 
     def patch_node(
         self, node: str, *, labels: Mapping[str, str | None] = _NO_CHANGES,

@@ -98,21 +98,39 @@ def load_pods(snapshot: ClusterSnapshot, nodes: Mapping[str, TwinNode], store: P
         store.add(pod.name, spec)
 
 
-def to_snapshot(nodes: Mapping[str, TwinNode], plugins: Mapping[str, DevicePlugin], store: PodStore) -> ClusterSnapshot:
+GpuCache = dict[str, tuple[tuple[object, ...], list[GpuState]]]
+
+
+def _gpu_states(node: TwinNode, cache: GpuCache) -> list[GpuState]:
+    """The node's GPUs as the snapshot shows them, rebuilt only when a layout or a holder changed: the
+    controller reads the whole cluster every tick, and most nodes are as they were."""
+    key = tuple(
+        (g.index, g.model, g.mig_enabled, tuple((i.profile, i.start, i.pod) for i in g.instances)) for g in node.gpus
+    )
+    cached = cache.get(node.name)
+    if cached is None or cached[0] != key:
+        states = [
+            GpuState(
+                index=g.index, model=g.model,
+                instances=[InstanceState(profile=i.profile, start=i.start, pod=i.pod) for i in g.instances]
+                if g.mig_enabled else [],
+            )
+            for g in node.gpus
+        ]  # fmt: skip
+        cached = cache[node.name] = (key, states)
+    return cached[1]
+
+
+def to_snapshot(
+    nodes: Mapping[str, TwinNode], plugins: Mapping[str, DevicePlugin], store: PodStore, cache: GpuCache | None = None
+) -> ClusterSnapshot:
     """The cluster as the controller would read it now."""
+    gpu_cache: GpuCache = {} if cache is None else cache
     states = [
         NodeState(
             name=node.name, labels=dict(node.labels), annotations=dict(node.annotations),
             allocatable=dict(node.other_allocatable) | dict(plugins[node.name].allocatable),
-            taints=list(node.taints), unschedulable=node.unschedulable,
-            gpus=[
-                GpuState(
-                    index=g.index, model=g.model,
-                    instances=[InstanceState(profile=i.profile, start=i.start, pod=i.pod) for i in g.instances]
-                    if g.mig_enabled else [],
-                )
-                for g in node.gpus
-            ],
+            taints=list(node.taints), unschedulable=node.unschedulable, gpus=_gpu_states(node, gpu_cache),
         )
         for node in nodes.values()
     ]  # fmt: skip

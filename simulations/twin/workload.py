@@ -31,6 +31,8 @@ class PodStore:
         self._clock = clock
         self._nodes = nodes
         self.pods: dict[str, TwinPod] = {}
+        self._pending: dict[str, TwinPod] = {}  # the queue, kept as pods come and go rather than found by a scan
+        self._running: dict[str, TwinPod] = {}
         self._arrivals = 0
         self._replicas: dict[str, int] = {}
         self._demands: dict[str, Demand] = {}
@@ -48,6 +50,7 @@ class PodStore:
         self._arrivals += 1
         pod = TwinPod(name=name, origin=origin or name, spec=spec, arrival=self._arrivals, created_at=self._clock.now)
         self.pods[name] = pod
+        self._pending[name] = pod
         self.version += 1
         return pod
 
@@ -66,6 +69,8 @@ class PodStore:
         """A pod already running when the twin began (it holds the instances that name it)."""
         pod = self._new(name, spec, None)
         pod.phase, pod.node, pod.devices, pod.started_at = PodPhase.RUNNING, node, devices, self._clock.now
+        self._pending.pop(name, None)
+        self._running[name] = pod
         return pod
 
     def demand(self, pod: TwinPod) -> Demand:
@@ -73,11 +78,10 @@ class PodStore:
 
     def pending(self) -> list[TwinPod]:
         """Pending pods in scheduling-queue order: priority descending, then arrival."""
-        queue = [p for p in self.pods.values() if p.active and p.phase == PodPhase.PENDING]
-        return sorted(queue, key=lambda p: (-p.spec.priority, p.arrival))
+        return sorted(self._pending.values(), key=lambda p: (-p.spec.priority, p.arrival))
 
     def running(self) -> list[TwinPod]:
-        return [p for p in self.pods.values() if p.active and p.phase == PodPhase.RUNNING]
+        return list(self._running.values())
 
     def bind(self, pod: TwinPod, node: str, devices: list[DeviceRef]) -> None:
         """Start the pod on `node` holding `devices`; schedule its completion if it has a duration."""
@@ -88,6 +92,8 @@ class PodStore:
                 raise RuntimeError(f"twin bug: {node} GPU {ref.gpu} device at {ref.start} is not free")
             instance.pod = pod.name
         pod.phase, pod.node, pod.devices, pod.started_at = PodPhase.RUNNING, node, list(devices), self._clock.now
+        self._pending.pop(pod.name, None)
+        self._running[pod.name] = pod
         self._touch(node)
         if pod.spec.duration_s is not None:
             started = pod.started_at
@@ -96,6 +102,7 @@ class PodStore:
     def _complete(self, pod: TwinPod, started: float) -> None:
         if pod.active and pod.phase == PodPhase.RUNNING and pod.started_at == started:
             self._release(pod)
+            self._running.pop(pod.name, None)
             pod.phase, pod.finished_at = PodPhase.SUCCEEDED, self._clock.now
 
     def _touch(self, node: str) -> None:
@@ -117,6 +124,8 @@ class PodStore:
     def delete(self, pod: TwinPod) -> None:
         """Remove the pod now, freeing its devices."""
         self._release(pod)
+        self._pending.pop(pod.name, None)
+        self._running.pop(pod.name, None)
         pod.deleted_at = self._clock.now
 
     def terminate(self, pod: TwinPod, grace_period_s: float) -> None:
