@@ -104,6 +104,7 @@ class Scheduler:
         self._asks: dict[str, tuple[object, ...]] = {}
         self._growth: tuple[int, ...] = ()
         self._unservable: set[tuple[object, ...]] = set()
+        self._considered: set[str] = set()  # pods a pass already looked at since `growth` last moved
 
     def _ask(self, demand: Demand) -> tuple[object, ...]:
         """What a pod asks of a node, computed once per pod."""
@@ -116,7 +117,7 @@ class Scheduler:
 
     def forget(self) -> None:
         """Drop every cache (after the twin's objects were edited directly)."""
-        self._growth, self._unservable = (), set()
+        self._growth, self._unservable, self._considered = (), set(), set()
         self._views.clear()
         self._pools.clear()
         self._allowed.clear()
@@ -160,8 +161,12 @@ class Scheduler:
         metadata changed). While it does not, an ask that found no node stays unanswerable, across passes too.
         """
         if growth != self._growth:
-            self._growth, self._unservable = growth, set()
+            self._growth, self._unservable, self._considered = growth, set(), set()
         unservable = self._unservable  # free devices only shrink meanwhile: same ask, same answer
+        todo = [pod for pod in pending if pod.name not in self._considered]  # the others found no node already
+        self._considered.update(pod.name for pod in todo)
+        if not todo:
+            return 0
         names = sorted(nodes)
         pools = {name: self._pool(nodes[name], advertised.get(name, ()), pool_keys.get(name, ())) for name in names}
         offering: dict[str, list[str]] = {}  # resource -> nodes with a free device of it when the pass began
@@ -170,7 +175,7 @@ class Scheduler:
                 if refs:
                     offering.setdefault(resource, []).append(name)
         bound = 0
-        for pod in pending:
+        for pod in todo:
             demand = demand_of(pod)
             ask = self._ask(demand)
             if ask in unservable:
