@@ -103,3 +103,11 @@ def test_the_example_scenario_file_is_valid() -> None:
 
     scenario = load_scenario(Path(__file__).resolve().parents[1] / "examples" / "scenario.yaml")
     assert scenario.cluster.models == ["A100-40GB", "A100-80GB"] and scenario.controller.max_evictions == 5
+
+
+def test_the_inflate_example_names_the_shared_trace() -> None:
+    from simulations.scenario import TraceSource, load_scenario
+
+    scenario = load_scenario(Path(__file__).resolve().parents[1] / "examples" / "inflate-openb.yaml")
+    assert isinstance(scenario.workload, TraceSource) and scenario.workload.replay == "inflate"
+    assert scenario.cluster.nodes * scenario.cluster.gpus_per_node >= 6212  # the trace's GPU count
