@@ -36,7 +36,6 @@ CORDONED = PREFIX + "cordoned-by-migopt"
 ATTEMPTS = PREFIX + "attempts"
 EXPECTED = PREFIX + "expected-resources"
 RETRY_AT = PREFIX + "retry-at"
-OWNED = (PLAN, PHASE, DEADLINE, TARGET, EVICT, EVICTED, ATTEMPTS, EXPECTED, RETRY_AT)
 
 
 class Phase(StrEnum):

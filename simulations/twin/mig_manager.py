@@ -96,10 +96,6 @@ class MigManager:
     def busy(self) -> bool:
         return self._run is not None
 
-    @property
-    def running_config(self) -> str | None:
-        return self._run.value if self._run else None
-
     def adopt(self) -> None:
         """A pod that was already running when the twin began: it has processed the current label and waits."""
         self._current = self._last_read = self._label()
