@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from solver.catalog import GpuModel
 from solver.errors import MigoptError
-from solver.geometry import feasible_maps
+from solver.geometry import max_alone
 
 
 def _largest_plain(model: GpuModel, slices: int) -> str | None:
@@ -39,7 +39,7 @@ def standard_map(model: GpuModel, name: str) -> dict[str, int] | None:
         return balanced(model)
     if name.startswith("all-"):
         profile = model.profile(name.removeprefix("all-").replace(".me", "+me")).name
-        return {profile: max(m[profile] for m in feasible_maps(model, [profile]))}
+        return {profile: max_alone(model, profile)}
     raise MigoptError(
         f"unknown standard MIG config {name!r}: expected all-disabled, all-enabled, all-balanced or all-<profile>"
     )

@@ -12,6 +12,7 @@ from solver.cpsat import AggregateSolution
 from solver.decisions import Decisions, Device, GpuRef, free_devices, resource_key
 from solver.demand import Demand, rejection
 from solver.geometry import maximal_maps
+from solver.plan import PlanPolicy
 from solver.problem import Member, PodGroup, PoolKey, Problem
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
@@ -236,7 +237,7 @@ def _repair_on(
     new_targets: dict[int, dict[str, int]] = {}
     for gpu in sorted(node.gpus, key=lambda g: (len(g.holders), g.index)):
         missing = wanted - _keys(node, offer, exclude=gpu.index)
-        if not missing or gpu.index in busy or not _displaceable(snapshot, gpu, demand, policy.protect_priority):
+        if not missing or gpu.index in busy or not _displaceable(snapshot, gpu, demand, policy):
             continue
         choice = _best_map(node, gpu, missing)
         current = sum((_keys(node, {gpu.index: offer.get(gpu.index, [])}) & missing).values())
@@ -268,9 +269,10 @@ def _tier(snapshot: ClusterSnapshot, gpu: GpuState, target: dict[str, int] | Non
     return max(snapshot.running_pod(p).priority for p in gpu.holders)
 
 
-def _displaceable(snapshot: ClusterSnapshot, gpu: GpuState, demand: Demand, protect: int) -> bool:
+def _displaceable(snapshot: ClusterSnapshot, gpu: GpuState, demand: Demand, policy: PlanPolicy) -> bool:
+    """The pod may take this GPU's place: every holder may be evicted and ranks below it."""
     holders = [snapshot.running_pod(p) for p in gpu.holders]
-    return all(p.evictable and p.priority < protect and p.priority < demand.pod.priority for p in holders)
+    return all(policy.may_evict(p) and p.priority < demand.pod.priority for p in holders)
 
 
 def _best_map(node: NodeState, gpu: GpuState, missing: Counter[str]) -> tuple[dict[str, int], int] | None:

@@ -78,7 +78,7 @@ class Explainer:
             if gpu in free:
                 continue
             holders = [self.snapshot.running_pod(p) for p in gpu.holders]
-            if any(not p.evictable or p.priority >= self.policy.protect_priority for p in holders):
+            if not all(self.policy.may_evict(p) for p in holders):
                 behind_protected += 1
             elif any(p.priority >= demand.pod.priority for p in holders):
                 behind_priority += 1

@@ -195,6 +195,12 @@ def feasible_maps(model: GpuModel, profiles: Iterable[str] | None = None) -> lis
     return [dict(key) for key in _all_maps(model, tuple(sorted(names)))]
 
 
+def max_alone(model: GpuModel, profile: str) -> int:
+    """The most instances of one profile a GPU holds with nothing else (what `all-<profile>` configs use)."""
+    name = model.profile(profile).name
+    return max(m[name] for m in feasible_maps(model, [name]))
+
+
 def maximal_maps(model: GpuModel, profiles: Iterable[str] | None = None) -> list[MigDevices]:
     """Feasible maps to which no further instance of an allowed profile can be added."""
     maps = feasible_maps(model, profiles)

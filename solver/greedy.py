@@ -23,7 +23,7 @@ from heapq import heapify, heappop, heappush
 from solver.catalog import GpuModel
 from solver.decisions import Decisions, Device, GpuRef, free_devices, resource_key
 from solver.demand import Demand, demands, key_compute_slices, rejection, single_key, weights_for
-from solver.geometry import MigDevices, feasible_maps, size_order
+from solver.geometry import MigDevices, feasible_maps, max_alone, size_order
 from solver.plan import PlanPolicy
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
@@ -290,7 +290,7 @@ def _choose_single(
     best: MigDevices | None = None
     best_score = _score(view.supply, requested, later)
     for profile in size_order(model):
-        count = max(m[profile.name] for m in feasible_maps(model, [profile.name]))
+        count = max_alone(model, profile.name)
         offer = Counter({single_key(model.key, profile.name): count * len(gpus)})
         score = _score(offer, requested, later)
         if score > best_score:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from solver.snapshot import RunningPod
+
 PlanStatus = Literal["optimal", "feasible", "greedy", "greedy-fallback", "empty"]
 
 
@@ -19,6 +21,10 @@ class PlanPolicy(BaseModel):
     max_evictions: int | None = Field(default=None, ge=0, description="cap on pods evicted by one plan")
     max_reconfigurations: int | None = Field(default=None, ge=0, description="cap on GPUs reconfigured by one plan")
     workers: int = Field(default=1, ge=1, description="CP-SAT workers; 1 keeps plans reproducible")
+
+    def may_evict(self, pod: RunningPod) -> bool:
+        """The one rule for which running pods a plan may evict: evictable ones below `protect_priority`."""
+        return pod.evictable and pod.priority < self.protect_priority
 
 
 class DeviceAssignment(BaseModel):

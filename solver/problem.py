@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from solver.catalog import GpuModel
 from solver.demand import Demand, PriorityWeights, demands, rejection, single_key, weights_for
-from solver.geometry import feasible_maps, maximal_maps
+from solver.geometry import max_alone, maximal_maps
 from solver.plan import PlanPolicy
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
@@ -153,7 +153,7 @@ def _single_targets(model: GpuModel, gpus: int, keys: set[str]) -> list[Target]:
         key = single_key(model.key, profile.name)
         if key not in keys:
             continue
-        count = max(m[profile.name] for m in feasible_maps(model, [profile.name]))
+        count = max_alone(model, profile.name)
         targets.append(
             Target(
                 devices=((profile.name, count),),
@@ -236,7 +236,7 @@ def build_problem(snapshot: ClusterSnapshot, policy: PlanPolicy) -> Problem:
         signature = signatures[node.name]
         holders = sorted({pod for g in gpus for pod in g.holders})
         running = [snapshot.running_pod(name) for name in holders]
-        protected = any(not p.evictable or p.priority >= policy.protect_priority for p in running)
+        protected = not all(policy.may_evict(p) for p in running)
         model = gpus[0].gpu_model
         targets = targets_for(kind, model, len(gpus))
         maps = {tuple(sorted(g.mig_devices.items())) for g in gpus}

@@ -38,7 +38,7 @@ def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> 
                 if sorted(gpu.holders) != sorted(gp.evict):
                     problems.append(f"{node.name}/{gpu.index}: evicts {gp.evict}, holders are {sorted(gpu.holders)}")
                 holders = [snapshot.running_pod(p) for p in gpu.holders]
-                if any(not p.evictable or p.priority >= policy.protect_priority for p in holders):
+                if not all(policy.may_evict(p) for p in holders):
                     problems.append(f"{node.name}/{gpu.index}: evicts a protected pod")
                 if holders:
                     tier[node.name, gpu.index] = max(p.priority for p in holders)
