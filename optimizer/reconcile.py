@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from optimizer.actuation import ActuationSettings, NodeChange, advance, is_active, start
 from optimizer.cluster_port import MIG_CONFIG_LABEL, ClusterPort
+from optimizer.controller_observer import ControllerObserver, ObservedPort
 from optimizer.migparted import (
     MigPartedConfig,
     config_name,
@@ -51,8 +53,19 @@ class ControllerSettings(BaseModel):
 class Controller:
     """The reconcile loop's state between ticks: the batch window and what the last plan was made for."""
 
-    def __init__(self, port: ClusterPort, settings: ControllerSettings | None = None) -> None:
-        self.port = port
+    def __init__(
+        self,
+        port: ClusterPort,
+        settings: ControllerSettings | None = None,
+        *,
+        observer: ControllerObserver | None = None,
+        may_act: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """`observer` sees every snapshot, plan and event (the metrics exporter); `may_act` is asked before every
+        step that changes the cluster (leader election: a replica that lost its lease stops at the next step)."""
+        self.observer = observer
+        self.port: ClusterPort = ObservedPort(port, observer) if observer else port
+        self.may_act = may_act
         self.settings = settings or ControllerSettings()
         self.last_plan: Plan | None = None
         self.plans_made = 0
@@ -63,9 +76,15 @@ class Controller:
 
     def tick(self) -> Plan | None:
         """One reconcile pass; returns the plan made in this pass, if any."""
+        if not self.may_act():
+            return None
         snapshot = self.port.snapshot()
+        if self.observer:
+            self.observer.snapshot_taken(snapshot, self.port.now())
         active = [n for n in snapshot.nodes if is_active(n)]
         for node in active:
+            if not self.may_act():
+                return None
             advance(self.port, node, self.settings.actuation)
         if active:
             return None  # plan barrier
@@ -80,7 +99,9 @@ class Controller:
         self.last_plan = plan
         plan_id = f"plan-{self.plans_made}"
         self._publish(plan, plan_id)
-        if self.settings.mode == "enforce":
+        if self.observer:
+            self.observer.plan_made(plan, snapshot, plan_id)
+        if self.settings.mode == "enforce" and self.may_act():
             self._enact(snapshot, plan, plan_id)
         return plan
 
@@ -139,6 +160,8 @@ class Controller:
         config = garbage_collect(config, in_use | {c.config_name for c in changes})
         self.port.write_mig_config(render_config(config))  # before any label names an entry
         for change in changes:
+            if not self.may_act():
+                return
             start(self.port, change, self.settings.actuation)
 
     def _read_config(self) -> MigPartedConfig:
