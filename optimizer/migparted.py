@@ -336,3 +336,16 @@ def garbage_collect(
     if not kept:
         kept = dict(empty_config().mig_configs)
     return MigPartedConfig(version=config.version, mig_configs=kept)
+
+
+def entry_applies(entry: MigConfigEntry, index: int, model: GpuModel) -> bool:
+    """Whether mig-parted applies the entry to GPU `index` (spec §2.2): its devices name the GPU and its device
+    filter, if any, names one of the model's PCI ids (a model-level check: any of the model's ids matches)."""
+    if entry.devices != "all" and index not in entry.devices:
+        return False
+    raw = entry.device_filter
+    filters = [f for f in ([raw] if isinstance(raw, str) else list(raw or [])) if f]
+    if not filters:
+        return True
+    ids = {pci.lower() for pci in model.pci_device_ids}
+    return any(f.split(":", 1)[0].lower() in ids for f in filters)

@@ -206,7 +206,7 @@ def parse_snapshot(data: Any) -> ClusterSnapshot:
     for node in snapshot.nodes:
         _check_node(node)
     for pod in snapshot.pods:
-        _check_pod(pod)
+        check_pending_pod(pod)
     return snapshot
 
 
@@ -228,7 +228,8 @@ def _check_unique_indices(node: NodeState) -> None:
         raise MigoptError(f"snapshot: nodes[{node.name}].gpus: duplicate GPU index")
 
 
-def _check_pod(pod: PendingPod) -> None:
+def check_pending_pod(pod: PendingPod) -> None:
+    """What `parse_snapshot` checks of one pending pod: its MIG request names profiles the catalog knows."""
     where = f"snapshot: pods[{pod.name}]"
     try:
         mig = pod.mig_requests

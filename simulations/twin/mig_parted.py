@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict
 
-from optimizer.migparted import MigConfigEntry, MigPartedConfig, parse_config
+from optimizer.migparted import MigConfigEntry, MigPartedConfig, entry_applies, parse_config
 from simulations.placement import ALL_ORDERINGS_FAILED, apply_map
 from simulations.twin.state import TwinGpu, TwinInstance, TwinNode
 from solver.catalog import GpuModel
@@ -55,24 +55,13 @@ def select_config(text: str | None, name: str) -> list[MigConfigEntry]:
     return config.mig_configs[name]
 
 
-def _filter_matches(entry: MigConfigEntry, model: GpuModel) -> bool:
-    """A device filter names PCI ids; the twin knows a GPU's model, so any of the model's ids matches."""
-    raw = entry.device_filter
-    filters = [raw] if isinstance(raw, str) else list(raw or [])
-    filters = [f for f in filters if f]
-    if not filters:
-        return True
-    ids = {pci.lower() for pci in model.pci_device_ids}
-    return any(f.split(":", 1)[0].lower() in ids for f in filters)
-
-
 def walk(entries: Sequence[MigConfigEntry], node: TwinNode) -> list[Pair]:
     """(entry, GPU) pairs in mig-parted's visiting order: entries in file order, GPUs in index order."""
     pairs: list[Pair] = []
     gpus = sorted(node.gpus, key=lambda g: g.index)
     for entry in entries:
         for gpu in gpus:
-            if (entry.devices == "all" or gpu.index in entry.devices) and _filter_matches(entry, gpu.gpu_model):
+            if entry_applies(entry, gpu.index, gpu.gpu_model):
                 pairs.append((entry, gpu))
     return pairs
 

@@ -1,0 +1,346 @@
+"""The ClusterPort on a real cluster, with the official `kubernetes` client.
+
+Reads come from list+watch caches (nodes, GPU pods, PodDisruptionBudgets, the owned ConfigMap), so a reconcile
+costs no list requests; writes go straight to the API under `ApiCaller`'s failure policy and are applied to
+the caches from the API's response. What a node's GPUs hold comes from the best source available per node
+(`optimizer.kube.layouts`); `sources` says which one each node's last snapshot used.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, Literal
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from pydantic import BaseModel, Field
+
+from optimizer.actuation import Phase, is_active, phase_of
+from optimizer.agent_report import GPU_REPORT_ANNOTATION
+from optimizer.cluster_port import ClusterPort, EvictionOutcome
+from optimizer.kube.api import ApiCaller, ApiError, raw_json
+from optimizer.kube.events import EventRecorder
+from optimizer.kube.informer import Informer, wait_all_synced
+from optimizer.kube.layouts import (
+    UNATTRIBUTED_PRIORITY,
+    DeviceHolder,
+    HeldDevices,
+    LayoutSource,
+    resolve_layout,
+)
+from optimizer.kube.objects import (
+    holds_devices,
+    is_unschedulable,
+    node_allocatable,
+    node_taints,
+    pending_pod,
+    pod_key,
+    pod_requests,
+    pods_without_disruption_budget,
+    running_pod,
+)
+from optimizer.migparted import MigPartedConfig, parse_config
+from solver.errors import MigoptError
+from solver.snapshot import PRODUCT_LABEL, ClusterSnapshot, NodeState, PendingPod, RunningPod
+
+log = logging.getLogger(__name__)
+MIG_CAPABLE_LABEL = "nvidia.com/mig.capable"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class KubeSettings(BaseModel):
+    """Where migopt's Kubernetes objects are and how it talks to the API."""
+
+    mig_config_namespace: str = Field(default="gpu-operator", description="namespace of the owned mig-parted ConfigMap")
+    mig_config_name: str = Field(default="migopt-mig-config", description="= ClusterPolicy migManager.config.name")
+    mig_config_key: str = Field(default="config.yaml", description="the key mig-manager reads")
+    watch_timeout_s: int = Field(default=300, ge=1)
+    event_qps: float = Field(default=10.0, ge=0)
+    sync_timeout_s: float = Field(default=60.0, gt=0)
+
+
+def _uses_gpus(pod: Mapping[str, Any]) -> bool:
+    return bool(pod_requests(pod))
+
+
+def _is_gpu_node(node: Mapping[str, Any]) -> bool:
+    meta = node.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    return (
+        PRODUCT_LABEL in labels
+        or labels.get(MIG_CAPABLE_LABEL) == "true"
+        or (GPU_REPORT_ANNOTATION in (meta.get("annotations") or {}))
+    )
+
+
+class KubeClusterPort:
+    """Implements `optimizer.cluster_port.ClusterPort`. `holders` (optional) is the Prometheus fallback: which
+    (node, GPU, profile) each pod holds per dcgm-exporter, or None when Prometheus is not available."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        settings: KubeSettings | None = None,
+        *,
+        caller: ApiCaller | None = None,
+        holders: Callable[[], Sequence[DeviceHolder] | None] | None = None,
+        instance: str = "migopt",
+    ) -> None:
+        self.settings = settings or KubeSettings()
+        self.caller = caller or ApiCaller()
+        self.core = client.CoreV1Api(api_client)
+        policy = client.PolicyV1Api(api_client)
+        s = self.settings
+        timeout = s.watch_timeout_s
+        self.nodes = Informer("nodes", self.core.list_node, self.caller, watch_timeout_s=timeout)
+        self.pods = Informer(
+            "pods", self.core.list_pod_for_all_namespaces, self.caller, keep=_uses_gpus, watch_timeout_s=timeout
+        )
+        self.pdbs = Informer(
+            "poddisruptionbudgets", policy.list_pod_disruption_budget_for_all_namespaces, self.caller,
+            watch_timeout_s=timeout,
+        )  # fmt: skip
+        list_config = partial(
+            self.core.list_namespaced_config_map,
+            s.mig_config_namespace,
+            field_selector=f"metadata.name={s.mig_config_name}",
+        )
+        self.configmaps = Informer("configmaps", list_config, self.caller, watch_timeout_s=timeout)
+        self.informers = [self.nodes, self.pods, self.pdbs, self.configmaps]
+        self.events = EventRecorder(self.core.create_namespaced_event, self.caller, instance=instance, qps=s.event_qps)
+        self._holders = holders
+        self._parsed: tuple[str, MigPartedConfig | None] | None = None
+        self._reported: set[tuple[str, str]] = set()
+        self.sources: dict[str, str] = {}
+        self.skipped_pods: dict[str, str] = {}
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the watches and wait for the first lists (`MigoptError` if the API does not answer in time)."""
+        for informer in self.informers:
+            informer.start()
+        self.events.start()
+        if not wait_all_synced(self.informers, self.settings.sync_timeout_s):
+            missing = [i.resource for i in self.informers if not i.synced]
+            raise MigoptError(f"could not list {', '.join(missing)} within {self.settings.sync_timeout_s:.0f}s")
+
+    def sync_once(self) -> None:
+        """List everything once, no watches (one-shot commands)."""
+        for informer in self.informers:
+            try:
+                informer.sync_once()
+            except ApiException as err:
+                raise ApiError(f"list {informer.resource}: {err.status} {err.reason}", err.status or 0) from None
+
+    def stop(self) -> None:
+        for informer in self.informers:
+            informer.stop()
+        self.events.stop()
+
+    @property
+    def synced(self) -> bool:
+        return all(i.synced for i in self.informers)
+
+    # ---- ClusterPort: reading -------------------------------------------------------------------------
+
+    def snapshot(self) -> ClusterSnapshot:
+        pods = self.pods.items()
+        held_by_node: dict[str, list[HeldDevices]] = defaultdict(list)
+        pending: list[PendingPod] = []
+        bound = []
+        skipped: dict[str, str] = {}
+        for pod in pods:
+            if holds_devices(pod):
+                bound.append(pod)
+                held_by_node[pod["spec"]["nodeName"]].append(HeldDevices(pod=pod_key(pod), requests=pod_requests(pod)))
+            elif is_unschedulable(pod):
+                try:
+                    pending.append(pending_pod(pod))
+                except MigoptError as err:
+                    skipped[pod_key(pod)] = str(err)
+        self._report_skipped(skipped)
+        no_budget = pods_without_disruption_budget(self.pdbs.items(), bound)
+        running = {p.name: p for p in (running_pod(pod, no_budget) for pod in bound)}
+        config = self._config()
+        holders = self._holders() if self._holders else None
+        nodes, sources = [], {}
+        for raw in sorted(self.nodes.items(), key=lambda n: n["metadata"]["name"]):
+            if not _is_gpu_node(raw):
+                continue
+            node, source, extra = self._node(raw, config, held_by_node.get(raw["metadata"]["name"], []), holders)
+            sources[raw["metadata"]["name"]] = source
+            if node is not None:
+                nodes.append(node)
+            running |= extra
+        self.sources = sources
+        return ClusterSnapshot(nodes=nodes, pods=pending, running=list(running.values()))
+
+    def _node(
+        self,
+        raw: Mapping[str, Any],
+        config: MigPartedConfig | None,
+        held: list[HeldDevices],
+        holders: Sequence[DeviceHolder] | None,
+    ) -> tuple[NodeState | None, str, dict[str, RunningPod]]:
+        meta = raw["metadata"]
+        name = meta["name"]
+        labels = dict(meta.get("labels") or {})
+        annotations = dict(meta.get("annotations") or {})
+        base = NodeState(
+            name=name,
+            labels=labels,
+            annotations=annotations,
+            allocatable=node_allocatable(raw),
+            taints=node_taints(raw),
+            unschedulable=bool((raw.get("spec") or {}).get("unschedulable")),
+        )
+        on_node = [h for h in holders or [] if h.node == name] if holders is not None else None
+        try:
+            layout = resolve_layout(name, labels, annotations, config, held, on_node)
+        except MigoptError as err:
+            self._report_once(name, str(err))
+            if is_active(base) and phase_of(base) is Phase.EVICTING:
+                return None, f"waiting: {err}", {}  # a drain needs to know who holds what: wait for it
+            return base, f"not planned: {err}", {}
+        extra = {
+            pod: RunningPod(name=pod, priority=UNATTRIBUTED_PRIORITY, evictable=False) for pod in layout.placeholders
+        }
+        extra |= {pod: RunningPod(name=pod, evictable=False) for pod in layout.guessed}
+        node = base.model_copy(update={"gpus": layout.gpus})
+        return node, str(layout.source if layout.source is not LayoutSource.AGENT else "agent"), extra
+
+    def _config(self) -> MigPartedConfig | None:
+        text = self.read_mig_config()
+        if text is None:
+            return None
+        if self._parsed is None or self._parsed[0] != text:
+            try:
+                parsed: MigPartedConfig | None = parse_config(text)
+            except MigoptError as err:
+                self._report_once("configmap", f"owned mig-parted config is invalid: {err}")
+                parsed = None
+            self._parsed = (text, parsed)
+        return self._parsed[1]
+
+    def _report_once(self, subject: str, message: str) -> None:
+        if (subject, message) not in self._reported:
+            self._reported.add((subject, message))
+            log.warning("node=%s not planned: %s", subject, message)
+
+    def _report_skipped(self, skipped: dict[str, str]) -> None:
+        for pod, reason in skipped.items():
+            if self.skipped_pods.get(pod) != reason:
+                log.warning("pod=%s skipped: %s", pod, reason)
+                self.events.record("Pod", pod, "MigInvalidRequest", reason)
+        self.skipped_pods = skipped
+
+    def read_mig_config(self) -> str | None:
+        cm = self.configmaps.get(f"{self.settings.mig_config_namespace}/{self.settings.mig_config_name}")
+        if cm is None:
+            return None
+        value = (cm.get("data") or {}).get(self.settings.mig_config_key)
+        return None if value is None else str(value)
+
+    # ---- ClusterPort: writing -------------------------------------------------------------------------
+
+    def patch_node(
+        self, node: str, *, labels: Mapping[str, str | None] = {}, annotations: Mapping[str, str | None] = {}
+    ) -> None:
+        metadata: dict[str, Any] = {}
+        if labels:
+            metadata["labels"] = dict(labels)
+        if annotations:
+            metadata["annotations"] = dict(annotations)
+        if metadata:
+            self._patch_node(node, {"metadata": metadata})
+
+    def set_unschedulable(self, node: str, unschedulable: bool) -> None:
+        self._patch_node(node, {"spec": {"unschedulable": unschedulable or None}})
+
+    def _patch_node(self, node: str, body: dict[str, Any]) -> None:
+        """A JSON merge patch: labels and annotations merge key by key, null removes; no resourceVersion, so no
+        conflicts with GFD or mig-manager writing other labels of the same node."""
+        response = self.caller(
+            "patch",
+            "nodes",
+            lambda: self.core.patch_node(node, body, _content_type=MERGE_PATCH, _preload_content=False),
+        )
+        self.nodes.apply(raw_json(response))
+
+    def evict(self, pod: str) -> EvictionOutcome:
+        """policy/v1 Eviction: 201 evicted, 429 a budget refuses (nothing happened; ask again later), 404 gone."""
+        namespace, _, name = pod.rpartition("/")
+        body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace or "default"))
+        try:
+            self.caller(
+                "create",
+                "pods/eviction",
+                lambda: self.core.create_namespaced_pod_eviction(name, namespace or "default", body),
+                allow=(404, 429),
+            )
+        except ApiException as err:
+            return EvictionOutcome.GONE if err.status == 404 else EvictionOutcome.BLOCKED
+        return EvictionOutcome.EVICTED
+
+    def write_mig_config(self, text: str) -> None:
+        """Create or update the owned ConfigMap's key, keeping its other keys; a 409 re-reads and retries."""
+        s = self.settings
+        for _ in range(5):
+            current = self._read_config_map()
+            if current is None:
+                body = {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {
+                        "name": s.mig_config_name,
+                        "namespace": s.mig_config_namespace,
+                        "labels": {"app.kubernetes.io/managed-by": "migopt"},
+                    },
+                    "data": {s.mig_config_key: text},
+                }
+                call = partial(self.core.create_namespaced_config_map, s.mig_config_namespace, body)
+                verb, allow = "create", (409,)
+            else:
+                body = dict(current)
+                body["data"] = {**(current.get("data") or {}), s.mig_config_key: text}
+                call = partial(self.core.replace_namespaced_config_map, s.mig_config_name, s.mig_config_namespace, body)
+                verb, allow = "update", (409,)
+            try:
+                response = self.caller(verb, "configmaps", partial(call, _preload_content=False), allow=allow)
+            except ApiException:
+                continue  # someone else wrote it first (409): read again
+            self.configmaps.apply(raw_json(response))
+            return
+        raise ApiError(f"configmap {s.mig_config_namespace}/{s.mig_config_name}: conflicts kept winning", 409)
+
+    def _read_config_map(self) -> dict[str, Any] | None:
+        s = self.settings
+        try:
+            response = self.caller(
+                "get",
+                "configmaps",
+                lambda: self.core.read_namespaced_config_map(
+                    s.mig_config_name, s.mig_config_namespace, _preload_content=False
+                ),
+                allow=(404,),
+            )
+        except ApiException:
+            return None
+        body: dict[str, Any] = raw_json(response)
+        return body
+
+    def record_event(self, kind: Literal["Pod", "Node"], name: str, reason: str, message: str) -> None:
+        self.events.record(kind, name, reason, message)
+
+    def now(self) -> float:
+        return time.time()
+
+
+def _conforms(port: KubeClusterPort) -> ClusterPort:
+    """Static check (mypy) that the adapter implements the controller's port."""
+    return port

@@ -1,0 +1,212 @@
+"""A list+watch cache of one kind of object, so a reconcile reads memory instead of listing the cluster.
+
+One list, then one long watch from the list's resourceVersion; a watch that ends (server timeout, connection
+closed) resumes from the last resourceVersion seen; a 410 Gone (the version left the server's window) relists.
+Objects stay plain JSON dicts: a thousand nodes and thousands of pods deserialised into client models on every
+event would cost more than everything else the controller does.
+
+The adapter's own writes are applied at once (`apply`) from the API's response, so the next reconcile sees
+them even before their watch event arrives (read-your-writes: the actuation's crash-safety records depend on it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import urllib3
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+from optimizer.kube.api import ApiCaller, raw_json
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    meta = obj["metadata"]
+    namespace = meta.get("namespace")
+    return f"{namespace}/{meta['name']}" if namespace else str(meta["name"])
+
+
+def _newer(candidate: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
+    """resourceVersions are opaque, but etcd's (and the twin's) are integers; compare when both are."""
+    if current is None:
+        return True
+    try:
+        return int(candidate["metadata"]["resourceVersion"]) >= int(current["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return True
+
+
+class Informer:
+    """Keeps `objects` (key → dict) current. `keep` filters what is cached (e.g. only pods that use GPUs)."""
+
+    def __init__(
+        self,
+        resource: str,
+        list_call: Callable[..., Any],
+        caller: ApiCaller,
+        *,
+        keep: Callable[[Obj], bool] = lambda _: True,
+        watch_timeout_s: int = 300,
+        error_backoff_s: float = 1.0,
+    ) -> None:
+        self.resource = resource
+        self._list_call = list_call
+        self._caller = caller
+        self._keep = keep
+        self._watch_timeout_s = watch_timeout_s
+        self._error_backoff_s = error_backoff_s
+        self._objects: dict[str, Obj] = {}
+        self._lock = threading.Lock()
+        self._synced = threading.Event()
+        self._stop = threading.Event()
+        self._response: Any = None
+        self._thread: threading.Thread | None = None
+        self.resource_version: str | None = None
+        self.version = 0  # bumped on every change: a cheap "did anything change" for the reconcile loop
+        self.relists = 0
+        self.watch_restarts = 0
+
+    # ---- reading --------------------------------------------------------------------------------------
+
+    def items(self) -> list[Obj]:
+        with self._lock:
+            return list(self._objects.values())
+
+    def get(self, key: str) -> Obj | None:
+        with self._lock:
+            return self._objects.get(key)
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout_s: float) -> bool:
+        return self._synced.wait(timeout_s)
+
+    def apply(self, obj: Obj) -> None:
+        """Record an object the API returned for our own write."""
+        with self._lock:
+            self._put(obj)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            if self._objects.pop(key, None) is not None:
+                self.version += 1
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"informer-{self.resource}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def sync_once(self) -> None:
+        """List now (tests and one-shot commands such as `migopt snapshot` need no watch)."""
+        self._relist()
+
+    # ---- the loop -------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.resource_version is None:
+                    self._relist()
+                self._watch()
+            except ApiException as err:
+                if err.status == 410:
+                    log.info("resource=%s watch expired (410): relisting", self.resource)
+                    self.resource_version = None
+                    continue
+                self._pause(f"{err.status} {err.reason}")
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as err:
+                self._pause(str(err).splitlines()[0] if str(err) else type(err).__name__)
+            except Exception as err:
+                log.exception("resource=%s informer error", self.resource)
+                self._pause(type(err).__name__)
+
+    def _pause(self, why: str) -> None:
+        if self._stop.is_set():
+            return
+        self.watch_restarts += 1
+        log.warning("resource=%s watch interrupted (%s): resuming in %.1fs", self.resource, why, self._error_backoff_s)
+        self._stop.wait(self._error_backoff_s)
+
+    def _relist(self) -> None:
+        self._caller.count("list", self.resource)
+        body = raw_json(self._list_call(_preload_content=False))
+        fresh = {object_key(o): o for o in body.get("items") or [] if self._keep(o)}
+        with self._lock:
+            self._objects = fresh
+            self.version += 1
+            self.resource_version = str(body["metadata"]["resourceVersion"])
+        self.relists += 1
+        self._synced.set()
+
+    def _watch(self) -> None:
+        self._caller.count("watch", self.resource)
+        response = self._list_call(
+            watch=True,
+            resource_version=self.resource_version,
+            timeout_seconds=self._watch_timeout_s,
+            allow_watch_bookmarks=True,
+            _preload_content=False,
+        )
+        self._response = response
+        try:
+            for line in iter_resp_lines(response):
+                if self._stop.is_set():
+                    return
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    raise ApiException(status=int(status.get("code") or 500), reason=str(status.get("reason", "")))
+                self._handle(event)
+        finally:
+            self._response = None
+            response.release_conn()
+
+    def _handle(self, event: Mapping[str, Any]) -> None:
+        obj = event["object"]
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        with self._lock:
+            if event["type"] == "DELETED":
+                if self._objects.pop(object_key(obj), None) is not None:
+                    self.version += 1
+            elif event["type"] in ("ADDED", "MODIFIED"):
+                self._put(obj)
+            if version:
+                self.resource_version = str(version)
+
+    def _put(self, obj: Obj) -> None:
+        key = object_key(obj)
+        if not self._keep(obj):
+            if self._objects.pop(key, None) is not None:
+                self.version += 1
+            return
+        if _newer(obj, self._objects.get(key)):
+            self._objects[key] = obj
+            self.version += 1
+
+
+def wait_all_synced(informers: list[Informer], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    return all(i.wait_synced(max(0.0, deadline - time.monotonic())) for i in informers)

@@ -1,0 +1,236 @@
+"""Which MIG instances each GPU of a node has, and which pod holds which: from the best source at hand.
+
+1. `agent`: the node agent's annotation (`optimizer.agent_report`): exact placements, busy flags, and the pod
+   on each device when the kubelet pod-resources socket is mounted.
+2. `prometheus`: dcgm-exporter's `pod` labels give (GPU, profile) per pod; placements come from the node's
+   `nvidia.com/mig.config` entry, laid out as mig-parted would.
+3. `conservative`: only the config entry and the pods bound to the node. A GPU counts as busy if any pod on
+   the node holds a device of a profile it has: such GPUs are never reconfigured (a non-evictable placeholder
+   holds them), because a GPU that may be busy must not be touched.
+
+Whatever the source, a pod whose device is only guessed is never planned for eviction: the plan may only evict
+pods whose GPU is known. A node whose GPUs cannot be known at all (unknown model, no config entry, a change in
+flight without the agent) is left out of planning with a reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from optimizer.agent_report import GPU_REPORT_ANNOTATION, NodeGpuReport, parse_report
+from optimizer.cluster_port import MIG_CONFIG_LABEL, MIG_STATE_LABEL
+from optimizer.migparted import MigPartedConfig, entry_applies
+from optimizer.standard_configs import standard_map
+from solver.catalog import GpuModel, load_catalog
+from solver.errors import MigoptError
+from solver.geometry import find_layout
+from solver.profiles import MIG_RESOURCE_PREFIX, profile_from_resource
+from solver.snapshot import GPU_RESOURCE, PRODUCT_LABEL, STRATEGY_LABEL, GpuState, InstanceState
+
+COUNT_LABEL = "nvidia.com/gpu.count"
+UNATTRIBUTED_PRIORITY = 2_000_000_000  # above every user priority: the planner never displaces a placeholder
+
+
+class LayoutSource(StrEnum):
+    AGENT = "agent"
+    PROMETHEUS = "prometheus"
+    CONSERVATIVE = "conservative"
+
+
+class HeldDevices(BaseModel):
+    """A pod bound to the node and the GPU devices it requests."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pod: str
+    requests: dict[str, int]
+
+
+class DeviceHolder(BaseModel):
+    """One MIG device a pod holds, as dcgm-exporter's labels show it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    node: str
+    gpu: int
+    profile: str
+    pod: str
+
+
+class NodeLayout(BaseModel):
+    """The node's GPUs for the planner, where that came from, and which pods' devices were only guessed."""
+
+    source: LayoutSource
+    gpus: list[GpuState]
+    guessed: list[str] = []  # real pods placed on a GPU by guess: the planner must not evict them
+    placeholders: list[str] = []  # names standing for devices in use by pods unknown
+
+
+def placeholder(node: str, gpu: int, n: int) -> str:
+    return f"unattributed:{node}:gpu{gpu}:{n}"
+
+
+def node_model(labels: Mapping[str, str]) -> GpuModel:
+    """The node's GPU model from GFD's product label (`<model>-MIG-<profile>` under the single strategy)."""
+    product = labels.get(PRODUCT_LABEL, "")
+    if not product:
+        raise MigoptError(f"no {PRODUCT_LABEL} label")
+    return load_catalog().model(product.rpartition("-MIG-")[0] or product)
+
+
+def held_profiles(labels: Mapping[str, str], held: Sequence[HeldDevices]) -> Counter[str]:
+    """Devices held on the node, by profile (single strategy: `nvidia.com/gpu` means the node's one profile)."""
+    counts: Counter[str] = Counter()
+    single = labels.get(STRATEGY_LABEL) == "single"
+    single_profile = labels.get(PRODUCT_LABEL, "").rpartition("-MIG-")[2] if single else ""
+    for pod in held:
+        for resource, count in pod.requests.items():
+            if resource.startswith(MIG_RESOURCE_PREFIX):
+                counts[profile_from_resource(resource)] += count
+            elif resource == GPU_RESOURCE and single_profile:
+                counts[single_profile] += count
+    return counts
+
+
+def from_report(report: NodeGpuReport, node: str, held: Sequence[HeldDevices]) -> NodeLayout:
+    """Exact placements. Busy devices the report names no pod for are held by placeholders (GPU locked)."""
+    if report.error is not None:
+        raise MigoptError(f"node agent reports an error: {report.error}")
+    known = {h.pod for h in held}
+    gpus, placeholders = [], []
+    for gpu in sorted(report.gpus, key=lambda g: g.index):
+        model = load_catalog().model(gpu.pci_device_id)
+        instances = []
+        for n, inst in enumerate(sorted(gpu.instances, key=lambda i: i.start)):
+            pod = inst.pod if inst.pod in known else None
+            if pod is None and inst.busy:
+                pod = placeholder(node, gpu.index, n)
+                placeholders.append(pod)
+            instances.append(InstanceState(profile=model.profile(inst.profile).name, start=inst.start, pod=pod))
+        if gpu.mig_current != gpu.mig_pending:
+            raise MigoptError(f"GPU {gpu.index} has a MIG mode change pending")
+        gpus.append(GpuState(index=gpu.index, model=model.key, instances=instances))
+    return NodeLayout(source=LayoutSource.AGENT, gpus=gpus, placeholders=placeholders)
+
+
+def configured_maps(
+    labels: Mapping[str, str], config: MigPartedConfig | None, model: GpuModel
+) -> dict[int, dict[str, int] | None]:
+    """Per GPU index, the `mig-devices` map the node's applied config gives it (None: MIG disabled)."""
+    name = labels.get(MIG_CONFIG_LABEL, "")
+    state = labels.get(MIG_STATE_LABEL, "")
+    if not name or state != "success":
+        raise MigoptError(f"MIG config {name or '(none)'!r} is not applied (state {state or '(none)'!r})")
+    try:
+        count = int(labels.get(COUNT_LABEL, ""))
+    except ValueError:
+        raise MigoptError(f"no usable {COUNT_LABEL} label") from None
+    if labels.get(STRATEGY_LABEL) == "single":
+        raise MigoptError("under the single strategy the GPU count needs the node agent")
+    maps: dict[int, dict[str, int] | None] = {}
+    if config is not None and name in config.mig_configs:
+        for entry in config.mig_configs[name]:  # later entries override earlier ones, as mig-parted applies them
+            for index in range(count):
+                if entry_applies(entry, index, model):
+                    maps[index] = dict(entry.mig_devices or {}) if entry.mig_enabled else None
+    else:
+        for index in range(count):
+            maps[index] = standard_map(model, name)
+    if len(maps) != count:
+        raise MigoptError(f"config {name!r} does not cover all {count} GPUs")
+    return maps
+
+
+def from_config(
+    node: str,
+    labels: Mapping[str, str],
+    config: MigPartedConfig | None,
+    held: Sequence[HeldDevices],
+    holders: Sequence[DeviceHolder] | None,
+) -> NodeLayout:
+    """Placements as mig-parted lays out the configured maps; holders from dcgm (`holders`) or, without them,
+    guessed and locked (see the module docstring)."""
+    model = node_model(labels)
+    maps = configured_maps(labels, config, model)
+    if any(devices is None for devices in maps.values()) and any(GPU_RESOURCE in h.requests for h in held):
+        raise MigoptError("a GPU has MIG disabled and a pod may use it whole")
+    layouts: dict[int, list[InstanceState]] = {}
+    for index, devices in sorted(maps.items()):
+        layout = find_layout(model, devices or {}) if devices else []
+        if layout is None:
+            raise MigoptError(f"config gives GPU {index} an infeasible map {devices}")
+        layouts[index] = [InstanceState(profile=i.profile, start=i.start) for i in layout]
+    bound = {h.pod for h in held}
+    mapped = [h for h in holders or [] if h.pod in bound]
+    exact = holders is not None and {h.pod for h in mapped} == {h.pod for h in held if h.requests}
+    if exact:
+        _attach_exact(layouts, mapped)
+        source, guessed, placeholders = LayoutSource.PROMETHEUS, list[str](), list[str]()
+    else:
+        guessed, placeholders = _attach_conservatively(node, layouts, labels, held)
+        source = LayoutSource.CONSERVATIVE
+    gpus = [GpuState(index=i, model=model.key, instances=layouts[i]) for i in sorted(layouts)]
+    return NodeLayout(source=source, gpus=gpus, guessed=guessed, placeholders=placeholders)
+
+
+def _attach_exact(layouts: dict[int, list[InstanceState]], mapped: Sequence[DeviceHolder]) -> None:
+    for holder in sorted(mapped, key=lambda h: (h.gpu, h.profile, h.pod)):
+        instances = layouts.get(holder.gpu, [])
+        free = next((n for n, i in enumerate(instances) if i.profile == holder.profile and i.pod is None), None)
+        if free is None:
+            raise MigoptError(
+                f"dcgm shows {holder.pod} on GPU {holder.gpu} ({holder.profile}), which has no such device"
+            )
+        instances[free] = instances[free].model_copy(update={"pod": holder.pod})
+
+
+def _attach_conservatively(
+    node: str, layouts: dict[int, list[InstanceState]], labels: Mapping[str, str], held: Sequence[HeldDevices]
+) -> tuple[list[str], list[str]]:
+    """On every GPU with an instance of a profile held on the node, mark as many of those instances held as the
+    node holds of it (real pods first, then placeholders): every such GPU is locked, and free capacity is only
+    over-estimated where the same profile sits on several GPUs."""
+    counts = held_profiles(labels, held)
+    pods_by_profile: dict[str, list[str]] = defaultdict(list)
+    for h in sorted(held, key=lambda h: h.pod):
+        for profile, n in held_profiles(labels, [h]).items():
+            pods_by_profile[profile] += [h.pod] * n
+    guessed: set[str] = set()
+    placeholders: list[str] = []
+    for index, instances in sorted(layouts.items()):
+        for profile, n_held in counts.items():
+            slots = [k for k, i in enumerate(instances) if i.profile == profile][:n_held]
+            for k in slots:
+                if pods_by_profile[profile]:
+                    pod = pods_by_profile[profile].pop(0)
+                    guessed.add(pod)
+                else:
+                    pod = placeholder(node, index, k)
+                    placeholders.append(pod)
+                instances[k] = instances[k].model_copy(update={"pod": pod})
+    return sorted(guessed), placeholders
+
+
+def resolve_layout(
+    node: str,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    config: MigPartedConfig | None,
+    held: Sequence[HeldDevices],
+    holders: Sequence[DeviceHolder] | None,
+) -> NodeLayout:
+    """The best source that works; `MigoptError` naming why when none does (the node is then not planned)."""
+    text = annotations.get(GPU_REPORT_ANNOTATION)
+    if not text:
+        return from_config(node, labels, config, held, holders)
+    try:
+        return from_report(parse_report(text, node), node, held)
+    except MigoptError as agent_error:
+        try:
+            return from_config(node, labels, config, held, holders)
+        except MigoptError as config_error:
+            raise MigoptError(f"{agent_error}; and without the agent: {config_error}") from None

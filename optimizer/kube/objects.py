@@ -1,0 +1,194 @@
+"""Kubernetes objects (as the API's JSON) → the planner's pods: which pods wait for MIG devices, which hold them.
+
+Pure functions over plain dicts, so they are tested with literal API objects and shared by every source.
+A pending pod whose request the catalog does not know is reported (returned as a problem), never planned and
+never allowed to spoil the snapshot of everyone else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from solver.errors import MigoptError
+from solver.profiles import MIG_RESOURCE_PREFIX
+from solver.snapshot import (
+    GPU_RESOURCE,
+    NodeSelectorTerm,
+    PendingPod,
+    RunningPod,
+    Taint,
+    Toleration,
+    check_pending_pod,
+)
+
+Obj = Mapping[str, Any]
+NOT_EVICTABLE_ANNOTATION = "migopt.io/evictable"  # "false": never evict this pod to reconfigure a GPU
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+
+
+def pod_key(pod: Obj) -> str:
+    meta = pod["metadata"]
+    return f"{meta.get('namespace') or 'default'}/{meta['name']}"
+
+
+def _quantity(value: object) -> int:
+    """Extended resources are integers; anything else (a `500m`) counts as 0 rather than crashing."""
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
+def is_gpu_resource(resource: str) -> bool:
+    return resource == GPU_RESOURCE or resource.startswith(MIG_RESOURCE_PREFIX)
+
+
+def pod_requests(pod: Obj) -> dict[str, int]:
+    """The pod's effective `nvidia.com/*` GPU requests: the sum over containers, or the largest init container's
+    if larger (Kubernetes' rule). Extended resources are set in limits (requests default to them)."""
+    spec = pod.get("spec") or {}
+
+    def of(container: Obj) -> dict[str, int]:
+        resources = container.get("resources") or {}
+        merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        return {k: _quantity(v) for k, v in merged.items() if is_gpu_resource(k)}
+
+    total: dict[str, int] = {}
+    for container in spec.get("containers") or []:
+        for k, v in of(container).items():
+            total[k] = total.get(k, 0) + v
+    for container in spec.get("initContainers") or []:
+        for k, v in of(container).items():
+            total[k] = max(total.get(k, 0), v)
+    return {k: v for k, v in total.items() if v > 0}
+
+
+def is_unschedulable(pod: Obj) -> bool:
+    """Pending, unbound, not being deleted, and the scheduler said it cannot place it."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Pending" or (pod.get("spec") or {}).get("nodeName"):
+        return False
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return any(
+        c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+        for c in status.get("conditions") or []
+    )
+
+
+def holds_devices(pod: Obj) -> bool:
+    """Bound to a node and not finished: it holds (or is about to hold) the GPU devices it requests."""
+    phase = (pod.get("status") or {}).get("phase")
+    return bool((pod.get("spec") or {}).get("nodeName")) and phase in ("Pending", "Running", "Unknown")
+
+
+def _affinity_terms(spec: Obj) -> list[NodeSelectorTerm]:
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    return [
+        NodeSelectorTerm.model_validate({"matchExpressions": term.get("matchExpressions") or []})
+        for term in required.get("nodeSelectorTerms") or []
+    ]
+
+
+def pending_pod(pod: Obj) -> PendingPod:
+    """The planner's view of an unschedulable pod; `MigoptError` (one line, naming the pod) if it is malformed."""
+    spec = pod.get("spec") or {}
+    name = pod_key(pod)
+    try:
+        result = PendingPod(
+            name=name,
+            requests=pod_requests(pod),
+            priority=int(spec.get("priority") or 0),
+            node_selector=dict(spec.get("nodeSelector") or {}),
+            node_affinity=_affinity_terms(spec),
+            tolerations=[_toleration(t) for t in spec.get("tolerations") or []],
+        )
+    except (ValidationError, ValueError, TypeError) as err:
+        raise MigoptError(f"pod {name}: cannot read its scheduling constraints: {str(err).splitlines()[0]}") from None
+    check_pending_pod(result)
+    return result
+
+
+def _toleration(raw: Obj) -> Toleration:
+    return Toleration(
+        key=raw.get("key") or "",
+        operator=raw.get("operator") or "Equal",
+        value=raw.get("value") or "",
+        effect=raw.get("effect") or "",
+    )
+
+
+def owner_kinds(pod: Obj) -> set[str]:
+    return {ref.get("kind", "") for ref in (pod.get("metadata") or {}).get("ownerReferences") or []}
+
+
+def running_pod(pod: Obj, unevictable: Iterable[str] = ()) -> RunningPod:
+    """What evicting a pod would cost. DaemonSet and static (mirror) pods are never evicted: their controller
+    would put them straight back on the same node; nor are pods that opt out or whose budget allows no disruption."""
+    meta = pod.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    name = pod_key(pod)
+    evictable = (
+        "DaemonSet" not in owner_kinds(pod)
+        and MIRROR_ANNOTATION not in annotations
+        and annotations.get(NOT_EVICTABLE_ANNOTATION, "true").lower() != "false"
+        and name not in set(unevictable)
+    )
+    return RunningPod(name=name, priority=int((pod.get("spec") or {}).get("priority") or 0), evictable=evictable)
+
+
+def node_taints(node: Obj) -> list[Taint]:
+    taints = []
+    for raw in (node.get("spec") or {}).get("taints") or []:
+        effect = raw.get("effect") or "NoSchedule"
+        if effect in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+            taints.append(Taint(key=raw.get("key") or "", value=raw.get("value") or "", effect=effect))
+    return taints
+
+
+def node_allocatable(node: Obj) -> dict[str, int]:
+    """The node's GPU resources as kubelet reports them (other resources are not the planner's business)."""
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    return {k: _quantity(v) for k, v in allocatable.items() if is_gpu_resource(k)}
+
+
+def selector_matches(selector: Obj | None, labels: Mapping[str, str]) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions). An empty selector matches everything (policy/v1; a PDB
+    with no selector at all matches nothing, which the caller checks)."""
+    selector = selector or {}
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key", ""), expr.get("operator", ""), set(expr.get("values") or [])
+        present = key in labels
+        if (
+            (op == "In" and (not present or labels[key] not in values))
+            or (op == "NotIn" and present and labels[key] in values)
+            or (op == "Exists" and not present)
+            or (op == "DoesNotExist" and present)
+        ):
+            return False
+    return True
+
+
+def pods_without_disruption_budget(pdbs: Iterable[Obj], pods: Iterable[Obj]) -> set[str]:
+    """Pods covered by a PodDisruptionBudget whose status allows no disruption now: planning around them is cheaper
+    than a drain the Eviction API would refuse until the deadline."""
+    blocked_budgets = [pdb for pdb in pdbs if (pdb.get("status") or {}).get("disruptionsAllowed", 1) == 0]
+    if not blocked_budgets:
+        return set()
+    result = set()
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        for pdb in blocked_budgets:
+            selector = (pdb.get("spec") or {}).get("selector")
+            same_namespace = (pdb["metadata"].get("namespace") or "default") == (meta.get("namespace") or "default")
+            if selector is not None and same_namespace and selector_matches(selector, meta.get("labels") or {}):
+                result.add(pod_key(pod))
+    return result

@@ -1,0 +1,128 @@
+"""`migopt run`: the controller as a long-running process on a real cluster (or the twin's API facade).
+
+Wires the parts: the Kubernetes adapter (list+watch caches), optional Prometheus usage (the dcgm pod mapping
+the adapter falls back to), leader election, the metrics exporter with `/healthz` and `/readyz`, and the
+reconcile loop. A pass that fails (API unreachable after retries, RBAC denial, a node deleted under it) is
+logged and counted, and the next pass starts from a fresh snapshot: every step is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from optimizer.http_serve import RunningServer
+from optimizer.kube.adapter import KubeClusterPort
+from optimizer.kube.api import ApiCaller, make_api_client
+from optimizer.kube.layouts import DeviceHolder
+from optimizer.kube.leader import LeaderElector
+from optimizer.kube.settings import RunSettings
+from optimizer.metrics import MetricsObserver, serve_http
+from optimizer.reconcile import Controller
+from optimizer.usage import PrometheusUsage
+from solver.errors import MigoptError
+
+log = logging.getLogger(__name__)
+
+
+class Runner:
+    """Everything `migopt run` starts, so tests can start it in-process and stop it."""
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
+        self.stopping = threading.Event()
+        self.caller = ApiCaller()
+        api_client = make_api_client(settings.kubeconfig, settings.context)
+        self.metrics = MetricsObserver()
+        self.usage = (
+            PrometheusUsage(settings.prometheus_url, on_status=self.metrics.usage_status)
+            if settings.prometheus_url
+            else None
+        )
+        self.port = KubeClusterPort(
+            api_client,
+            settings.kube,
+            caller=self.caller,
+            holders=self._holders if self.usage else None,
+            instance=settings.identity,
+        )
+        self.elector = LeaderElector(
+            api_client, settings.leader, settings.identity, self.caller, on_change=self.metrics.set_leader
+        )
+        self.controller = Controller(
+            self.port, settings.controller, observer=self.metrics, may_act=self.elector.is_leader
+        )
+        self.passes = 0
+        self.failed_passes = 0
+        self.last_pass_at = time.monotonic()
+        self._server: RunningServer | None = None
+
+    def _holders(self) -> Sequence[DeviceHolder] | None:
+        assert self.usage is not None
+        devices = self.usage.pod_devices()
+        if self.usage.down:
+            return None
+        return [DeviceHolder(node=d.node, gpu=d.gpu, profile=d.profile, pod=d.pod) for d in devices]
+
+    def healthy(self) -> bool:
+        """Alive: a pass finished recently (a wedged loop gets the pod restarted)."""
+        return time.monotonic() - self.last_pass_at < max(60.0, 10 * self.settings.interval_s)
+
+    def ready(self) -> bool:
+        return self.port.synced
+
+    def start(self) -> None:
+        if self.settings.metrics_port:
+            self._server = serve_http(
+                self.settings.metrics_port, self.metrics.registry, healthy=self.healthy, ready=self.ready
+            )
+        self.port.start()
+        self.elector.start()
+        log.info(
+            "migopt running mode=%s identity=%s leader_election=%s",
+            self.settings.mode,
+            self.settings.identity,
+            self.settings.leader.enabled,
+        )
+
+    def run_pass(self) -> None:
+        try:
+            self.controller.tick()
+        except MigoptError as err:
+            self.failed_passes += 1
+            log.error("reconcile pass failed: %s", err)
+        self.passes += 1
+        self.last_pass_at = time.monotonic()
+
+    def loop(self) -> None:
+        while not self.stopping.is_set():
+            self.run_pass()
+            self.stopping.wait(self.settings.interval_s)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.elector.stop()
+        self.port.stop()
+        if self._server is not None:
+            self._server.stop()
+
+
+def run(settings: RunSettings) -> None:
+    """Run until SIGTERM or SIGINT; the lease is released on the way out so a standby takes over at once."""
+    runner = Runner(settings)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        log.info("signal=%d: stopping", signum)
+        runner.stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    runner.start()
+    try:
+        runner.loop()
+    finally:
+        runner.stop()

@@ -1,0 +1,80 @@
+"""`migopt run`'s settings: command-line flags over environment (`MIGOPT_…`, nested with `__`) over an optional
+YAML file (the Deployment mounts the settings ConfigMap there) over defaults.
+
+Example: `MIGOPT_CONTROLLER__BATCH_IDLE_S=5`, or in the file `controller: {planner: greedy}`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from optimizer.kube.adapter import KubeSettings
+from optimizer.kube.leader import LeaderSettings
+from optimizer.reconcile import ControllerSettings
+from solver.errors import MigoptError
+
+_settings_file: ContextVar[Path | None] = ContextVar("settings_file", default=None)
+
+
+def _default_identity() -> str:
+    """The pod's name (downward API) or the host name: what `kubectl get lease` shows as the holder."""
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+class RunSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MIGOPT_", env_nested_delimiter="__", extra="forbid")
+
+    mode: Literal["recommend", "enforce"] = "recommend"
+    kubeconfig: str | None = Field(default=None, description="in-cluster configuration when unset")
+    context: str | None = None
+    interval_s: float = Field(default=5.0, gt=0, description="seconds between reconcile passes")
+    metrics_port: int = Field(default=8080, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 disables")
+    prometheus_url: str | None = Field(default=None, description="dcgm-exporter series, for usage and pod mapping")
+    identity: str = Field(default_factory=_default_identity)
+    controller: ControllerSettings = ControllerSettings()
+    kube: KubeSettings = KubeSettings()
+    leader: LeaderSettings = LeaderSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _settings_file.get()
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if path is not None:
+            sources += (YamlConfigSettingsSource(settings_cls, yaml_file=path),)
+        return sources
+
+
+def load_settings(file: Path | None = None, **flags: Any) -> RunSettings:
+    """Settings from flags (None = not given), environment and `file`; one-line `MigoptError` when invalid."""
+    if file is not None and not file.is_file():
+        raise MigoptError(f"settings file {file} does not exist")
+    token = _settings_file.set(file)
+    try:
+        return RunSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise MigoptError(f"settings: {where}: {first['msg']}") from None
+    except ValueError as err:  # a YAML file that does not parse
+        raise MigoptError(f"settings file {file}: {str(err).splitlines()[0]}") from None
+    finally:
+        _settings_file.reset(token)
