@@ -6,14 +6,18 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from optimizer.http_serve import RunningServer
+from optimizer.node_agent import agent as agent_command
 from optimizer.nvml_discovery import compare_gpu, load_nvml, read_gpus
 from optimizer.render import Output, console, emit_data, format_map, render_plan, table
 from optimizer.snapshot_io import load_snapshot
+from simulations.twin_cli import twin_app
 from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
 from solver.geometry import explain_map, feasible_maps, find_layout, maximal_maps
@@ -27,6 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(twin_app, name="twin")
 
 GpuOption = Annotated[str, typer.Option("--gpu", help="GPU model: alias, GFD product, NVML name or PCI id.")]
 
@@ -198,6 +203,9 @@ def simulate(
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for report.json and PNG plots.")] = None,
     output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+    serve_metrics: Annotated[
+        int | None, typer.Option("--serve-metrics", help="Serve /metrics here, also after the run until Ctrl-C.")
+    ] = None,
 ) -> None:
     """Run policies side by side on a simulated cluster (the digital twin) and compare them."""
     from rich.progress import Progress
@@ -216,9 +224,15 @@ def simulate(
         update["policies"] = [p.strip() for p in policies.split(",") if p.strip()]
     if update:
         chosen = chosen.model_copy(update=update)
+    observer = server = None
+    if serve_metrics is not None:
+        from optimizer.metrics import MetricsObserver, serve_http
+
+        observer = MetricsObserver()
+        server = serve_http(serve_metrics, observer.registry, healthy=lambda: True, ready=lambda: True)
     with Progress(console=console, transient=True, disable=output is not Output.table) as bar:
         tasks = {p: bar.add_task(p, total=1.0) for p in chosen.policies}
-        report = run_scenario(chosen, lambda policy, share: bar.update(tasks[policy], completed=share))
+        report = run_scenario(chosen, lambda policy, share: bar.update(tasks[policy], completed=share), observer)
     data = report.model_dump(mode="json")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -226,6 +240,8 @@ def simulate(
         plot(list(report.policies.values()), out)
     if output is not Output.table:
         emit_data(data, output)
+        if server is not None:
+            _serve_until_interrupted(server)
         return
     columns = ["policy", "served", "pending p50 s", "pending p95 s", "slice allocation", "reconfigurations"]
     columns += ["evictions", "plans", "wall s"]
@@ -235,6 +251,124 @@ def simulate(
         for r in report.policies.values()
     ]  # fmt: skip
     console.print(table(f"{report.scenario}: {report.pods} pods over {report.horizon_s / 3600:.1f} h", columns, rows))
+    if server is not None:
+        _serve_until_interrupted(server)
+
+
+app.command("agent")(agent_command)
+
+
+@app.command()
+def run(
+    mode: Annotated[str | None, typer.Option("--mode", help="recommend (publish only) or enforce (act).")] = None,
+    kubeconfig: Annotated[
+        str | None, typer.Option("--kubeconfig", help="In-cluster configuration when omitted.")
+    ] = None,
+    context: Annotated[str | None, typer.Option("--context", help="kubeconfig context.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Settings YAML (flags and MIGOPT_* win).")] = None,
+    interval: Annotated[float | None, typer.Option("--interval", help="Seconds between reconcile passes.")] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="/metrics, /healthz, /readyz.")] = None,
+    prometheus: Annotated[str | None, typer.Option("--prometheus", help="Prometheus URL (dcgm-exporter).")] = None,
+) -> None:
+    """Run the controller against a cluster (a Deployment's main process), until SIGTERM."""
+    from optimizer.kube.runner import run as run_controller
+    from optimizer.kube.settings import load_settings
+
+    settings = load_settings(
+        config, mode=mode, kubeconfig=kubeconfig, context=context, interval_s=interval, metrics_port=metrics_port,
+        prometheus_url=prometheus,
+    )  # fmt: skip
+    if not logging.getLogger().isEnabledFor(logging.INFO) and "MIGOPT_LOG_LEVEL" not in os.environ:
+        logging.getLogger().setLevel(logging.INFO)  # a controller's log is its record of what it did
+    run_controller(settings)
+
+
+@app.command()
+def snapshot(
+    output: Annotated[Path, typer.Option("-o", "--output", help="File to write (YAML; .json for JSON).")],
+    kubeconfig: Annotated[
+        str | None, typer.Option("--kubeconfig", help="In-cluster configuration when omitted.")
+    ] = None,
+    context: Annotated[str | None, typer.Option("--context", help="kubeconfig context.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Settings YAML (ConfigMap location).")] = None,
+) -> None:
+    """Write the live cluster as a snapshot for `migopt plan` and `migopt simulate`."""
+    from optimizer.kube.adapter import KubeClusterPort
+    from optimizer.kube.api import make_api_client
+    from optimizer.kube.settings import load_settings
+    from optimizer.snapshot_io import write_snapshot
+
+    settings = load_settings(config, kubeconfig=kubeconfig, context=context)
+    port = KubeClusterPort(make_api_client(settings.kubeconfig, settings.context), settings.kube)
+    port.sync_once()
+    taken = port.snapshot()
+    write_snapshot(taken, output)
+    sources = ", ".join(f"{node}: {source}" for node, source in sorted(port.sources.items()))
+    console.print(
+        f"wrote {output}: {len(taken.nodes)} nodes, {len(taken.pods)} pending pods, {len(taken.running)} running"
+    )
+    console.print(f"GPU sources: {sources or 'no GPU nodes'}")
+    for pod, reason in sorted(port.skipped_pods.items()):
+        console.print(f"skipped {pod}: {reason}")
+
+
+def _serve_until_interrupted(server: RunningServer) -> None:
+    """Keep `/metrics` up after a simulation so Prometheus and Grafana can read its last state."""
+    sys.stderr.write(f"serving metrics on http://{server.host}:{server.port}/metrics; Ctrl-C to stop\n")
+    sys.stderr.flush()
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@app.command()
+def recommend(
+    prometheus: Annotated[
+        str, typer.Option("--prometheus", help="Prometheus base URL with dcgm-exporter series.")
+    ] = "http://localhost:9090",
+    window: Annotated[str, typer.Option("--window", help="Usage window, a Prometheus duration.")] = "1h",
+    percentile: Annotated[float, typer.Option("--percentile", help="Usage percentile, 0..1.")] = 0.95,
+    memory_headroom: Annotated[float, typer.Option("--memory-headroom", help="Added to framebuffer.")] = 0.2,
+    compute_headroom: Annotated[float, typer.Option("--compute-headroom", help="Added to slices in use.")] = 0.2,
+    min_samples: Annotated[int, typer.Option("--min-samples", help="Fewer: low confidence.")] = 30,
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+) -> None:
+    """Right-size running pods: the smallest MIG profile covering each one's usage (advice; evicts nothing)."""
+    from pydantic import ValidationError
+
+    from optimizer.rightsizing import RightSizingSettings
+    from optimizer.rightsizing import recommend as right_size
+    from optimizer.usage import PrometheusUsage, UsageSettings
+
+    try:
+        usage_settings = UsageSettings(window=window, percentile=percentile)
+        sizing = RightSizingSettings(
+            memory_headroom=memory_headroom, compute_headroom=compute_headroom, min_samples=min_samples
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise MigoptError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    report = PrometheusUsage(prometheus, usage_settings).usage()
+    if not report.available:
+        sys.stderr.write(f"usage unavailable: {report.reason}\n")
+        raise typer.Exit(1)
+    recommendations = right_size(report, sizing)
+    if output is not Output.table:
+        emit_data([r.model_dump(mode="json") for r in recommendations], output)
+        return
+    rows = [
+        [r.pod, f"{r.node}/{r.gpu}", r.current_profile, r.recommended_profile, r.slices_freed,
+         "-" if r.fb_needed_mib is None else f"{r.fb_needed_mib:.0f}", f"{r.slices_needed:.2f}", r.samples,
+         "yes" if r.confident else "no"]
+        for r in recommendations
+    ]  # fmt: skip
+    columns = ["pod", "node/gpu", "current", "recommended", "slices freed", "MiB needed", "slices needed"]
+    columns += ["samples", "confident"]
+    title = f"right-sizing over {window} at p{percentile * 100:g} ({len(recommendations)} devices)"
+    console.print(table(title, columns, rows))
 
 
 def main() -> None:

@@ -7,31 +7,25 @@ GPU instances). The NVML module is a parameter so tests inject a fake and produc
 from __future__ import annotations
 
 import ctypes
-import math
-from types import ModuleType
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from optimizer.nvml_common import (
+    MIB,
+    gpu_instance_infos,
+    load_nvml,
+    mig_mode,
+    pci_device_id,
+    profile_infos,
+    profile_name,
+    text,
+)
 from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
 from solver.geometry import Instance, check_layout
 
-# Profile-index constants → the attribute suffix go-nvlib gives the profile name (spec §2.1, §4.2).
-_INDEX_ATTRIBUTES = {
-    0x7: "+me",
-    0x8: "+me",
-    0xA: "+gfx",
-    0xB: "+gfx",
-    0xC: "+gfx",
-    0x11: "+gfx",
-    0xD: "-me",
-    0xE: "-me",
-    0xF: "+me.all",
-    0x10: "+me.all",
-}
-_PROFILE_INDEX_COUNT = 0x12
-_MIB = 1 << 20
+__all__ = ["CatalogDifference", "GpuComparison", "NvmlGpu", "NvmlProfile", "compare_gpu", "load_nvml", "read_gpus"]
 
 
 class NvmlProfile(BaseModel):
@@ -80,30 +74,6 @@ class GpuComparison(BaseModel):
     layout_problems: list[str]
 
 
-def load_nvml() -> ModuleType:
-    """Import pynvml (from nvidia-ml-py); its absence is a user-facing condition, not a crash."""
-    try:
-        import pynvml
-    except ImportError as err:  # pragma: no cover - the dependency is declared
-        raise MigoptError("NVML unavailable: the nvidia-ml-py package is not installed") from err
-    module: ModuleType = pynvml
-    return module
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _profile_name(nvml: Any, index: int, info: Any, total_mib: int) -> str:
-    """The driver's own name when it gives one, else go-nvlib's formula (spec §2.1)."""
-    reported = _text(getattr(info, "name", b"")).strip().removeprefix("MIG ").strip()
-    if reported:
-        return reported
-    fraction = math.ceil(info.memorySizeMB / total_mib * 8) / 8
-    gb = round(fraction * math.ceil(total_mib * _MIB / (1 << 30)))
-    return f"{info.sliceCount}g.{gb}gb{_INDEX_ATTRIBUTES.get(index, '')}"
-
-
 def _placements(nvml: Any, handle: Any, profile_id: int) -> tuple[list[int], set[int]]:
     """Allowed starts and the placement sizes (one size per profile on every known GPU)."""
     count = ctypes.c_uint(16)
@@ -113,40 +83,22 @@ def _placements(nvml: Any, handle: Any, profile_id: int) -> tuple[list[int], set
 
 
 def _instances(nvml: Any, handle: Any, profile: NvmlProfile) -> list[Instance]:
-    count = ctypes.c_uint(0)
-    array = (nvml.c_nvmlGpuInstance_t * max(profile.max_count, 1))()
-    nvml.nvmlDeviceGetGpuInstances(handle, profile.id, array, ctypes.byref(count))
-    return [
-        Instance(profile=profile.name, start=nvml.nvmlGpuInstanceGetInfo(array[i]).placement.start)
-        for i in range(count.value)
-    ]
+    infos = gpu_instance_infos(nvml, handle, profile.id, profile.max_count)
+    return [Instance(profile=profile.name, start=info.placement.start) for info in infos]
 
 
 def read_gpu(nvml: Any, index: int) -> NvmlGpu:
     """Everything migopt needs to know about one GPU, through read-only NVML calls."""
     handle = nvml.nvmlDeviceGetHandleByIndex(index)
-    total_mib = int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // _MIB
-    try:
-        current, pending = nvml.nvmlDeviceGetMigMode(handle)
-        capable = True
-    except nvml.NVMLError as err:
-        if err.value != nvml.NVML_ERROR_NOT_SUPPORTED:
-            raise
-        current = pending = 0
-        capable = False
+    total_mib = int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // MIB
+    capable, current, pending = mig_mode(nvml, handle)
     profiles: list[NvmlProfile] = []
     if capable:
-        for profile_index in range(_PROFILE_INDEX_COUNT):
-            try:
-                info = nvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, profile_index)
-            except nvml.NVMLError as err:
-                if err.value in (nvml.NVML_ERROR_NOT_SUPPORTED, nvml.NVML_ERROR_INVALID_ARGUMENT):
-                    continue
-                raise
+        for profile_index, info in profile_infos(nvml, handle):
             starts, sizes = _placements(nvml, handle, info.id)
             profiles.append(
                 NvmlProfile(
-                    name=_profile_name(nvml, profile_index, info, total_mib),
+                    name=profile_name(profile_index, info, total_mib),
                     id=info.id,
                     compute_slices=info.sliceCount,
                     memory_slices=max(sizes) if sizes else 0,
@@ -159,13 +111,13 @@ def read_gpu(nvml: Any, index: int) -> NvmlGpu:
     instances = [i for p in profiles for i in _instances(nvml, handle, p)] if current else []
     return NvmlGpu(
         index=index,
-        name=_text(nvml.nvmlDeviceGetName(handle)),
-        uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
-        pci_device_id=f"0x{nvml.nvmlDeviceGetPciInfo(handle).pciDeviceId:08X}",
+        name=text(nvml.nvmlDeviceGetName(handle)),
+        uuid=text(nvml.nvmlDeviceGetUUID(handle)),
+        pci_device_id=pci_device_id(nvml, handle),
         memory_mib=total_mib,
         mig_capable=capable,
-        mig_current=bool(current),
-        mig_pending=bool(pending),
+        mig_current=current,
+        mig_pending=pending,
         profiles=profiles,
         instances=sorted(instances, key=lambda i: (i.start, i.profile)),
     )

@@ -102,7 +102,11 @@ class Controller:
         if self.observer:
             self.observer.plan_made(plan, snapshot, plan_id)
         if self.settings.mode == "enforce" and self.may_act():
-            self._enact(snapshot, plan, plan_id)
+            try:
+                self._enact(snapshot, plan, plan_id)
+            except Exception:
+                self._planned_for = None  # not carried out: the next pass plans again
+                raise
         return plan
 
     def _window_closed(self, snapshot: ClusterSnapshot) -> bool:

@@ -8,6 +8,9 @@ than 1g.20gb), as mig-parted's generator does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from optimizer.migparted import MigConfigEntry, MigPartedConfig
 from solver.catalog import GpuModel
 from solver.errors import MigoptError
 from solver.geometry import max_alone
@@ -43,3 +46,28 @@ def standard_map(model: GpuModel, name: str) -> dict[str, int] | None:
     raise MigoptError(
         f"unknown standard MIG config {name!r}: expected all-disabled, all-enabled, all-balanced or all-<profile>"
     )
+
+
+def standard_names(model: GpuModel) -> list[str]:
+    """Every standard config name the GPU Operator's default mig-parted ConfigMap gives this model."""
+    profiles = [f"all-{p.name.replace('+me', '.me')}" for p in model.profiles if "+" not in p.name or "+me" in p.name]
+    return ["all-disabled", "all-enabled", *profiles, "all-balanced"]
+
+
+def standard_config(models: Sequence[GpuModel]) -> MigPartedConfig:
+    """A mig-parted file with every standard name for these models, one entry per model (with a device filter
+    when several models share the file), like the operator's default: `kubectl label … all-1g.5gb` just works."""
+    configs: dict[str, list[MigConfigEntry]] = {}
+    for model in models:
+        for name in standard_names(model):
+            try:
+                devices = standard_map(model, name)
+            except MigoptError:
+                continue  # e.g. all-balanced on a model without one of its sizes
+            entry: dict[str, object] = {"devices": "all", "mig-enabled": devices is not None}
+            if devices is not None:
+                entry["mig-devices"] = devices
+            if len(models) > 1:
+                entry["device-filter"] = list(model.pci_device_ids)
+            configs.setdefault(name, []).append(MigConfigEntry.model_validate(entry))
+    return MigPartedConfig.model_validate({"version": "v1", "mig-configs": configs})

@@ -14,12 +14,13 @@ from functools import partial
 from pydantic import BaseModel
 
 from optimizer.cluster_port import MIG_CONFIG_LABEL, MIG_STATE_LABEL
-from optimizer.migparted import MigConfigEntry, MigPartedConfig, render_config
+from optimizer.controller_observer import ControllerObserver
+from optimizer.migparted import render_config
 from optimizer.reconcile import Controller, ControllerSettings
+from optimizer.standard_configs import standard_config, standard_map
 from simulations.placement import apply_map
 from simulations.report import PodTimes, PolicyResult, Sample, percentile, time_weighted_allocation, waits
 from simulations.scenario import Scenario, SyntheticSource
-from simulations.standard_configs import standard_map
 from simulations.twin.cluster import Twin
 from simulations.twin.state import PodPhase
 from simulations.workloads import WorkloadPod, default_replay, generate, inflate, load_trace, timed
@@ -31,21 +32,14 @@ from solver.snapshot import STRATEGY_LABEL, ClusterSnapshot, GpuState, InstanceS
 Progress = Callable[[float], None]
 
 
-def _initial_cluster(scenario: Scenario, config: str) -> tuple[ClusterSnapshot, str]:
+def initial_cluster(scenario: Scenario, config: str) -> tuple[ClusterSnapshot, str]:
     """Nodes whose GPUs all hold the standard `config`, and the mig-parted file that names it."""
     shape = scenario.cluster
     catalog = load_catalog()
     models = [catalog.model(m) for m in shape.models]
-    entries = []
-    for model in models:
-        devices = standard_map(model, config)
-        entry: dict[str, object] = {"devices": "all", "mig-enabled": devices is not None}
-        if devices is not None:
-            entry["mig-devices"] = devices
-        if len(models) > 1:
-            entry["device-filter"] = list(model.pci_device_ids)
-        entries.append(MigConfigEntry.model_validate(entry))
-    file = MigPartedConfig.model_validate({"version": "v1", "mig-configs": {config: entries, **_disabled()}})
+    file = standard_config(models)
+    if config not in file.mig_configs:
+        raise MigoptError(f"{config} is not a standard MIG config of {', '.join(m.key for m in models)}")
     nodes = []
     width = len(str(shape.nodes))
     for i in range(shape.nodes):
@@ -65,10 +59,6 @@ def _initial_cluster(scenario: Scenario, config: str) -> tuple[ClusterSnapshot, 
     return ClusterSnapshot(nodes=nodes), render_config(file)
 
 
-def _disabled() -> dict[str, list[MigConfigEntry]]:
-    return {"all-disabled": [MigConfigEntry.model_validate({"devices": "all", "mig-enabled": False})]}
-
-
 def _sample(twin: Twin) -> Sample:
     allocated = total = 0
     for node in twin.nodes.values():
@@ -81,12 +71,17 @@ def _sample(twin: Twin) -> Sample:
 
 
 def run_policy(
-    scenario: Scenario, policy: str, pods: list[WorkloadPod], progress: Progress | None = None
+    scenario: Scenario,
+    policy: str,
+    pods: list[WorkloadPod],
+    progress: Progress | None = None,
+    observer: ControllerObserver | None = None,
 ) -> PolicyResult:
-    """One policy on a fresh twin: the figures of `simulations.report`."""
+    """One policy on a fresh twin: the figures of `simulations.report`. `observer` (the metrics exporter) sees
+    the controller's snapshots, plans and events."""
     started = time.perf_counter()
     static = policy.startswith("static:")
-    snapshot, config_text = _initial_cluster(
+    snapshot, config_text = initial_cluster(
         scenario, policy.removeprefix("static:") if static else scenario.cluster.initial_config
     )
     twin = Twin.from_snapshot(snapshot, config_text, seed=scenario.seed)
@@ -100,7 +95,7 @@ def run_policy(
             batch_timeout_s=knobs.batch_timeout_s,
             policy=PlanPolicy(time_limit_s=knobs.time_limit_s, max_evictions=knobs.max_evictions),
         )
-        controller = Controller(twin, settings)
+        controller = Controller(twin, settings, observer=observer)
     for pod in pods:
         twin.clock.schedule(pod.arrival_s, _arrival(twin, pod))
     samples: list[Sample] = []
@@ -180,10 +175,14 @@ def workload_pods(scenario: Scenario) -> list[WorkloadPod]:
     return inflate(rows, source.mapping, capacity, target_share=source.target_share, seed=source.seed)
 
 
-def run_scenario(scenario: Scenario, progress: Callable[[str, float], None] | None = None) -> SimulationReport:
-    """Every policy of the scenario on the same pods."""
+def run_scenario(
+    scenario: Scenario,
+    progress: Callable[[str, float], None] | None = None,
+    observer: ControllerObserver | None = None,
+) -> SimulationReport:
+    """Every policy of the scenario on the same pods; `observer` watches each controller-driven policy in turn."""
     pods = workload_pods(scenario)
     results = {}
     for policy in scenario.policies:
-        results[policy] = run_policy(scenario, policy, pods, partial(progress, policy) if progress else None)
+        results[policy] = run_policy(scenario, policy, pods, partial(progress, policy) if progress else None, observer)
     return SimulationReport(scenario=scenario.name, horizon_s=scenario.horizon_s, pods=len(pods), policies=results)

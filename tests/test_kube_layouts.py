@@ -61,7 +61,7 @@ def test_an_agent_error_falls_back_to_the_config_and_a_broken_annotation_is_one_
     assert layout.source is LayoutSource.CONSERVATIVE
     assert [len(g.instances) for g in layout.gpus] == [7, 7]
     broken = {GPU_REPORT_ANNOTATION: "{not json"}
-    with pytest.raises(MigoptError, match="n1.*migopt.io/gpu-report"):
+    with pytest.raises(MigoptError, match=r"n1.*migopt\.io/gpu-report"):
         resolve_layout("n1", {**LABELS, "nvidia.com/mig.config.state": "pending"}, broken, None, [], None)
 
 

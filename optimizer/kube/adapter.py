@@ -269,6 +269,7 @@ class KubeClusterPort:
             "patch",
             "nodes",
             lambda: self.core.patch_node(node, body, _content_type=MERGE_PATCH, _preload_content=False),
+            idempotent=True,
         )
         self.nodes.apply(raw_json(response))
 
@@ -282,6 +283,7 @@ class KubeClusterPort:
                 "pods/eviction",
                 lambda: self.core.create_namespaced_pod_eviction(name, namespace or "default", body),
                 allow=(404, 429),
+                idempotent=True,
             )
         except ApiException as err:
             return EvictionOutcome.GONE if err.status == 404 else EvictionOutcome.BLOCKED

@@ -1,7 +1,8 @@
 """Calls to the Kubernetes API with the failure policy every write needs, in one place.
 
 - 429 (API priority and fairness) and 5xx back off (honouring `Retry-After`) and retry, a bounded number of times;
-- 409 is returned to the caller, which re-reads and retries (only it knows what to re-read);
+- 409 on an idempotent write (a merge patch without resourceVersion, an eviction) is retried like a 429;
+  on a versioned update it is returned to the caller, which re-reads and retries (only it knows what to re-read);
 - 403 is an RBAC denial: reported once per verb and resource, naming both, and raised as `RbacDenied`;
 - connection errors count as 503.
 
@@ -101,9 +102,17 @@ class ApiCaller:
         with self._lock:
             self.requests[verb, resource] += 1
 
-    def __call__(self, verb: str, resource: str, call: Callable[[], T], *, allow: tuple[int, ...] = ()) -> T:
+    def __call__(
+        self,
+        verb: str,
+        resource: str,
+        call: Callable[[], T],
+        *,
+        allow: tuple[int, ...] = (),
+        idempotent: bool = False,
+    ) -> T:
         """Run `call`; raise `ApiError` for statuses it should not retry, except those in `allow`, which the
-        caller handles (raised as `ApiException` unchanged)."""
+        caller handles (raised as `ApiException` unchanged). `idempotent` writes are retried on 409 too."""
         wait = self.backoff_s
         for attempt in range(1, self.attempts + 1):
             self.count(verb, resource)
@@ -117,7 +126,7 @@ class ApiCaller:
                 if status == 403:
                     self._report_denied(verb, resource, message)
                     raise RbacDenied(f"RBAC denies {verb} {resource}: {message}", status, reason) from None
-                if status != 429 and status < 500:
+                if status != 429 and status < 500 and not (idempotent and status == 409):
                     raise ApiError(f"{verb} {resource}: {status} {reason}: {message}", status, reason) from None
                 delay = retry_after(err, wait)
             except (urllib3.exceptions.HTTPError, OSError) as err:

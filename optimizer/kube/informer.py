@@ -137,8 +137,9 @@ class Informer:
                 self._pause(f"{err.status} {err.reason}")
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as err:
                 self._pause(str(err).splitlines()[0] if str(err) else type(err).__name__)
-            except Exception as err:
-                log.exception("resource=%s informer error", self.resource)
+            except Exception as err:  # the cache must outlive any single bad response
+                if not self._stop.is_set():  # closing the stream from `stop` ends the read any way it likes
+                    log.exception("resource=%s informer error", self.resource)
                 self._pause(type(err).__name__)
 
     def _pause(self, why: str) -> None:

@@ -53,8 +53,9 @@ class Runner:
         self.elector = LeaderElector(
             api_client, settings.leader, settings.identity, self.caller, on_change=self.metrics.set_leader
         )
+        controller_settings = settings.controller.model_copy(update={"mode": settings.mode})  # one place: `mode`
         self.controller = Controller(
-            self.port, settings.controller, observer=self.metrics, may_act=self.elector.is_leader
+            self.port, controller_settings, observer=self.metrics, may_act=self.elector.is_leader
         )
         self.passes = 0
         self.failed_passes = 0

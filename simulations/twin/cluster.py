@@ -37,7 +37,7 @@ from simulations.twin.state import (
     TwinPod,
 )
 from simulations.twin.workload import PodStore
-from solver.snapshot import ClusterSnapshot, NodeSelectorTerm, Toleration
+from solver.snapshot import ClusterSnapshot, NodeSelectorTerm, Taint, Toleration
 
 DEFAULT_TIMINGS = MigManagerTimings()
 _NO_CHANGES: Mapping[str, str | None] = MappingProxyType({})
@@ -51,7 +51,8 @@ class _ManagerHost:
         self._twin = twin
 
     def node(self, name: str) -> TwinNode:
-        return self._twin.node(name)
+        removed = self._twin._removed_nodes.get(name)
+        return removed if removed is not None else self._twin.node(name)
 
     def write_labels(self, node: str, patch: Mapping[str, str | None]) -> None:
         self._twin._write_labels(node, patch)
@@ -97,6 +98,8 @@ class Twin:
         self.log_lines: list[LogLine] = []
         self._scheduler = Scheduler(random.Random(seed))
         self._node_version = 0  # bumped by label, cordon and strategy changes
+        self.node_revisions: dict[str, int] = {}  # per node: bumped by every metadata, cordon or taint change
+        self._removed_nodes: dict[str, TwinNode] = {}  # gone from the cluster; their pending callbacks do nothing
         self._scheduled_at: tuple[int, ...] | None = None  # the state the last scheduling pass saw
         self._config_text = mig_config_text
         self._gpu_cache: GpuCache = {}
@@ -156,13 +159,22 @@ class Twin:
                 target.annotations.pop(key, None)
             else:
                 target.annotations[key] = value
+        self._touch_node(node)
         self._write_labels(node, labels)
         self._schedule()
 
     def set_unschedulable(self, node: str, unschedulable: bool) -> None:
         self.node(node).unschedulable = unschedulable
         self._node_version += 1
+        self._touch_node(node)
         self._schedule()
+
+    def set_taints(self, node: str, taints: Iterable[Taint]) -> None:
+        """Replace the node's taints (an API client's node update)."""
+        self.node(node).taints = list(taints)
+        self._node_version += 1
+        self._touch_node(node)
+        self.reschedule()
 
     def evict(self, pod: str) -> EvictionOutcome:
         target = self._pods.active(pod)
@@ -183,6 +195,10 @@ class Twin:
 
     def write_mig_config(self, text: str) -> None:
         self._config_text = text
+
+    def delete_mig_config(self) -> None:
+        """The ConfigMap is gone: mig-manager runs fail to read it until it is written again."""
+        self._config_text = None
 
     def record_event(self, kind: Literal["Pod", "Node"], name: str, reason: str, message: str) -> None:
         self.events.append(RecordedEvent(time=self.now(), kind=kind, name=name, reason=reason, message=message))
@@ -235,6 +251,21 @@ class Twin:
         self._pdbs[name] = pdb
         return pdb
 
+    def remove_pdb(self, name: str) -> None:
+        self._pdbs.pop(name, None)
+
+    def delete_pod(self, name: str) -> bool:
+        """Delete an active pod now, freeing its devices (a controller-owned one comes back as a replacement);
+        False when no active pod has that name."""
+        target = self._pods.active(name)
+        if target is None:
+            return False
+        self._pods.delete(target)
+        if target.spec.owned:
+            self._pods.recreate(target)
+        self._schedule()
+        return True
+
     def pod(self, name: str) -> TwinPod:
         """The pod of that name, including finished and deleted ones (KeyError if never created)."""
         return self._pods.pods[name]
@@ -254,6 +285,33 @@ class Twin:
     @property
     def nodes(self) -> Mapping[str, TwinNode]:
         return MappingProxyType(self._nodes)
+
+    def remove_node(self, name: str) -> None:
+        """The node leaves the cluster: pods bound to it are deleted (owned ones re-created, pending elsewhere),
+        its mig-manager and operands stop reacting."""
+        target = self.node(name)
+        for pod in list(self._pods.running()):
+            if pod.node == name:
+                self._pods.delete(pod)
+                if pod.spec.owned:
+                    self._pods.recreate(pod)
+        self._removed_nodes[name] = target
+        del self._nodes[name]
+        self._managers.pop(name)
+        self._operands.pop(name)
+        self._node_version += 1
+        self.reschedule()
+
+    def node_version(self, name: str) -> tuple[object, ...]:
+        """Changes whenever anything observable about the node may have: metadata, cordon, taints, advertised
+        resources, which pods hold its devices, and (while its mig-manager runs) its layout. Lets an observer
+        re-read only the nodes that changed."""
+        node = self.node(name)
+        layout: object = None
+        if self._managers[name].busy:
+            layout = tuple((g.mig_enabled, *((i.profile, i.start) for i in g.instances)) for g in node.gpus)
+        plugin = self._operands[name].plugin
+        return (self.node_revisions.get(name, 0), plugin.version, self._pods.holdings_version.get(name, 0), layout)
 
     def allocatable(self, node: str) -> dict[str, int]:
         """The device plugin's resources as kubelet reports them now."""
@@ -276,6 +334,7 @@ class Twin:
         """Change the device plugin's MIG strategy on a node (ClusterPolicy edit): both operands roll."""
         self.node(node).strategy = strategy
         self._node_version += 1
+        self._touch_node(node)
         self._operands[node].restart()
 
     def mig_manager_log(self, node: str) -> list[str]:
@@ -289,6 +348,8 @@ class Twin:
 
     def _write_labels(self, node: str, patch: Mapping[str, str | None]) -> None:
         """The API server's label merge, then the watchers: mig-manager and operand DaemonSets."""
+        if node in self._removed_nodes:
+            return
         target = self.node(node)
         config_changed = operands_changed = False
         for key, value in patch.items():
@@ -301,12 +362,16 @@ class Twin:
                 target.labels[key] = value
             self.label_log.append(LabelChange(time=self.now(), node=node, key=key, old=old, new=value))
             self._node_version += 1
+            self._touch_node(node)
             config_changed |= key == MIG_CONFIG_LABEL
             operands_changed |= key in _OPERAND_LABELS
         if operands_changed:
             self._operands[node].sync()
         if config_changed:
             self._managers[node].observe(target.labels.get(MIG_CONFIG_LABEL, ""))
+
+    def _touch_node(self, node: str) -> None:
+        self.node_revisions[node] = self.node_revisions.get(node, 0) + 1
 
     def _state_version(self) -> tuple[int, ...]:
         return (self._node_version, self._pods.version, *(ops.plugin.version for ops in self._operands.values()))

@@ -1,0 +1,74 @@
+"""A tiny threaded HTTP server for plain-text endpoints (`/metrics`, `/healthz`, the twin's dcgm exporter).
+
+The standard library's server is enough for a scrape every few seconds; each route is a function called per
+request, so what is served is always computed from the caller's current state, never cached here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = logging.getLogger(__name__)
+
+Response = tuple[int, str, bytes]
+"""Status code, content type, body."""
+Route = Callable[[], Response]
+
+
+class RunningServer:
+    """A server answering from a daemon thread; `stop()` shuts it down and frees the port."""
+
+    def __init__(self, server: ThreadingHTTPServer, thread: threading.Thread) -> None:
+        self.server = server
+        self.thread = thread
+
+    @property
+    def host(self) -> str:
+        return str(self.server.server_address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def serve_routes(port: int, routes: Mapping[str, Route], *, host: str = "127.0.0.1") -> RunningServer:
+    """Serve `routes` (path → function) on `host:port` (0 picks a free port) from a daemon thread."""
+    table = dict(routes)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            route = table.get(self.path.split("?", 1)[0])
+            if route is None:
+                status, kind, body = 404, "text/plain; charset=utf-8", b"not found\n"
+            else:
+                try:
+                    status, kind, body = route()
+                except Exception:  # a broken route answers 500; the server keeps serving
+                    log.exception("route=%s failed", self.path)
+                    status, kind, body = 500, "text/plain; charset=utf-8", b"internal error\n"
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Silent: a scrape every second must not write a log line every second."""
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name=f"http-{server.server_address[1]}", daemon=True)
+    thread.start()
+    return RunningServer(server, thread)

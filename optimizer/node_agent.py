@@ -1,0 +1,224 @@
+"""The node agent (`migopt agent`): read the node's MIG truth through NVML and publish it as one node annotation.
+
+Runs as a DaemonSet on MIG-capable nodes. Every interval it reads NVML (read-only: `Get`/query calls only; it
+never changes MIG mode, creates or destroys instances, or resets anything), maps MIG devices to pods through
+the kubelet pod-resources socket when one is mounted, and patches `migopt.io/gpu-report` on its own node only
+when the text changed, so node watchers are not woken every 30 s for nothing. A missing driver or an NVML error
+becomes a report with `error` set, logged once, and the loop goes on.
+
+This module imports neither `kubernetes` nor `grpc` at module level, nor anything that pulls in OR-Tools, so
+`python -m optimizer.node_agent --once --dry-run` runs on a bare GPU machine with only pynvml, PyYAML,
+pydantic and typer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from optimizer.agent_report import GPU_REPORT_ANNOTATION, NodeGpuReport
+from optimizer.nvml_common import load_nvml
+from optimizer.nvml_layout import read_layout
+from solver.errors import MigoptError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"  # pod_resources.DEFAULT_SOCKET, without grpc
+
+Writer = Callable[[str], None]
+"""Publishes one annotation value; raises MigoptError when it could not."""
+PodOwners = Callable[[], dict[str, str] | None]
+"""MIG UUID → `namespace/name`, or None when no pod-resources socket is there to ask; raises MigoptError."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step did; internal to the process, so a plain dataclass rather than a boundary model."""
+
+    report: NodeGpuReport
+    written: bool
+    failed: bool
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def read_report(nvml: Any, pod_owners: PodOwners | None) -> tuple[NodeGpuReport, list[str]]:
+    """One report and the warnings worth a log line. Never raises: failures become the report's `error`."""
+    try:
+        layout = read_layout(nvml)
+    except MigoptError as err:
+        return NodeGpuReport(error=_one_line(err)), []
+    except Exception as err:  # a daemon must survive a driver's surprise; the report carries it
+        log.debug("event=nvml-read-failed", exc_info=True)
+        return NodeGpuReport(error=f"unexpected {type(err).__name__}: {_one_line(err)}"), []
+    warnings = list(layout.warnings)
+    owners: dict[str, str] | None = None
+    if pod_owners is not None:
+        try:
+            owners = pod_owners()
+        except MigoptError as err:
+            warnings.append(_one_line(err))
+    gpus = layout.gpus
+    if owners is not None:
+        gpus = [
+            gpu.model_copy(
+                update={"instances": [i.model_copy(update={"pod": owners.get(i.uuid or "")}) for i in gpu.instances]}
+            )
+            for gpu in gpus
+        ]
+    return NodeGpuReport(driver=layout.driver, pod_resources=owners is not None, gpus=gpus), warnings
+
+
+class NodeAgent:
+    """Holds what was last published and what was last complained about, so both happen only on change."""
+
+    def __init__(self, nvml: Any, write: Writer, pod_owners: PodOwners | None = None) -> None:
+        self._nvml = nvml
+        self._write = write
+        self._pod_owners = pod_owners
+        self._published: str | None = None
+        self._complaints: set[str] = set()
+
+    def step(self) -> StepResult:
+        report, problems = read_report(self._nvml, self._pod_owners)
+        if report.error:
+            problems.insert(0, f"report error: {report.error}")
+        text = report.to_annotation()
+        written = failed = False
+        if text != self._published:
+            try:
+                self._write(text)
+                self._published = text
+                written = True
+                log.info("event=report-published gpus=%d error=%s", len(report.gpus), report.error is not None)
+            except MigoptError as err:
+                problems.append(_one_line(err))
+                failed = True
+        self._complain(problems)
+        return StepResult(report=report, written=written, failed=failed or report.error is not None)
+
+    def _complain(self, problems: list[str]) -> None:
+        """Log each problem when it appears, not every interval while it lasts; say so when all are gone."""
+        current = set(problems)
+        for problem in problems:
+            if problem not in self._complaints:
+                log.warning("event=agent-problem problem=%r", problem)
+        if self._complaints and not current:
+            log.warning("event=agent-recovered")
+        self._complaints = current
+
+
+def run_loop(agent: NodeAgent, interval_s: float, once: bool, wait: Callable[[float], bool]) -> StepResult:
+    """Step, then `wait(interval)` until it says stop (a SIGTERM in production); returns the last step."""
+    while True:
+        result = agent.step()
+        if once or wait(interval_s):
+            return result
+
+
+def kubernetes_writer(node: str, kubeconfig: Path | None) -> Writer:
+    """Merge-patch the report annotation onto the node (RBAC: `patch` on `nodes`)."""
+    try:
+        from kubernetes import client, config
+    except ImportError as err:  # pragma: no cover - the dependency is declared
+        raise MigoptError("the kubernetes package is needed to patch the node (or use --dry-run)") from err
+    if kubeconfig is not None:
+        config.load_kube_config(config_file=str(kubeconfig))
+    else:
+        config.load_incluster_config()
+    api = client.CoreV1Api()
+
+    def write(value: str) -> None:
+        body = {"metadata": {"annotations": {GPU_REPORT_ANNOTATION: value}}}
+        try:
+            api.patch_node(node, body, _content_type="application/merge-patch+json")
+        except client.ApiException as err:
+            raise MigoptError(f"patch node {node}: HTTP {err.status} {err.reason}") from None
+        except Exception as err:  # connection refused, TLS, timeouts: retried next interval
+            raise MigoptError(f"patch node {node}: {_one_line(err)}") from None
+
+    return write
+
+
+def socket_owners(socket_path: str) -> PodOwners:
+    """Ask the kubelet when its socket is mounted; the socket is optional, so its absence is not a problem."""
+
+    def owners() -> dict[str, str] | None:
+        if not Path(socket_path).exists():
+            return None
+        try:
+            from optimizer.pod_resources import list_mig_owners
+        except ImportError as err:
+            raise MigoptError(f"pod-resources socket found but grpcio/protobuf missing: {err}") from None
+        try:
+            return list_mig_owners(socket_path)
+        except MigoptError:
+            raise
+        except Exception as err:  # the kubelet's answer must never stop the GPU report
+            raise MigoptError(f"pod-resources List on {socket_path} failed: {_one_line(err)}") from None
+
+    return owners
+
+
+def _print(value: str) -> None:
+    print(value, flush=True)
+
+
+def agent(
+    node: Annotated[
+        str | None, typer.Option("--node", envvar="NODE_NAME", help="This node's name (default: $NODE_NAME).")
+    ] = None,
+    interval: Annotated[float, typer.Option("--interval", min=1.0, help="Seconds between reads.")] = 30.0,
+    once: Annotated[bool, typer.Option("--once", help="Read and publish once, then exit (1 on error).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the annotation instead of patching.")] = False,
+    pod_resources_socket: Annotated[
+        str, typer.Option("--pod-resources-socket", help="kubelet pod-resources socket; skipped when absent.")
+    ] = DEFAULT_SOCKET,
+    kubeconfig: Annotated[
+        Path | None, typer.Option("--kubeconfig", help="Kubeconfig file (default: in-cluster config).")
+    ] = None,
+) -> None:
+    """Publish this node's MIG layout, busy devices and pod owners as the migopt.io/gpu-report annotation."""
+    write: Writer
+    if dry_run:
+        write = _print
+    elif not node:
+        raise MigoptError("the node name is required: --node or NODE_NAME (or use --dry-run)")
+    else:
+        write = kubernetes_writer(node, kubeconfig)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    node_agent = NodeAgent(load_nvml(), write, socket_owners(pod_resources_socket))
+    log.info("event=agent-started node=%s interval=%s dry_run=%s", node, interval, dry_run)
+    result = run_loop(node_agent, interval, once, stop.wait)
+    if once and result.failed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """`python -m optimizer.node_agent`: the agent alone, without the rest of the CLI's imports."""
+    level = os.environ.get("MIGOPT_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, stream=sys.stderr, format="level=%(levelname)s logger=%(name)s %(message)s")
+    app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+    app.command()(agent)
+    try:
+        app()
+    except MigoptError as err:
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

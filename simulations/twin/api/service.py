@@ -1,0 +1,150 @@
+"""The verbs on every served resource, independent of HTTP: get, list, create, update, patch, delete, evict.
+
+Nodes and pods are the twin's (reads come from the store the bridge keeps in sync; writes go to the twin
+through the bridge); the owned mig-parted ConfigMap is stored and mirrored into the twin; everything else
+(other ConfigMaps, Leases, Events, Namespaces, PodDisruptionBudgets) is a plain object store. Callers hold
+the server lock.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+from typing import Any
+
+from simulations.twin.api.bridge import PDBS, TwinBridge, validate_pdb
+from simulations.twin.api.errors import ApiError, already_exists, bad_request, conflict, not_found
+from simulations.twin.api.patch import apply_patch
+from simulations.twin.api.resources import Resource
+from simulations.twin.api.selectors import object_matcher
+from simulations.twin.api.store import ObjectStore, Stored
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(body or b"{}")
+    except json.JSONDecodeError:
+        raise bad_request("the request body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise bad_request("the request body must be a JSON object")
+    return obj
+
+
+class ApiService:
+    def __init__(self, store: ObjectStore, bridge: TwinBridge) -> None:
+        self.store = store
+        self.bridge = bridge
+
+    # ---- reads ------------------------------------------------------------------------------------------
+
+    def get(self, res: Resource, namespace: str, name: str) -> Stored:
+        stored = self.store.get(res.key, namespace, name)
+        if stored is None:
+            raise not_found(res.name, name, res.group)
+        return stored
+
+    def list(
+        self, res: Resource, namespace: str | None, label_selector: str | None, field_selector: str | None
+    ) -> tuple[list[Stored], int]:
+        matches = object_matcher(label_selector, field_selector)
+        if not label_selector and not field_selector:
+            items = list(self.store.items(res.key, namespace))
+        else:
+            items = [s for s in self.store.items(res.key, namespace) if matches(s.obj)]
+        return items, self.store.rv
+
+    # ---- writes -----------------------------------------------------------------------------------------
+
+    def _prepare(self, res: Resource, namespace: str, obj: dict[str, Any], name: str | None) -> dict[str, Any]:
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise bad_request("metadata must be an object")
+        if name is None and not meta.get("name") and meta.get("generateName"):
+            meta["name"] = f"{meta['generateName']}{secrets.token_hex(3)[:5]}"
+        if not meta.get("name"):
+            raise ApiError(
+                422, f"{res.kind} is invalid: metadata.name: Required value: name or generateName is required"
+            )
+        if name is not None and meta["name"] != name:
+            raise bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL ({name})")
+        if res.namespaced:
+            if meta.get("namespace") not in (None, "", namespace):
+                raise bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
+            meta["namespace"] = namespace
+            if self.store.get("namespaces", "", namespace) is None:
+                raise not_found("namespaces", namespace)
+        else:
+            meta.pop("namespace", None)
+        obj["apiVersion"], obj["kind"] = res.api_version, res.kind
+        return obj
+
+    def create(self, res: Resource, namespace: str, body: bytes) -> Stored:
+        obj = self._prepare(res, namespace, parse_body(body), None)
+        name = obj["metadata"]["name"]
+        if self.store.get(res.key, namespace, name) is not None:
+            raise already_exists(res.name, name, res.group)
+        for field in ("resourceVersion", "uid", "creationTimestamp", "deletionTimestamp"):
+            obj["metadata"].pop(field, None)
+        if res.key == "nodes":
+            raise ApiError(405, "the twin's nodes come from its scenario: nodes cannot be created through the facade")
+        if res.key == "pods":
+            return self.bridge.create_pod(namespace, obj)
+        if res.key == PDBS:
+            validate_pdb(obj)
+        stored = self.store.put(res.key, obj)
+        self._after_write(res, namespace, name, stored)
+        return stored
+
+    def update(self, res: Resource, namespace: str, name: str, body: bytes) -> Stored:
+        obj = self._prepare(res, namespace, parse_body(body), name)
+        current = self.get(res, namespace, name)
+        rv = obj["metadata"].get("resourceVersion")
+        if rv not in (None, "") and rv != current.obj["metadata"]["resourceVersion"]:
+            raise conflict(res.name, name, res.group)
+        return self._replace(res, namespace, name, current, obj)
+
+    def patch(self, res: Resource, namespace: str, name: str, content_type: str, body: bytes) -> Stored:
+        current = self.get(res, namespace, name)
+        obj = apply_patch(copy.deepcopy(current.obj), content_type, body)
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if rv not in (None, "") and rv != current.obj["metadata"]["resourceVersion"]:
+            raise conflict(res.name, name, res.group)
+        obj = self._prepare(res, namespace, obj, name)
+        return self._replace(res, namespace, name, current, obj)
+
+    def _replace(self, res: Resource, namespace: str, name: str, current: Stored, obj: dict[str, Any]) -> Stored:
+        if res.key == "nodes":
+            return self.bridge.write_node(name, obj)
+        if res.key == "pods":
+            return self.bridge.write_pod(namespace, name, obj)
+        if res.key == PDBS:
+            validate_pdb(obj)
+        meta = obj["metadata"]
+        for field in ("uid", "creationTimestamp"):
+            meta[field] = current.obj["metadata"][field]
+        meta.pop("resourceVersion", None)
+        stored = self.store.put(res.key, obj)
+        self._after_write(res, namespace, name, stored)
+        return stored
+
+    def delete(self, res: Resource, namespace: str, name: str) -> Stored:
+        if res.key == "nodes":
+            return self.bridge.delete_node(name)
+        if res.key == "pods":
+            return self.bridge.delete_pod(namespace, name)
+        current = self.get(res, namespace, name)
+        self.store.delete(res.key, namespace, name)
+        self._after_write(res, namespace, name, None)
+        return current
+
+    def evict(self, namespace: str, name: str, body: bytes) -> None:
+        parse_body(body)
+        self.bridge.evict(namespace, name)
+
+    def _after_write(self, res: Resource, namespace: str, name: str, stored: Stored | None) -> None:
+        if res.key == "configmaps" and self.bridge.is_mig_config(namespace, name):
+            self.bridge.config_written(stored.obj if stored else None)
+            self.bridge.sync()

@@ -1,0 +1,67 @@
+"""`migopt twin serve`: a simulated cluster behind a facade of the Kubernetes API, for kubectl or a controller.
+
+The twin starts as the scenario's initial cluster (the built-in scenario when none is given), the same
+cluster `migopt simulate` starts from; with `--workload` the scenario's pods arrive over simulated time too.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from simulations.twin.cluster import Twin
+    from simulations.workloads import WorkloadPod
+
+twin_app = typer.Typer(help="Serve the digital twin over (a subset of) the Kubernetes API.", no_args_is_help=True)
+
+
+@twin_app.command()
+def serve(
+    scenario: Annotated[Path | None, typer.Argument(help="Scenario YAML; the built-in scenario when omitted.")] = None,
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free port).")] = 0,
+    speed: Annotated[float, typer.Option("--speed", help="Simulated seconds per real second.", min=0.0)] = 1.0,
+    agent: Annotated[bool, typer.Option("--agent/--no-agent", help="Node agent gpu-report annotations.")] = True,
+    kubeconfig: Annotated[Path | None, typer.Option("--kubeconfig", help="Write a kubeconfig for it here.")] = None,
+    workload: Annotated[bool, typer.Option("--workload", help="Inject the scenario's pods as they arrive.")] = False,
+) -> None:
+    """Serve the scenario's initial cluster until interrupted (SIGINT or SIGTERM)."""
+    from simulations.engine import initial_cluster, workload_pods
+    from simulations.scenario import default_scenario, load_scenario
+    from simulations.twin.api import TwinApiServer, write_kubeconfig
+    from simulations.twin.cluster import Twin
+
+    chosen = load_scenario(scenario) if scenario else default_scenario()
+    snapshot, config_text = initial_cluster(chosen, chosen.cluster.initial_config)
+    twin = Twin.from_snapshot(snapshot, config_text, seed=chosen.seed)
+    if workload:
+        for pod in workload_pods(chosen):
+            twin.clock.schedule(pod.arrival_s, partial(_arrive, twin, pod))
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    with TwinApiServer(twin, speed=speed, port=port, agent_annotations=agent) as server:
+        if kubeconfig is not None:
+            write_kubeconfig(kubeconfig, server.url)
+        typer.echo(f"twin API (a facade of the Kubernetes API) serving {len(twin.nodes)} nodes at {server.url}")
+        if kubeconfig is not None:
+            typer.echo(f"kubeconfig: {kubeconfig}")
+        while not stop.wait(0.5):
+            pass
+    typer.echo("stopped")
+
+
+def _arrive(twin: Twin, pod: WorkloadPod) -> None:
+    twin.add_pod(
+        pod.name, pod.requests, priority=pod.priority, node_selector=pod.node_selector, duration_s=pod.duration_s
+    )

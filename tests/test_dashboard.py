@@ -1,0 +1,115 @@
+"""End to end: the controller drives the twin, Prometheus scrapes migopt's `/metrics` and the twin's dcgm exporter,
+right-sizing reads usage back through Prometheus, and every query of the Grafana dashboard returns data."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from optimizer.metrics import MetricsObserver, serve_http
+from optimizer.reconcile import Controller, ControllerSettings
+from optimizer.rightsizing import RightSizingSettings, recommend
+from optimizer.usage import PrometheusUsage, UsageSettings
+from simulations.twin.dcgm_exporter import DcgmExporter
+from tests.cli_runner import run_cli
+from tests.prometheus_server import PrometheusServer, prometheus
+from tests.usage_fixtures import MODEL, busy_cluster, drive
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "migopt.json"
+VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$node": ".*", "${node}": ".*"}
+
+
+def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def _queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    found = []
+    for panel in _panels(dashboard):
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for name, value in VARIABLES.items():
+                expr = expr.replace(name, value)
+            found.append((f"{panel['title']} / {target['refId']}", expr))
+    return found
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrometheusServer, MetricsObserver]]:
+    twin, observer = busy_cluster(), MetricsObserver()
+    drive(twin, Controller(twin, ControllerSettings(mode="enforce"), observer=observer))
+    observer.set_leader(True)
+    metrics = serve_http(0, observer.registry, healthy=lambda: True, ready=lambda: True, host="127.0.0.1")
+    dcgm = DcgmExporter(twin, MODEL).serve()
+    try:
+        targets = {"migopt": f"127.0.0.1:{metrics.port}", "dcgm": f"127.0.0.1:{dcgm.port}"}
+        with prometheus(targets, tmp_path_factory.mktemp("prom")) as prom:
+            prom.targets_up(2)
+            prom.wait_for('count_over_time(DCGM_FI_PROF_GR_ENGINE_ACTIVE{pod="notebook"}[1h]) >= 3')
+            prom.wait_for("count_over_time(migopt_plans_total[1h]) >= 3")
+            yield prom, observer
+    finally:
+        metrics.stop()
+        dcgm.stop()
+
+
+def test_the_dashboard_is_well_formed_with_a_datasource_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    titles = [p["title"] for p in _panels(dashboard)]
+    assert len(titles) == len(set(titles))
+    for panel in _panels(dashboard):
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}"
+            assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
+    assert len(_queries(dashboard)) >= 20
+
+
+def test_every_dashboard_query_returns_data_after_a_simulated_run(
+    stack: tuple[PrometheusServer, MetricsObserver],
+) -> None:
+    prom, observer = stack
+    usage = PrometheusUsage(prom.url, UsageSettings(window="10m"), on_status=observer.usage_status)
+    recs = recommend(usage.usage(), RightSizingSettings(min_samples=2))
+    notebook = next(r for r in recs if r.pod == "team-a/notebook")
+    assert (notebook.current_profile, notebook.recommended_profile, notebook.slices_freed) == ("3g.40gb", "1g.10gb", 2)
+    observer.rightsizing_updated(recs)
+    prom.wait_for('migopt_rightsizing_freeable_slices{pod="notebook"} == 2')
+    prom.wait_for("migopt_usage_available == 1")
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            metric, label = re.fullmatch(r"label_values\((\w+), *(\w+)\)", variable["definition"]).groups()  # type: ignore[union-attr]
+            assert prom.query(f"count by ({label}) ({metric})"), variable["name"]
+    empty = [(where, expr) for where, expr in _queries(dashboard) if not prom.query(expr)]
+    assert not empty, f"dashboard queries with no data: {empty}"
+
+
+def test_recommend_command_reads_prometheus(
+    stack: tuple[PrometheusServer, MetricsObserver], capsys: pytest.CaptureFixture[str]
+) -> None:
+    prom, _ = stack
+    result = run_cli(
+        capsys, "recommend", "--prometheus", prom.url, "--window", "10m", "--min-samples", "2", "-o", "json"
+    )
+    assert result.code == 0, result.err
+    by_pod = {r["pod"]: r for r in json.loads(result.out)}
+    assert by_pod["team-a/notebook"]["recommended_profile"] == "1g.10gb"
+    assert by_pod["team-a/notebook"]["confident"] is True
+    table = run_cli(capsys, "recommend", "--prometheus", prom.url, "--window", "10m")
+    assert table.code == 0 and "team-a/notebook" in table.out
+
+
+def test_recommend_command_without_prometheus_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_cli(capsys, "recommend", "--prometheus", "http://127.0.0.1:9", "--window", "1h")
+    assert result.code == 1 and result.err.startswith("usage unavailable:") and result.err.count("\n") == 1
+    bad = run_cli(capsys, "recommend", "--prometheus", "http://127.0.0.1:9", "--window", "an hour")
+    assert bad.code == 2 and "bad window" in bad.err

@@ -1,0 +1,106 @@
+"""The kubelet pod-resources client against a real gRPC server on a temporary unix socket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+
+from optimizer.node_agent import NodeAgent, socket_owners
+from optimizer.pod_resources import SERVICE, list_mig_owners, messages, mig_uuid
+from solver.errors import MigoptError
+from tests.fake_nvml import FakeGpu, FakeInstance, FakeNvml
+
+PODS = [
+    {"name": "train-0", "namespace": "ml", "containers": [
+        {"name": "main", "devices": [
+            {"resource_name": "nvidia.com/mig-2g.10gb", "device_ids": ["MIG-a100-03"]},
+            {"resource_name": "nvidia.com/gpu", "device_ids": ["GPU-whole"]},
+        ]},
+    ]},
+    {"name": "notebook-b", "namespace": "lab", "containers": [
+        {"name": "sidecar", "devices": []},
+        {"name": "jupyter", "devices": [
+            {"resource_name": "nvidia.com/mig-1g.5gb", "device_ids": ["MIG-a100-09::1"]},
+        ]},
+    ]},
+    {"name": "notebook-a", "namespace": "lab", "containers": [
+        {"name": "jupyter", "devices": [
+            {"resource_name": "nvidia.com/mig-1g.5gb", "device_ids": ["MIG-a100-09::0"]},
+        ]},
+    ]},
+    {"name": "cpu-only", "namespace": "default", "containers": [{"name": "c"}]},
+]  # fmt: skip
+
+
+@pytest.fixture
+def kubelet() -> Iterator[str]:
+    """A kubelet stand-in answering `List` with `PODS`, encoded by the same runtime-built messages."""
+    folder = tempfile.mkdtemp(prefix="pr-", dir="/tmp")  # unix socket paths are limited to ~107 bytes
+    path = os.path.join(folder, "kubelet.sock")
+    classes = messages()
+
+    def list_pods(request: Any, context: Any) -> Any:
+        return classes["ListPodResourcesResponse"](pod_resources=PODS)
+
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "List": grpc.unary_unary_rpc_method_handler(
+                list_pods,
+                request_deserializer=classes["ListPodResourcesRequest"].FromString,
+                response_serializer=classes["ListPodResourcesResponse"].SerializeToString,
+            )
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"unix://{path}")
+    server.start()
+    try:
+        yield path
+    finally:
+        server.stop(grace=None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_mig_devices_map_to_pods(kubelet: str) -> None:
+    assert list_mig_owners(kubelet) == {"MIG-a100-03": "ml/train-0", "MIG-a100-09": "lab/notebook-a"}
+
+
+def test_the_agent_reports_the_pods(kubelet: str) -> None:
+    gpu = FakeGpu("A100-40GB", "GPU-a100", instances=[FakeInstance("2g.10gb", 0, 3), FakeInstance("1g.5gb", 2, 9)])
+    written: list[str] = []
+    result = NodeAgent(FakeNvml([gpu]), written.append, socket_owners(kubelet)).step()
+    assert result.report.pod_resources
+    assert [i.pod for i in result.report.gpus[0].instances] == ["ml/train-0", "lab/notebook-a"]
+
+
+def test_a_dead_socket_is_one_line() -> None:
+    folder = tempfile.mkdtemp(prefix="pr-", dir="/tmp")
+    try:
+        path = os.path.join(folder, "kubelet.sock")
+        with pytest.raises(MigoptError) as err:
+            list_mig_owners(path, timeout_s=1.0)
+        assert str(err.value).startswith(f"pod-resources List on {path} failed") and "\n" not in str(err.value)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("device_id", "uuid"),
+    [
+        ("MIG-4a2e1b3c-9f0d-5e6a-8b7c-1d2e3f4a5b6c", "MIG-4a2e1b3c-9f0d-5e6a-8b7c-1d2e3f4a5b6c"),
+        ("MIG-4a2e1b3c-9f0d-5e6a-8b7c-1d2e3f4a5b6c::7", "MIG-4a2e1b3c-9f0d-5e6a-8b7c-1d2e3f4a5b6c"),
+        ("GPU-4a2e1b3c-9f0d-5e6a-8b7c-1d2e3f4a5b6c", None),
+        ("nvidia0/gi3", None),
+    ],
+)
+def test_device_ids(device_id: str, uuid: str | None) -> None:
+    assert mig_uuid(device_id) == uuid

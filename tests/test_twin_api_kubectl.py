@@ -1,0 +1,83 @@
+"""The real `kubectl` against the twin's API facade, and `migopt twin serve` as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simulations.twin.api import TwinApiServer, write_kubeconfig
+from tests.twin_api_fixtures import small_twin
+
+KUBECTL = shutil.which("kubectl")
+pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path) -> Iterator[tuple[TwinApiServer, Path]]:
+    with TwinApiServer(small_twin(), speed=0) as server:
+        yield server, write_kubeconfig(tmp_path / "kubeconfig", server.url)
+
+
+def kubectl(config: Path, *args: str) -> str:
+    env = os.environ | {"HOME": str(config.parent)}  # kubectl's discovery cache stays in the test's folder
+    done = subprocess.run(
+        [str(KUBECTL), "--kubeconfig", str(config), *args], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_kubectl_reads_nodes_and_pods(kubeconfig: tuple[TwinApiServer, Path]) -> None:
+    _, config = kubeconfig
+    nodes = kubectl(config, "get", "nodes").splitlines()
+    assert nodes[0].split() == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    assert [line.split()[:2] for line in nodes[1:]] == [["node-a", "Ready"], ["node-b", "Ready"]]
+    pods = kubectl(config, "get", "pods", "-A", "-o", "wide").splitlines()
+    assert pods[0].split()[:3] == ["NAMESPACE", "NAME", "READY"]
+    assert pods[1].split()[:4] == ["team-a", "train-0", "1/1", "Running"] and "node-a" in pods[1]
+
+
+def test_kubectl_label_drives_mig_manager_and_cordon(kubeconfig: tuple[TwinApiServer, Path]) -> None:
+    server, config = kubeconfig
+    out = kubectl(config, "label", "node", "node-b", "nvidia.com/mig.config=all-1g", "--overwrite")
+    assert out.strip() == "node/node-b labeled"
+    server.advance(200)
+    state = kubectl(
+        config, "get", "node", "node-b", "-o", r"jsonpath={.metadata.labels.nvidia\.com/mig\.config\.state}"
+    )
+    assert state == "success" and server.twin.state_history("node-b") == ["pending", "success"]
+    count = kubectl(config, "get", "node", "node-b", "-o", r"jsonpath={.status.allocatable.nvidia\.com/mig-1g\.5gb}")
+    assert count == "7"
+    assert kubectl(config, "cordon", "node-b").strip() == "node/node-b cordoned"
+    assert server.twin.node("node-b").unschedulable
+    assert "SchedulingDisabled" in kubectl(config, "get", "node", "node-b")
+    kubectl(config, "uncordon", "node-b")
+    assert not server.twin.node("node-b").unschedulable
+
+
+def test_migopt_twin_serve_answers_kubectl(tmp_path: Path) -> None:
+    config = tmp_path / "kubeconfig"
+    migopt = Path(sys.executable).parent / "migopt"
+    process = subprocess.Popen(
+        [str(migopt), "twin", "serve", "--kubeconfig", str(config), "--speed", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "http://127.0.0.1:" in line, process.stderr.read() if process.stderr else line
+        deadline = time.monotonic() + 30
+        while not config.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        nodes = kubectl(config, "get", "nodes", "-o", "name").split()
+        assert nodes == [f"node/node-{i}" for i in range(8)]
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0

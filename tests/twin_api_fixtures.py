@@ -1,0 +1,36 @@
+"""A small twin to serve over the API facade, and a `kubernetes` client for a URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+
+from simulations.twin import Twin
+from solver.snapshot import parse_snapshot
+from tests.twin_fixtures import CONFIG, T
+
+ONE_G = "nvidia.com/mig-1g.5gb"
+THREE_G = "nvidia.com/mig-3g.20gb"
+
+
+def three_g_gpu(index: int, pods: dict[int, str] | None = None) -> dict[str, Any]:
+    """An A100-40GB GPU split 2 x 3g.20gb (starts 0 and 4); `pods` maps a start to its holder."""
+    held = pods or {}
+    instances = [{"profile": "3g.20gb", "start": s, "pod": held.get(s)} for s in (0, 4)]
+    return {"index": index, "model": "A100-40GB", "instances": instances}
+
+
+def small_twin() -> Twin:
+    """node-a: two GPUs of 2 x 3g.20gb, one instance held by `team-a/train-0`; node-b: one idle such GPU."""
+    nodes = [
+        {"name": "node-a", "labels": {"nvidia.com/mig.config": "all-3g", "nvidia.com/mig.config.state": "success"},
+         "gpus": [three_g_gpu(0, {0: "team-a/train-0"}), three_g_gpu(1)]},
+        {"name": "node-b", "labels": {"nvidia.com/mig.config": "all-3g", "nvidia.com/mig.config.state": "success",
+                                      "pool": "b"}, "gpus": [three_g_gpu(0)]},
+    ]  # fmt: skip
+    return Twin.from_snapshot(parse_snapshot({"nodes": nodes}), CONFIG, timings=T)
+
+
+def kube_client(url: str) -> client.ApiClient:
+    return client.ApiClient(client.Configuration(host=url))
