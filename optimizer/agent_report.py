@@ -11,7 +11,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from solver.errors import MigoptError
+from solver.errors import MigoptError, first_problem
 
 GPU_REPORT_ANNOTATION = "migopt.io/gpu-report"
 REPORT_VERSION = 1
@@ -63,6 +63,5 @@ def parse_report(text: str, node: str) -> NodeGpuReport:
     try:
         return NodeGpuReport.model_validate_json(text)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "report"
-        raise MigoptError(f"node {node}: annotation {GPU_REPORT_ANNOTATION}: {where}: {first['msg']}") from None
+        where, message = first_problem(err, "report")
+        raise MigoptError(f"node {node}: annotation {GPU_REPORT_ANNOTATION}: {where}: {message}") from None

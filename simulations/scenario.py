@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from simulations.workloads import GpuMilliMapping, SyntheticWorkload
 from solver.catalog import load_catalog
-from solver.errors import MigoptError
+from solver.errors import MigoptError, first_problem
 
 
 class _Strict(BaseModel):
@@ -109,8 +109,7 @@ def load_scenario(path: Path) -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "scenario"
-        raise MigoptError(f"scenario {str(path)!r}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
+        where, message = first_problem(err, "scenario")
+        raise MigoptError(f"scenario {str(path)!r}: {where}: {message}") from None
     except MigoptError as err:
         raise MigoptError(f"scenario {str(path)!r}: {err}") from None

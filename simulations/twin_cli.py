@@ -30,12 +30,16 @@ def serve(
     agent: Annotated[bool, typer.Option("--agent/--no-agent", help="Node agent gpu-report annotations.")] = True,
     kubeconfig: Annotated[Path | None, typer.Option("--kubeconfig", help="Write a kubeconfig for it here.")] = None,
     workload: Annotated[bool, typer.Option("--workload", help="Inject the scenario's pods as they arrive.")] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve dcgm-exporter-shaped /metrics for its pods here.")
+    ] = None,
 ) -> None:
     """Serve the scenario's initial cluster until interrupted (SIGINT or SIGTERM)."""
     from simulations.engine import initial_cluster, workload_pods
     from simulations.scenario import default_scenario, load_scenario
     from simulations.twin.api import TwinApiServer, write_kubeconfig
     from simulations.twin.cluster import Twin
+    from simulations.twin.dcgm_exporter import serve_dcgm_exporter
 
     chosen = load_scenario(scenario) if scenario else default_scenario()
     snapshot, config_text = initial_cluster(chosen, chosen.cluster.initial_config)
@@ -56,8 +60,13 @@ def serve(
         typer.echo(f"twin API (a facade of the Kubernetes API) serving {len(twin.nodes)} nodes at {server.url}")
         if kubeconfig is not None:
             typer.echo(f"kubeconfig: {kubeconfig}")
+        exporter = serve_dcgm_exporter(twin, metrics_port, lock=server.lock) if metrics_port is not None else None
+        if exporter is not None:
+            typer.echo(f"dcgm-exporter-shaped metrics at {exporter.url}/metrics")
         while not stop.wait(0.5):
             pass
+        if exporter is not None:
+            exporter.stop()
     typer.echo("stopped")
 
 

@@ -3,6 +3,16 @@
 The CLI prints its message on one line and exits 2; nothing a user types should surface as a traceback.
 """
 
+from pydantic import ValidationError
+
 
 class MigoptError(ValueError):
     """A user-caused error whose message names the field and the value at fault."""
+
+
+def first_problem(err: ValidationError, default: str) -> tuple[str, str]:
+    """(where, message) of a pydantic error's first problem, for a one-line `MigoptError`: where is the dotted
+    location (`default` at the top level), message without pydantic's "Value error, " prefix."""
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or default
+    return where, str(first["msg"]).removeprefix("Value error, ")

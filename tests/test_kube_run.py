@@ -41,8 +41,6 @@ def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
 def server() -> Iterator[TwinApiServer]:
     twin = cluster(2, held={"node-0": {0: {0: "team-a/train-0"}}})
     with TwinApiServer(twin, speed=20) as running:
-        core = client.CoreV1Api(api_client(running))
-        core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "migopt-system"}})
         yield running
 
 
@@ -104,6 +102,7 @@ def test_two_enforcing_replicas_serve_pods_respect_budgets_and_hand_over(server:
         assert "migopt_leader" in metrics
         acting = [log for log in logs if "phase=" in log.read_text()]
         assert len(acting) == 1, "exactly one replica acted"
+        assert "layout_sources agent=2" in acting[0].read_text()  # each plan says where GPU truth came from
         leader = 0 if acting[0] == logs[0] else 1
         state = twin_state(server)
         assert ("team-a/train-0", "evicted") not in state["evictions"]  # type: ignore[operator]

@@ -139,6 +139,8 @@ class KubeClusterPort:
 
     def stop(self) -> None:
         for informer in self.informers:
+            informer.stop(wait=False)  # all at once, then wait for each
+        for informer in self.informers:
             informer.stop()
         self.events.stop()
 

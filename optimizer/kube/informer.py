@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -74,6 +75,7 @@ class Informer:
         self.version = 0  # bumped on every change: a cheap "did anything change" for the reconcile loop
         self.relists = 0
         self.watch_restarts = 0
+        self._failures = 0  # consecutive: reset by any successful list or watch event
 
     # ---- reading --------------------------------------------------------------------------------------
 
@@ -108,13 +110,17 @@ class Informer:
         self._thread = threading.Thread(target=self._run, name=f"informer-{self.resource}", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """End the watch now: shutting the socket down wakes the thread blocked reading it."""
         self._stop.set()
         response = self._response
         if response is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # a socket another thread reads may fail any way it likes
+                sock = getattr(getattr(response, "connection", None), "sock", None)
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
                 response.close()
-        if self._thread is not None:
+        if wait and self._thread is not None:
             self._thread.join(timeout=5)
 
     def sync_once(self) -> None:
@@ -143,11 +149,15 @@ class Informer:
                 self._pause(type(err).__name__)
 
     def _pause(self, why: str) -> None:
+        """Back off, doubling up to 30 s while the API stays unreachable; log the first failure of an outage only."""
         if self._stop.is_set():
             return
         self.watch_restarts += 1
-        log.warning("resource=%s watch interrupted (%s): resuming in %.1fs", self.resource, why, self._error_backoff_s)
-        self._stop.wait(self._error_backoff_s)
+        self._failures += 1
+        wait = min(self._error_backoff_s * 2 ** (self._failures - 1), 30.0)
+        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        log.log(level, "resource=%s watch interrupted (%s): resuming in %.1fs", self.resource, why, wait)
+        self._stop.wait(wait)
 
     def _relist(self) -> None:
         self._caller.count("list", self.resource)
@@ -158,6 +168,7 @@ class Informer:
             self.version += 1
             self.resource_version = str(body["metadata"]["resourceVersion"])
         self.relists += 1
+        self._recovered()
         self._synced.set()
 
     def _watch(self) -> None:
@@ -177,6 +188,7 @@ class Informer:
                 if not line.strip():
                     continue
                 event = json.loads(line)
+                self._recovered()
                 if event.get("type") == "ERROR":
                     status = event.get("object") or {}
                     raise ApiException(status=int(status.get("code") or 500), reason=str(status.get("reason", "")))
@@ -184,6 +196,11 @@ class Informer:
         finally:
             self._response = None
             response.release_conn()
+
+    def _recovered(self) -> None:
+        if self._failures:
+            log.info("resource=%s watch resumed after %d failed attempts", self.resource, self._failures)
+            self._failures = 0
 
     def _handle(self, event: Mapping[str, Any]) -> None:
         obj = event["object"]

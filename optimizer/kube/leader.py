@@ -71,6 +71,7 @@ class LeaderElector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.transitions = 0
+        self._last_error: str | None = None
 
     def is_leader(self) -> bool:
         if not self.settings.enabled:
@@ -83,8 +84,12 @@ class LeaderElector:
         try:
             leads = self._try()
         except ApiError as err:
-            log.warning("lease=%s renew failed: %s", self.settings.lease_name, err)
+            if str(err) != self._last_error:  # once per distinct failure, not every retry period
+                log.warning("lease=%s renew failed: %s", self.settings.lease_name, err)
+            self._last_error = str(err)
             leads = False
+        else:
+            self._last_error = None
         if leads:
             self._renewed_at = self._clock()
         self._set_leader(self.is_leader() if not leads else True)

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from types import FrameType
 
@@ -92,12 +93,26 @@ class Runner:
 
     def run_pass(self) -> None:
         try:
-            self.controller.tick()
+            plan = self.controller.tick()
+            if plan is not None:
+                self._log_sources()
         except MigoptError as err:
             self.failed_passes += 1
             log.error("reconcile pass failed: %s", err)
         self.passes += 1
         self.last_pass_at = time.monotonic()
+
+    def _log_sources(self) -> None:
+        """Which source told each node's GPU holders for this plan (README: "Where GPU truth comes from")."""
+        counts = Counter(source.split(":")[0] for source in self.port.sources.values())
+        log.info(
+            "plan=plan-%d layout_sources %s",
+            self.controller.plans_made,
+            " ".join(f"{k.replace(' ', '_')}={v}" for k, v in sorted(counts.items())),
+        )
+        for node, source in sorted(self.port.sources.items()):
+            if source not in ("agent", "prometheus", "conservative"):
+                log.info("plan=plan-%d node=%s layout_source=%r", self.controller.plans_made, node, source)
 
     def loop(self) -> None:
         while not self.stopping.is_set():

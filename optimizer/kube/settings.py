@@ -12,6 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -23,7 +24,7 @@ from pydantic_settings import (
 from optimizer.kube.adapter import KubeSettings
 from optimizer.kube.leader import LeaderSettings
 from optimizer.reconcile import ControllerSettings
-from solver.errors import MigoptError
+from solver.errors import MigoptError, first_problem
 
 _settings_file: ContextVar[Path | None] = ContextVar("settings_file", default=None)
 
@@ -71,10 +72,11 @@ def load_settings(file: Path | None = None, **flags: Any) -> RunSettings:
     try:
         return RunSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise MigoptError(f"settings: {where}: {first['msg']}") from None
-    except ValueError as err:  # a YAML file that does not parse
-        raise MigoptError(f"settings file {file}: {str(err).splitlines()[0]}") from None
+        where, message = first_problem(err, "settings")
+        raise MigoptError(f"settings: {where}: {message}") from None
+    except (ValueError, yaml.YAMLError) as err:  # a YAML file that does not parse
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise MigoptError(f"settings file {file} is not valid YAML{where}") from None
     finally:
         _settings_file.reset(token)

@@ -11,8 +11,8 @@ exporter versions publish none.
 
 from __future__ import annotations
 
-import threading
 import uuid
+from contextlib import AbstractContextManager
 from typing import Literal
 
 from optimizer.http_serve import Response, RunningServer, serve_routes
@@ -64,7 +64,7 @@ class DcgmExporter:
         hostname_label: Literal["Hostname", "hostname"] = "Hostname",
         framebuffer: bool = True,
         sm_active: bool = True,
-        lock: threading.Lock | None = None,
+        lock: AbstractContextManager[object] | None = None,
     ) -> None:
         self.twin = twin
         self.usage = usage or UsageModel()
@@ -147,7 +147,7 @@ def serve_dcgm_exporter(
     *,
     host: str = "127.0.0.1",
     usage: UsageModel | None = None,
-    lock: threading.Lock | None = None,
+    lock: AbstractContextManager[object] | None = None,
 ) -> RunningServer:
     """One call to expose a twin's dcgm-shaped series at `/metrics` (e.g. from `migopt twin serve`)."""
     return DcgmExporter(twin, usage, lock=lock).serve(port, host)

@@ -26,6 +26,7 @@ from simulations.twin.api.store import ObjectStore
 from simulations.twin.cluster import Twin
 
 BASE_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+MIGOPT_NAMESPACE = "migopt-system"  # as `kubectl apply -k deploy` leaves it: the controller's Lease lives there
 
 
 class TwinApiServer:
@@ -59,7 +60,7 @@ class TwinApiServer:
             apply_faults=self.apply_faults,
         )  # fmt: skip
         with self.lock:
-            for name in (*BASE_NAMESPACES, mig_config.namespace):
+            for name in (*BASE_NAMESPACES, MIGOPT_NAMESPACE, mig_config.namespace):
                 if self.store.get("namespaces", "", name) is None:
                     self.store.put("namespaces", namespace_object(name))
             self.bridge.sync()
