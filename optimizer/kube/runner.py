@@ -24,6 +24,7 @@ from optimizer.kube.leader import LeaderElector
 from optimizer.kube.settings import RunSettings
 from optimizer.metrics import MetricsObserver, serve_http
 from optimizer.reconcile import Controller
+from optimizer.rightsizing import recommend
 from optimizer.usage import PrometheusUsage
 from solver.errors import MigoptError
 
@@ -40,7 +41,7 @@ class Runner:
         api_client = make_api_client(settings.kubeconfig, settings.context)
         self.metrics = MetricsObserver()
         self.usage = (
-            PrometheusUsage(settings.prometheus_url, on_status=self.metrics.usage_status)
+            PrometheusUsage(settings.prometheus_url, settings.usage, on_status=self.metrics.usage_status)
             if settings.prometheus_url
             else None
         )
@@ -60,6 +61,7 @@ class Runner:
         )
         self.passes = 0
         self.failed_passes = 0
+        self._rightsized_at: float | None = None
         self.last_pass_at = time.monotonic()
         self._server: RunningServer | None = None
 
@@ -96,11 +98,27 @@ class Runner:
             plan = self.controller.tick()
             if plan is not None:
                 self._log_sources()
+            if self.elector.is_leader():
+                self.refresh_rightsizing()
         except MigoptError as err:
             self.failed_passes += 1
             log.error("reconcile pass failed: %s", err)
         self.passes += 1
         self.last_pass_at = time.monotonic()
+
+    def refresh_rightsizing(self) -> None:
+        """Recompute right-sizing from usage every `rightsizing_interval_s` (published as metrics only: a
+        recommendation never evicts anything). Without Prometheus, usage is reported unavailable instead."""
+        now = time.monotonic()
+        if self._rightsized_at is not None and now - self._rightsized_at < self.settings.rightsizing_interval_s:
+            return
+        self._rightsized_at = now
+        if self.usage is None:
+            self.metrics.usage_status(False, "no prometheus_url configured")
+            return
+        report = self.usage.usage()
+        if report.available:
+            self.metrics.rightsizing_updated(recommend(report, self.settings.rightsizing))
 
     def _log_sources(self) -> None:
         """Which source told each node's GPU holders for this plan (README: "Where GPU truth comes from")."""

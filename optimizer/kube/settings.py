@@ -24,6 +24,8 @@ from pydantic_settings import (
 from optimizer.kube.adapter import KubeSettings
 from optimizer.kube.leader import LeaderSettings
 from optimizer.reconcile import ControllerSettings
+from optimizer.rightsizing import RightSizingSettings
+from optimizer.usage import UsageSettings
 from solver.errors import MigoptError, first_problem
 
 _settings_file: ContextVar[Path | None] = ContextVar("settings_file", default=None)
@@ -43,6 +45,9 @@ class RunSettings(BaseSettings):
     interval_s: float = Field(default=5.0, gt=0, description="seconds between reconcile passes")
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 disables")
     prometheus_url: str | None = Field(default=None, description="dcgm-exporter series, for usage and pod mapping")
+    rightsizing_interval_s: float = Field(default=300.0, gt=0, description="how often right-sizing is recomputed")
+    usage: UsageSettings = UsageSettings()
+    rightsizing: RightSizingSettings = RightSizingSettings()
     identity: str = Field(default_factory=_default_identity)
     controller: ControllerSettings = ControllerSettings()
     kube: KubeSettings = KubeSettings()
