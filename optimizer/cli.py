@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -314,12 +315,14 @@ def snapshot(
 
 def _serve_until_interrupted(server: RunningServer) -> None:
     """Keep `/metrics` up after a simulation so Prometheus and Grafana can read its last state."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     sys.stderr.write(f"serving metrics on http://{server.host}:{server.port}/metrics; Ctrl-C to stop\n")
     sys.stderr.flush()
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(0.5):
+            pass
     finally:
         server.stop()
 

@@ -1,9 +1,11 @@
-"""`migopt run` as separate processes against `TwinApiServer` (the twin's API facade; there is no kube-apiserver
-here): pending pods get served, drains respect PodDisruptionBudgets, two replicas never act at once, a stopped
-leader hands over, and `migopt snapshot` writes what `migopt plan` reads."""
+"""`migopt run` as separate processes against `migopt twin serve` (the twin's facade of the Kubernetes API; no
+kube-apiserver can be installed here), all through the real `kubernetes` client: pending pods get served, drains
+respect PodDisruptionBudgets, two replicas never act at once, a stopped leader hands over, and
+`migopt snapshot` writes what `migopt plan` reads."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -12,13 +14,13 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
 
-from simulations.twin.api import TwinApiServer, write_kubeconfig
 from tests.cli_runner import run_cli_process
-from tests.kube_fixtures import api_client, cluster, create_pod
+from tests.kube_fixtures import create_pod
 
 ONE_G = "nvidia.com/mig-1g.5gb"
 
@@ -37,11 +39,31 @@ def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+SCENARIO = """name: two A100-40GB nodes
+cluster: {nodes: 2, gpus_per_node: 2, models: [A100-40GB], initial_config: all-3g.20gb}
+workload:  # not injected (no --workload): the test creates its pods through the API
+  kind: synthetic
+  spec: {arrival_rate_per_s: 0.01, duration_mean_s: 600, profile_mix: {1g.5gb: 1}, pods: 1}
+"""
+
+
 @pytest.fixture
-def server() -> Iterator[TwinApiServer]:
-    twin = cluster(2, held={"node-0": {0: {0: "team-a/train-0"}}})
-    with TwinApiServer(twin, speed=20) as running:
-        yield running
+def facade(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """`migopt twin serve` as its own process (simulated time 30 x real time): its URL and a kubeconfig."""
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(SCENARIO)
+    kubeconfig = tmp_path / "kubeconfig"
+    command = [sys.executable, "-m", "optimizer", "twin", "serve", str(scenario), "--speed", "30"]
+    process = subprocess.Popen([*command, "--kubeconfig", str(kubeconfig)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        url = line[line.index("http://") :].split()[0]
+        wait_for(kubeconfig.exists, 30, "the kubeconfig")
+        yield url, kubeconfig
+    finally:
+        process.terminate()
+        assert process.wait(timeout=20) == 0
 
 
 def start_controller(kubeconfig: Path, identity: str, log: Path, metrics_port: int = 0) -> subprocess.Popen[bytes]:
@@ -60,27 +82,32 @@ def start_controller(kubeconfig: Path, identity: str, log: Path, metrics_port: i
     return subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
-def twin_state(server: TwinApiServer) -> dict[str, object]:
-    with server.lock:
-        twin = server.twin
-        return {
-            "running": {n for n, p in twin.pods.items() if p.phase == "Running"},
-            "cordoned": {n.name for n in twin.nodes.values() if n.unschedulable},
-            "evictions": [(e.pod, str(e.outcome)) for e in twin.evictions],
-        }
+def twin_state(url: str) -> dict[str, Any]:
+    """What the facade's twin did, from its `/migopt-twin/state` endpoint."""
+    with urllib.request.urlopen(f"{url}/migopt-twin/state", timeout=5) as response:
+        state: dict[str, Any] = json.loads(response.read())
+    return state
 
 
-def test_two_enforcing_replicas_serve_pods_respect_budgets_and_hand_over(server: TwinApiServer, tmp_path: Path) -> None:
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
-    api = api_client(server)
-    policy = client.PolicyV1Api(api)
+def running(url: str) -> set[str]:
+    return {p["name"] for p in twin_state(url)["pods"] if p["phase"] == "Running" and not p["deleted"]}
+
+
+def test_two_enforcing_replicas_serve_pods_respect_budgets_and_hand_over(
+    facade: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, kubeconfig = facade
+    api = client.ApiClient(client.Configuration(host=url))
+    # a training pod the scheduler binds at once (every GPU is 2 x 3g.20gb), guarded by a budget
+    create_pod(api, "train-0", "nvidia.com/mig-3g.20gb", namespace="team-a", labels={"app": "train"})
+    wait_for(lambda: "team-a/train-0" in running(url), 30, "the training pod to run")
     pdb = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": {"name": "train", "namespace": "team-a"},
-        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"migopt.io/twin-app": "train"}}},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "train"}}},
     }
-    policy.create_namespaced_pod_disruption_budget("team-a", pdb)
+    client.PolicyV1Api(api).create_namespaced_pod_disruption_budget("team-a", pdb)
     port = free_port()
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     procs = [
@@ -90,34 +117,30 @@ def test_two_enforcing_replicas_serve_pods_respect_budgets_and_hand_over(server:
     try:
         wait_for(lambda: b"200" in _get(f"http://127.0.0.1:{port}/readyz"), 30, "replica-a ready")
         assert _get(f"http://127.0.0.1:{port}/healthz").startswith(b"200")
-        names = [f"infer-{n}" for n in range(20)]
+        names = {f"team-b/infer-{n}" for n in range(20)}
         for name in names:
-            create_pod(api, name, ONE_G)
-        wait_for(
-            lambda: {f"team-b/{n}" for n in names} <= twin_state(server)["running"],  # type: ignore[operator]
-            90,
-            "the pending pods to run",
-        )
-        metrics = _get(f"http://127.0.0.1:{port}/metrics").decode()
-        assert "migopt_leader" in metrics
+            create_pod(api, name.split("/")[1], ONE_G)
+        wait_for(lambda: names <= running(url), 90, "the pending pods to run")
+        assert "migopt_leader" in _get(f"http://127.0.0.1:{port}/metrics").decode()
         acting = [log for log in logs if "phase=" in log.read_text()]
         assert len(acting) == 1, "exactly one replica acted"
         assert "layout_sources agent=2" in acting[0].read_text()  # each plan says where GPU truth came from
-        leader = 0 if acting[0] == logs[0] else 1
-        state = twin_state(server)
-        assert ("team-a/train-0", "evicted") not in state["evictions"]  # type: ignore[operator]
-        wait_for(lambda: not twin_state(server)["cordoned"], 60, "every node uncordoned")
+        evictions = twin_state(url)["evictions"]
+        assert not any(e["pod"] == "team-a/train-0" and e["outcome"] == "evicted" for e in evictions)
+        wait_for(lambda: not twin_state(url)["cordoned"], 60, "every node uncordoned")
         # the leader stops; the standby takes over (the lease is released on the way out)
+        leader = logs.index(acting[0])
         procs[leader].terminate()
         procs[leader].wait(timeout=20)
         standby = logs[1 - leader]
         wait_for(lambda: "leader=True" in standby.read_text(), 20, "the standby to take the lease")
-        more = [f"urgent-{n}" for n in range(3)]  # the cluster is full: they displace lower-priority 1g pods
-        for name in more:
-            create_pod(api, name, "nvidia.com/mig-2g.10gb", priority=1000)
-        late = {f"team-b/{n}" for n in more}
-        wait_for(lambda: late <= twin_state(server)["running"], 90, "the urgent pods to run")  # type: ignore[operator]
+        urgent = {f"team-b/urgent-{n}" for n in range(3)}  # the cluster is full: they displace 1g pods
+        for name in urgent:
+            create_pod(api, name.split("/")[1], "nvidia.com/mig-2g.10gb", priority=1000)
+        wait_for(lambda: urgent <= running(url), 90, "the urgent pods to run")
         assert "phase=" in standby.read_text()
+        wait_for(lambda: not twin_state(url)["cordoned"], 60, "every node uncordoned")
+        assert "team-a/train-0" in running(url)
     finally:
         for proc in procs:
             proc.terminate()
@@ -135,9 +158,9 @@ def _get(url: str) -> bytes:
         return str(err).encode()
 
 
-def test_snapshot_writes_the_live_cluster_for_plan(server: TwinApiServer, tmp_path: Path) -> None:
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
-    create_pod(api_client(server), "infer-0", ONE_G)
+def test_snapshot_writes_the_live_cluster_for_plan(facade: tuple[str, Path], tmp_path: Path) -> None:
+    url, kubeconfig = facade
+    create_pod(client.ApiClient(client.Configuration(host=url)), "infer-0", "nvidia.com/mig-1g.5gb")
     out = tmp_path / "snap.yaml"
     result = run_cli_process("snapshot", "--kubeconfig", str(kubeconfig), "-o", str(out))
     assert result.code == 0, result.err
