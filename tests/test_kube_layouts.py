@@ -46,12 +46,12 @@ def test_the_agent_report_gives_exact_placements_and_holders() -> None:
         ("3g.20gb", 4, "a/train"),
     ]
     assert layout.gpus[1].instances == []
-    assert layout.guessed == [] and layout.placeholders == []
+    assert layout.guessed == [] and layout.unattributed == []
 
 
 def test_a_busy_device_without_a_known_pod_locks_its_gpu() -> None:
     layout = resolve_layout("n1", LABELS, {GPU_REPORT_ANNOTATION: report({}, busy={0})}, None, [], None)
-    assert layout.placeholders == [layout.gpus[0].instances[0].pod]
+    assert layout.unattributed == [layout.gpus[0].instances[0].pod]
     assert layout.gpus[0].instances[0].pod is not None
 
 
@@ -115,7 +115,7 @@ def test_a_node_that_cannot_be_known_is_refused_with_a_reason(change: dict[str, 
 def test_conservative_layouts_lock_every_gpu_that_may_hold_a_pod(config: str, pods: list[str]) -> None:
     held = [HeldDevices(pod=f"ns/p{n}", requests={f"nvidia.com/mig-{p}": 1}) for n, p in enumerate(pods)]
     layout = resolve_layout("n1", {**LABELS, "nvidia.com/mig.config": config}, {}, None, held, None)
-    locked_by = set(layout.guessed) | set(layout.placeholders)
+    locked_by = set(layout.guessed) | set(layout.unattributed)
     for gpu in layout.gpus:
         if {i.profile for i in gpu.instances} & set(pods):
             assert any(i.pod in locked_by for i in gpu.instances), gpu

@@ -210,7 +210,7 @@ class KubeClusterPort:
                 return None, f"waiting: {err}", {}  # a drain needs to know who holds what: wait for it
             return base, f"not planned: {err}", {}
         extra = {
-            pod: RunningPod(name=pod, priority=UNATTRIBUTED_PRIORITY, evictable=False) for pod in layout.placeholders
+            pod: RunningPod(name=pod, priority=UNATTRIBUTED_PRIORITY, evictable=False) for pod in layout.unattributed
         }
         extra |= {pod: RunningPod(name=pod, evictable=False) for pod in layout.guessed}
         node = base.model_copy(update={"gpus": layout.gpus})

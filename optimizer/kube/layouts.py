@@ -5,7 +5,7 @@
 2. `prometheus`: dcgm-exporter's `pod` labels give (GPU, profile) per pod; placements come from the node's
    `nvidia.com/mig.config` entry, laid out as mig-parted would.
 3. `conservative`: only the config entry and the pods bound to the node. A GPU counts as busy if any pod on
-   the node holds a device of a profile it has: such GPUs are never reconfigured (a non-evictable placeholder
+   the node holds a device of a profile it has: such GPUs are never reconfigured (a non-evictable stand-in
    holds them), because a GPU that may be busy must not be touched.
 
 Whatever the source, a pod whose device is only guessed is never planned for eviction: the plan may only evict
@@ -32,7 +32,7 @@ from solver.profiles import MIG_RESOURCE_PREFIX, profile_from_resource
 from solver.snapshot import GPU_RESOURCE, PRODUCT_LABEL, STRATEGY_LABEL, GpuState, InstanceState
 
 COUNT_LABEL = "nvidia.com/gpu.count"
-UNATTRIBUTED_PRIORITY = 2_000_000_000  # above every user priority: the planner never displaces a placeholder
+UNATTRIBUTED_PRIORITY = 2_000_000_000  # above every user priority: the planner never displaces such a stand-in
 
 
 class LayoutSource(StrEnum):
@@ -67,10 +67,10 @@ class NodeLayout(BaseModel):
     source: LayoutSource
     gpus: list[GpuState]
     guessed: list[str] = []  # real pods placed on a GPU by guess: the planner must not evict them
-    placeholders: list[str] = []  # names standing for devices in use by pods unknown
+    unattributed: list[str] = []  # names standing for devices in use by pods unknown
 
 
-def placeholder(node: str, gpu: int, n: int) -> str:
+def unattributed_holder(node: str, gpu: int, n: int) -> str:
     return f"unattributed:{node}:gpu{gpu}:{n}"
 
 
@@ -97,24 +97,24 @@ def held_profiles(labels: Mapping[str, str], held: Sequence[HeldDevices]) -> Cou
 
 
 def from_report(report: NodeGpuReport, node: str, held: Sequence[HeldDevices]) -> NodeLayout:
-    """Exact placements. Busy devices the report names no pod for are held by placeholders (GPU locked)."""
+    """Exact placements. Busy devices the report names no pod for are held by unattributed (GPU locked)."""
     if report.error is not None:
         raise MigoptError(f"node agent reports an error: {report.error}")
     known = {h.pod for h in held}
-    gpus, placeholders = [], []
+    gpus, unattributed = [], []
     for gpu in sorted(report.gpus, key=lambda g: g.index):
         model = load_catalog().model(gpu.pci_device_id)
         instances = []
         for n, inst in enumerate(sorted(gpu.instances, key=lambda i: i.start)):
             pod = inst.pod if inst.pod in known else None
             if pod is None and inst.busy:
-                pod = placeholder(node, gpu.index, n)
-                placeholders.append(pod)
+                pod = unattributed_holder(node, gpu.index, n)
+                unattributed.append(pod)
             instances.append(InstanceState(profile=model.profile(inst.profile).name, start=inst.start, pod=pod))
         if gpu.mig_current != gpu.mig_pending:
             raise MigoptError(f"GPU {gpu.index} has a MIG mode change pending")
         gpus.append(GpuState(index=gpu.index, model=model.key, instances=instances))
-    return NodeLayout(source=LayoutSource.AGENT, gpus=gpus, placeholders=placeholders)
+    return NodeLayout(source=LayoutSource.AGENT, gpus=gpus, unattributed=unattributed)
 
 
 def configured_maps(
@@ -169,12 +169,12 @@ def from_config(
     exact = holders is not None and {h.pod for h in mapped} == {h.pod for h in held if h.requests}
     if exact:
         _attach_exact(layouts, mapped)
-        source, guessed, placeholders = LayoutSource.PROMETHEUS, list[str](), list[str]()
+        source, guessed, unattributed = LayoutSource.PROMETHEUS, list[str](), list[str]()
     else:
-        guessed, placeholders = _attach_conservatively(node, layouts, labels, held)
+        guessed, unattributed = _attach_conservatively(node, layouts, labels, held)
         source = LayoutSource.CONSERVATIVE
     gpus = [GpuState(index=i, model=model.key, instances=layouts[i]) for i in sorted(layouts)]
-    return NodeLayout(source=source, gpus=gpus, guessed=guessed, placeholders=placeholders)
+    return NodeLayout(source=source, gpus=gpus, guessed=guessed, unattributed=unattributed)
 
 
 def _attach_exact(layouts: dict[int, list[InstanceState]], mapped: Sequence[DeviceHolder]) -> None:
@@ -192,7 +192,7 @@ def _attach_conservatively(
     node: str, layouts: dict[int, list[InstanceState]], labels: Mapping[str, str], held: Sequence[HeldDevices]
 ) -> tuple[list[str], list[str]]:
     """On every GPU with an instance of a profile held on the node, mark as many of those instances held as the
-    node holds of it (real pods first, then placeholders): every such GPU is locked, and free capacity is only
+    node holds of it (real pods first, then unattributed): every such GPU is locked, and free capacity is only
     over-estimated where the same profile sits on several GPUs."""
     counts = held_profiles(labels, held)
     pods_by_profile: dict[str, list[str]] = defaultdict(list)
@@ -200,7 +200,7 @@ def _attach_conservatively(
         for profile, n in held_profiles(labels, [h]).items():
             pods_by_profile[profile] += [h.pod] * n
     guessed: set[str] = set()
-    placeholders: list[str] = []
+    unattributed: list[str] = []
     for index, instances in sorted(layouts.items()):
         for profile, n_held in counts.items():
             slots = [k for k, i in enumerate(instances) if i.profile == profile][:n_held]
@@ -209,10 +209,10 @@ def _attach_conservatively(
                     pod = pods_by_profile[profile].pop(0)
                     guessed.add(pod)
                 else:
-                    pod = placeholder(node, index, k)
-                    placeholders.append(pod)
+                    pod = unattributed_holder(node, index, k)
+                    unattributed.append(pod)
                 instances[k] = instances[k].model_copy(update={"pod": pod})
-    return sorted(guessed), placeholders
+    return sorted(guessed), unattributed
 
 
 def resolve_layout(
