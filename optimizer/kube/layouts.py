@@ -97,7 +97,7 @@ def held_profiles(labels: Mapping[str, str], held: Sequence[HeldDevices]) -> Cou
 
 
 def from_report(report: NodeGpuReport, node: str, held: Sequence[HeldDevices]) -> NodeLayout:
-    """Exact placements. Busy devices the report names no pod for are held by unattributed (GPU locked)."""
+    """Exact placements. Busy devices the report names no pod for are held by stand-ins (GPU locked)."""
     if report.error is not None:
         raise MigoptError(f"node agent reports an error: {report.error}")
     known = {h.pod for h in held}
