@@ -39,7 +39,7 @@ class Runner:
         self.stopping = threading.Event()
         self.caller = ApiCaller()
         api_client = make_api_client(settings.kubeconfig, settings.context)
-        self.metrics = MetricsObserver()
+        self.metrics = MetricsObserver(rightsizing_cap=settings.rightsizing_metrics_cap)
         self.usage = (
             PrometheusUsage(settings.prometheus_url, settings.usage, on_status=self.metrics.usage_status)
             if settings.prometheus_url

@@ -48,6 +48,7 @@ class RunSettings(BaseSettings):
     rightsizing_interval_s: float = Field(default=300.0, gt=0, description="how often right-sizing is recomputed")
     usage: UsageSettings = UsageSettings()
     rightsizing: RightSizingSettings = RightSizingSettings()
+    rightsizing_metrics_cap: int = Field(default=50, ge=0, description="per-pod right-sizing series, at most")
     identity: str = Field(default_factory=_default_identity)
     controller: ControllerSettings = ControllerSettings()
     kube: KubeSettings = KubeSettings()
