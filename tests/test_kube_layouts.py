@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,3 +122,14 @@ def test_conservative_layouts_lock_every_gpu_that_may_hold_a_pod(config: str, po
         if {i.profile for i in gpu.instances} & set(pods):
             assert any(i.pod in locked_by for i in gpu.instances), gpu
         assert all(i.pod is None or i.pod in locked_by for i in gpu.instances)
+
+
+def test_a_mig_disabled_gpu_that_a_pod_may_use_whole_keeps_the_node_out_of_planning() -> None:
+    recorded = (Path(__file__).parent / "data" / "h100-80gb-agent-annotation.json").read_text()
+    labels = {**LABELS, "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.count": "1"}
+    idle = resolve_layout("h1", labels, {GPU_REPORT_ANNOTATION: recorded}, None, [], None)
+    assert [(g.model, g.instances) for g in idle.gpus] == [("H100-80GB", [])]  # the real H100's report
+    whole = [HeldDevices(pod="a/trainer", requests={"nvidia.com/gpu": 1})]
+    with pytest.raises(MigoptError, match="MIG disabled and a pod may use it whole"):
+        resolve_layout("h1", {**labels, "nvidia.com/mig.config": "all-disabled"}, {GPU_REPORT_ANNOTATION: recorded},
+                       None, whole, None)  # fmt: skip

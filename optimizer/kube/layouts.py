@@ -32,6 +32,7 @@ from solver.profiles import MIG_RESOURCE_PREFIX, profile_from_resource
 from solver.snapshot import GPU_RESOURCE, PRODUCT_LABEL, STRATEGY_LABEL, GpuState, InstanceState
 
 COUNT_LABEL = "nvidia.com/gpu.count"
+WHOLE_GPU_IN_USE = "a GPU has MIG disabled and a pod may use it whole"
 UNATTRIBUTED_PRIORITY = 2_000_000_000  # above every user priority: the planner never displaces such a stand-in
 
 
@@ -100,6 +101,8 @@ def from_report(report: NodeGpuReport, node: str, held: Sequence[HeldDevices]) -
     """Exact placements. Busy devices the report names no pod for are held by stand-ins (GPU locked)."""
     if report.error is not None:
         raise MigoptError(f"node agent reports an error: {report.error}")
+    if any(not g.mig_current for g in report.gpus) and any(GPU_RESOURCE in h.requests for h in held):
+        raise MigoptError(WHOLE_GPU_IN_USE)
     known = {h.pod for h in held}
     gpus, unattributed = [], []
     for gpu in sorted(report.gpus, key=lambda g: g.index):
@@ -157,7 +160,7 @@ def from_config(
     model = node_model(labels)
     maps = configured_maps(labels, config, model)
     if any(devices is None for devices in maps.values()) and any(GPU_RESOURCE in h.requests for h in held):
-        raise MigoptError("a GPU has MIG disabled and a pod may use it whole")
+        raise MigoptError(WHOLE_GPU_IN_USE)
     layouts: dict[int, list[InstanceState]] = {}
     for index, devices in sorted(maps.items()):
         layout = find_layout(model, devices or {}) if devices else []
