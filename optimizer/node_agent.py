@@ -130,19 +130,17 @@ def run_loop(agent: NodeAgent, interval_s: float, once: bool, wait: Callable[[fl
 def kubernetes_writer(node: str, kubeconfig: Path | None) -> Writer:
     """Merge-patch the report annotation onto the node (RBAC: `patch` on `nodes`)."""
     try:
-        from kubernetes import client, config
+        from kubernetes import client
+
+        from optimizer.kube.api import REQUEST_TIMEOUT, make_api_client
     except ImportError as err:  # pragma: no cover - the dependency is declared
         raise MigoptError("the kubernetes package is needed to patch the node (or use --dry-run)") from err
-    if kubeconfig is not None:
-        config.load_kube_config(config_file=str(kubeconfig))
-    else:
-        config.load_incluster_config()
-    api = client.CoreV1Api()
+    api = client.CoreV1Api(make_api_client(str(kubeconfig) if kubeconfig is not None else None))
 
     def write(value: str) -> None:
         body = {"metadata": {"annotations": {GPU_REPORT_ANNOTATION: value}}}
         try:
-            api.patch_node(node, body, _content_type="application/merge-patch+json")
+            api.patch_node(node, body, _content_type="application/merge-patch+json", _request_timeout=REQUEST_TIMEOUT)
         except client.ApiException as err:
             raise MigoptError(f"patch node {node}: HTTP {err.status} {err.reason}") from None
         except Exception as err:  # connection refused, TLS, timeouts: retried next interval

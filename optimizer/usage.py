@@ -255,7 +255,8 @@ class PrometheusUsage:
         """Which MIG device each running pod holds now: the Kubernetes adapter's fallback when the kubelet's
         pod-resources answer is not at hand. Empty when Prometheus is unavailable."""
         fresh = self.settings.fresh
-        answers = self._guarded([f'last_over_time({GR_ENGINE_ACTIVE}{{{MIG_ONLY},pod!=""}}[{fresh}])'])
+        # no `pod!=""` here: exporters run with --use-old-namespace label `pod_name`; `_holder` reads either
+        answers = self._guarded([f"last_over_time({GR_ENGINE_ACTIVE}{{{MIG_ONLY}}}[{fresh}])"])
         if isinstance(answers, str):
             self._report(False, answers)
             return []

@@ -133,3 +133,17 @@ def test_a_mig_disabled_gpu_that_a_pod_may_use_whole_keeps_the_node_out_of_plann
     with pytest.raises(MigoptError, match="MIG disabled and a pod may use it whole"):
         resolve_layout("h1", {**labels, "nvidia.com/mig.config": "all-disabled"}, {GPU_REPORT_ANNOTATION: recorded},
                        None, whole, None)  # fmt: skip
+
+
+def test_a_pod_the_report_does_not_place_is_never_left_on_a_gpu_that_looks_free() -> None:
+    """No pod-resources socket (pods unnamed) and an idle pod (no process): its device still counts as held."""
+    idle = [HeldDevices(pod="a/notebook", requests={"nvidia.com/mig-3g.20gb": 1})]
+    text = report({}, busy=set()).replace('"pod_resources":true', '"pod_resources":false')
+    locked = resolve_layout("n1", LABELS, {GPU_REPORT_ANNOTATION: text}, None, idle, None)
+    assert locked.source is LayoutSource.CONSERVATIVE
+    assert locked.guessed == ["a/notebook"]
+    assert any(i.pod for i in locked.gpus[0].instances)  # the only GPU with 3g.20gb instances is locked
+    placed = resolve_layout("n1", LABELS, {GPU_REPORT_ANNOTATION: text}, None, idle,
+                            [DeviceHolder(node="n1", gpu=0, profile="3g.20gb", pod="a/notebook")])  # fmt: skip
+    assert placed.source is LayoutSource.PROMETHEUS and placed.guessed == []
+    assert [i.pod for i in placed.gpus[0].instances] == ["a/notebook", None]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-import types
-from typing import Any
+from pathlib import Path
 
 import pynvml
 import pytest
@@ -218,25 +216,21 @@ def test_pod_resources_trouble_is_a_warning_not_an_error() -> None:
     assert socket_owners("/nonexistent/kubelet.sock")() is None  # the socket is optional
 
 
-def test_the_kubernetes_write_is_a_merge_patch_of_one_annotation(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[Any] = []
+def test_the_kubernetes_write_patches_one_annotation_of_its_node(tmp_path: Path) -> None:
+    """Against the twin's API facade with the real client: the annotation lands, nothing else changes."""
+    from simulations.twin.api import TwinApiServer, write_kubeconfig
+    from tests.kube_fixtures import cluster
 
-    class Api:
-        def patch_node(self, name: str, body: Any, **kwargs: Any) -> None:
-            calls.append((name, body, kwargs))
-
-    class ApiException(Exception):
-        pass
-
-    fake_client = types.SimpleNamespace(CoreV1Api=Api, ApiException=ApiException)
-    fake_config = types.SimpleNamespace(load_incluster_config=lambda: calls.append("in-cluster"))
-    monkeypatch.setitem(sys.modules, "kubernetes", types.SimpleNamespace(client=fake_client, config=fake_config))
-    kubernetes_writer("n1", None)('{"version":1}')
-    assert calls == [
-        "in-cluster",
-        ("n1", {"metadata": {"annotations": {GPU_REPORT_ANNOTATION: '{"version":1}'}}},
-         {"_content_type": "application/merge-patch+json"}),
-    ]  # fmt: skip
+    with TwinApiServer(cluster(1), speed=0, agent_annotations=False) as server:
+        labels_before = dict(server.twin.node("node-0").labels)
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
+        kubernetes_writer("node-0", kubeconfig)('{"version":1}')
+        node = server.twin.node("node-0")
+        assert node.annotations == {GPU_REPORT_ANNOTATION: '{"version":1}'}
+        assert node.labels == labels_before
+        assert server.core.requests[("patch", "nodes")] == 1
+        with pytest.raises(MigoptError, match="node-9"):
+            kubernetes_writer("node-9", kubeconfig)('{"version":1}')  # a node that does not exist: one line
 
 
 def test_cli_dry_run_prints_the_annotation(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from optimizer.actuation import Phase, is_active, phase_of
 from optimizer.agent_report import GPU_REPORT_ANNOTATION
 from optimizer.cluster_port import ClusterPort, EvictionOutcome
-from optimizer.kube.api import ApiCaller, ApiError, raw_json
+from optimizer.kube.api import REQUEST_TIMEOUT, ApiCaller, ApiError, raw_json
 from optimizer.kube.events import EventRecorder
 from optimizer.kube.informer import Informer, wait_all_synced
 from optimizer.kube.layouts import (
@@ -111,7 +111,12 @@ class KubeClusterPort:
         )
         self.configmaps = Informer("configmaps", list_config, self.caller, watch_timeout_s=timeout)
         self.informers = [self.nodes, self.pods, self.pdbs, self.configmaps]
-        self.events = EventRecorder(self.core.create_namespaced_event, self.caller, instance=instance, qps=s.event_qps)
+        self.events = EventRecorder(
+            partial(self.core.create_namespaced_event, _request_timeout=REQUEST_TIMEOUT),
+            self.caller,
+            instance=instance,
+            qps=s.event_qps,
+        )
         self._holders = holders
         self._parsed: tuple[str, MigPartedConfig | None] | None = None
         self._reported: set[tuple[str, str]] = set()
@@ -270,7 +275,9 @@ class KubeClusterPort:
         response = self.caller(
             "patch",
             "nodes",
-            lambda: self.core.patch_node(node, body, _content_type=MERGE_PATCH, _preload_content=False),
+            lambda: self.core.patch_node(
+                node, body, _content_type=MERGE_PATCH, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            ),
             idempotent=True,
         )
         self.nodes.apply(raw_json(response))
@@ -283,7 +290,9 @@ class KubeClusterPort:
             self.caller(
                 "create",
                 "pods/eviction",
-                lambda: self.core.create_namespaced_pod_eviction(name, namespace or "default", body),
+                lambda: self.core.create_namespaced_pod_eviction(
+                    name, namespace or "default", body, _request_timeout=REQUEST_TIMEOUT
+                ),
                 allow=(404, 429),
                 idempotent=True,
             )
@@ -315,7 +324,12 @@ class KubeClusterPort:
                 call = partial(self.core.replace_namespaced_config_map, s.mig_config_name, s.mig_config_namespace, body)
                 verb, allow = "update", (409,)
             try:
-                response = self.caller(verb, "configmaps", partial(call, _preload_content=False), allow=allow)
+                response = self.caller(
+                    verb,
+                    "configmaps",
+                    partial(call, _preload_content=False, _request_timeout=REQUEST_TIMEOUT),
+                    allow=allow,
+                )
             except ApiException:
                 continue  # someone else wrote it first (409): read again
             self.configmaps.apply(raw_json(response))
@@ -329,7 +343,7 @@ class KubeClusterPort:
                 "get",
                 "configmaps",
                 lambda: self.core.read_namespaced_config_map(
-                    s.mig_config_name, s.mig_config_namespace, _preload_content=False
+                    s.mig_config_name, s.mig_config_namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
                 ),
                 allow=(404,),
             )

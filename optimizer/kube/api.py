@@ -27,6 +27,8 @@ from solver.errors import MigoptError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# (connect, read) seconds for every call but watches: a half-open connection must fail, not hang the loop.
+REQUEST_TIMEOUT = (10.0, 60.0)
 
 
 class ApiError(MigoptError):

@@ -132,3 +132,6 @@ class EventRecorder:
         except ApiError as err:
             self.failed += 1
             log.debug("event not written: %s", err)
+        except Exception:  # best effort: the drain thread must outlive any one event
+            self.failed += 1
+            log.debug("event not written", exc_info=True)

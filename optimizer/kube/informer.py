@@ -24,7 +24,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from optimizer.kube.api import ApiCaller, raw_json
+from optimizer.kube.api import REQUEST_TIMEOUT, ApiCaller, raw_json
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -161,7 +161,7 @@ class Informer:
 
     def _relist(self) -> None:
         self._caller.count("list", self.resource)
-        body = raw_json(self._list_call(_preload_content=False))
+        body = raw_json(self._list_call(_preload_content=False, _request_timeout=REQUEST_TIMEOUT))
         fresh = {object_key(o): o for o in body.get("items") or [] if self._keep(o)}
         with self._lock:
             self._objects = fresh
@@ -179,6 +179,8 @@ class Informer:
             timeout_seconds=self._watch_timeout_s,
             allow_watch_bookmarks=True,
             _preload_content=False,
+            # the server ends the watch after timeout_seconds; a read silent for longer means a dead connection
+            _request_timeout=(REQUEST_TIMEOUT[0], self._watch_timeout_s + 30),
         )
         self._response = response
         try:

@@ -97,15 +97,28 @@ def held_profiles(labels: Mapping[str, str], held: Sequence[HeldDevices]) -> Cou
     return counts
 
 
-def from_report(report: NodeGpuReport, node: str, held: Sequence[HeldDevices]) -> NodeLayout:
-    """Exact placements. Busy devices the report names no pod for are held by stand-ins (GPU locked)."""
+def from_report(
+    report: NodeGpuReport,
+    node: str,
+    labels: Mapping[str, str],
+    held: Sequence[HeldDevices],
+    holders: Sequence[DeviceHolder] | None,
+) -> NodeLayout:
+    """Exact placements. A busy device the report names no pod for is held by a stand-in (GPU locked). A pod
+    bound to the node that the report does not place (no pod-resources socket, or a pod idle at the moment
+    NVML looked) is placed from dcgm's labels when they know every such pod, else locked conservatively: an
+    idle pod still holds its device, and its GPU must not be rebuilt under it."""
     if report.error is not None:
         raise MigoptError(f"node agent reports an error: {report.error}")
     if any(not g.mig_current for g in report.gpus) and any(GPU_RESOURCE in h.requests for h in held):
         raise MigoptError(WHOLE_GPU_IN_USE)
     known = {h.pod for h in held}
-    gpus, unattributed = [], []
+    layouts: dict[int, list[InstanceState]] = {}
+    models: dict[int, str] = {}
+    unattributed = []
     for gpu in sorted(report.gpus, key=lambda g: g.index):
+        if gpu.mig_current != gpu.mig_pending:
+            raise MigoptError(f"GPU {gpu.index} has a MIG mode change pending")
         model = load_catalog().model(gpu.pci_device_id)
         instances = []
         for n, inst in enumerate(sorted(gpu.instances, key=lambda i: i.start)):
@@ -114,10 +127,33 @@ def from_report(report: NodeGpuReport, node: str, held: Sequence[HeldDevices]) -
                 pod = unattributed_holder(node, gpu.index, n)
                 unattributed.append(pod)
             instances.append(InstanceState(profile=model.profile(inst.profile).name, start=inst.start, pod=pod))
-        if gpu.mig_current != gpu.mig_pending:
-            raise MigoptError(f"GPU {gpu.index} has a MIG mode change pending")
-        gpus.append(GpuState(index=gpu.index, model=model.key, instances=instances))
-    return NodeLayout(source=LayoutSource.AGENT, gpus=gpus, unattributed=unattributed)
+        layouts[gpu.index], models[gpu.index] = instances, model.key
+    placed = {i.pod for instances in layouts.values() for i in instances}
+    missing = [h for h in held if h.requests and h.pod not in placed]
+    source, guessed = LayoutSource.AGENT, list[str]()
+    if missing:
+        source, guessed, stand_ins = _attach_unplaced(node, layouts, labels, missing, holders)
+        unattributed += stand_ins
+    gpus = [GpuState(index=i, model=models[i], instances=layouts[i]) for i in sorted(layouts)]
+    return NodeLayout(source=source, gpus=gpus, guessed=guessed, unattributed=unattributed)
+
+
+def _attach_unplaced(
+    node: str,
+    layouts: dict[int, list[InstanceState]],
+    labels: Mapping[str, str],
+    pods: Sequence[HeldDevices],
+    holders: Sequence[DeviceHolder] | None,
+) -> tuple[LayoutSource, list[str], list[str]]:
+    """Place pods bound to the node that no GPU names yet: exactly from dcgm when it knows all of them, else
+    conservatively. Returns the source that placed them, the pods only guessed, and the stand-ins added."""
+    wanted = {h.pod for h in pods}
+    mapped = [h for h in holders or [] if h.pod in wanted]
+    if holders is not None and {h.pod for h in mapped} == wanted:
+        _attach_exact(layouts, mapped)
+        return LayoutSource.PROMETHEUS, [], []
+    guessed, stand_ins = _attach_conservatively(node, layouts, labels, pods)
+    return LayoutSource.CONSERVATIVE, guessed, stand_ins
 
 
 def configured_maps(
@@ -167,15 +203,7 @@ def from_config(
         if layout is None:
             raise MigoptError(f"config gives GPU {index} an infeasible map {devices}")
         layouts[index] = [InstanceState(profile=i.profile, start=i.start) for i in layout]
-    bound = {h.pod for h in held}
-    mapped = [h for h in holders or [] if h.pod in bound]
-    exact = holders is not None and {h.pod for h in mapped} == {h.pod for h in held if h.requests}
-    if exact:
-        _attach_exact(layouts, mapped)
-        source, guessed, unattributed = LayoutSource.PROMETHEUS, list[str](), list[str]()
-    else:
-        guessed, unattributed = _attach_conservatively(node, layouts, labels, held)
-        source = LayoutSource.CONSERVATIVE
+    source, guessed, unattributed = _attach_unplaced(node, layouts, labels, [h for h in held if h.requests], holders)
     gpus = [GpuState(index=i, model=model.key, instances=layouts[i]) for i in sorted(layouts)]
     return NodeLayout(source=source, gpus=gpus, guessed=guessed, unattributed=unattributed)
 
@@ -194,9 +222,9 @@ def _attach_exact(layouts: dict[int, list[InstanceState]], mapped: Sequence[Devi
 def _attach_conservatively(
     node: str, layouts: dict[int, list[InstanceState]], labels: Mapping[str, str], held: Sequence[HeldDevices]
 ) -> tuple[list[str], list[str]]:
-    """On every GPU with an instance of a profile held on the node, mark as many of those instances held as the
-    node holds of it (real pods first, then unattributed): every such GPU is locked, and free capacity is only
-    over-estimated where the same profile sits on several GPUs."""
+    """On every GPU with a free instance of a profile these pods hold, mark as many of those instances held as
+    they hold of it (real pods first, then stand-ins): every GPU that may be where they are is locked, and free
+    capacity is only over-estimated where the same profile sits on several GPUs."""
     counts = held_profiles(labels, held)
     pods_by_profile: dict[str, list[str]] = defaultdict(list)
     for h in sorted(held, key=lambda h: h.pod):
@@ -206,7 +234,7 @@ def _attach_conservatively(
     unattributed: list[str] = []
     for index, instances in sorted(layouts.items()):
         for profile, n_held in counts.items():
-            slots = [k for k, i in enumerate(instances) if i.profile == profile][:n_held]
+            slots = [k for k, i in enumerate(instances) if i.profile == profile and i.pod is None][:n_held]
             for k in slots:
                 if pods_by_profile[profile]:
                     pod = pods_by_profile[profile].pop(0)
@@ -231,7 +259,7 @@ def resolve_layout(
     if not text:
         return from_config(node, labels, config, held, holders)
     try:
-        return from_report(parse_report(text, node), node, held)
+        return from_report(parse_report(text, node), node, labels, held, holders)
     except MigoptError as agent_error:
         try:
             return from_config(node, labels, config, held, holders)

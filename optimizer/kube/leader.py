@@ -21,7 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, Field, model_validator
 
-from optimizer.kube.api import ApiCaller, ApiError, raw_json
+from optimizer.kube.api import REQUEST_TIMEOUT, ApiCaller, ApiError, raw_json
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class LeaderElector:
 
     def step(self) -> bool:
         """Acquire or renew once; returns whether this candidate leads now."""
+        started = self._clock()  # the renewTime written is taken before the request: measure from here too
         try:
             leads = self._try()
         except ApiError as err:
@@ -91,7 +92,7 @@ class LeaderElector:
         else:
             self._last_error = None
         if leads:
-            self._renewed_at = self._clock()
+            self._renewed_at = started
         self._set_leader(self.is_leader() if not leads else True)
         return self.is_leader()
 
@@ -114,7 +115,10 @@ class LeaderElector:
                 "metadata": {"name": s.lease_name, "namespace": s.lease_namespace},
                 "spec": self._spec(now_text, now_text, 0),
             }
-            return self._write("create", lambda: self._api.create_namespaced_lease(s.lease_namespace, body))
+            return self._write(
+                "create",
+                lambda: self._api.create_namespaced_lease(s.lease_namespace, body, _request_timeout=REQUEST_TIMEOUT),
+            )
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         record = (holder, str(spec.get("renewTime") or ""))
@@ -146,13 +150,21 @@ class LeaderElector:
             response = self._caller(
                 "get",
                 "leases",
-                lambda: self._api.read_namespaced_lease(s.lease_name, s.lease_namespace, _preload_content=False),
+                lambda: self._api.read_namespaced_lease(
+                    s.lease_name, s.lease_namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+                ),
                 allow=(404,),
             )
         except ApiException:
             return None
         body: dict[str, Any] = raw_json(response)
         return body
+
+    def _replace(self, lease: dict[str, Any]) -> Any:
+        s = self.settings
+        return self._api.replace_namespaced_lease(
+            s.lease_name, s.lease_namespace, lease, _request_timeout=REQUEST_TIMEOUT
+        )
 
     def _write(self, verb: str, call: Callable[[], Any]) -> bool:
         try:
@@ -172,7 +184,7 @@ class LeaderElector:
             if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
                 return
             lease["spec"] = {**lease["spec"], "holderIdentity": None, "leaseDurationSeconds": 1}
-            self._write("update", lambda: self._api.replace_namespaced_lease(s.lease_name, s.lease_namespace, lease))
+            self._write("update", lambda: self._replace(lease))
         except ApiError as err:
             log.warning("lease=%s release failed: %s", s.lease_name, err)
 

@@ -8,6 +8,7 @@ never allowed to spoil the snapshot of everyone else.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from pydantic import ValidationError
@@ -127,7 +128,7 @@ def owner_kinds(pod: Obj) -> set[str]:
     return {ref.get("kind", "") for ref in (pod.get("metadata") or {}).get("ownerReferences") or []}
 
 
-def running_pod(pod: Obj, unevictable: Iterable[str] = ()) -> RunningPod:
+def running_pod(pod: Obj, unevictable: AbstractSet[str] = frozenset()) -> RunningPod:
     """What evicting a pod would cost. DaemonSet and static (mirror) pods are never evicted: their controller
     would put them straight back on the same node; nor are pods that opt out or whose budget allows no disruption."""
     meta = pod.get("metadata") or {}
@@ -137,7 +138,7 @@ def running_pod(pod: Obj, unevictable: Iterable[str] = ()) -> RunningPod:
         "DaemonSet" not in owner_kinds(pod)
         and MIRROR_ANNOTATION not in annotations
         and annotations.get(NOT_EVICTABLE_ANNOTATION, "true").lower() != "false"
-        and name not in set(unevictable)
+        and name not in unevictable
     )
     return RunningPod(name=name, priority=int((pod.get("spec") or {}).get("priority") or 0), evictable=evictable)
 

@@ -103,6 +103,9 @@ class Runner:
         except MigoptError as err:
             self.failed_passes += 1
             log.error("reconcile pass failed: %s", err)
+        except Exception:  # an object shape nobody foresaw must not crash-loop the controller: log, count, go on
+            self.failed_passes += 1
+            log.exception("reconcile pass failed unexpectedly")
         self.passes += 1
         self.last_pass_at = time.monotonic()
 
