@@ -36,6 +36,7 @@ CORDONED = PREFIX + "cordoned-by-migopt"
 ATTEMPTS = PREFIX + "attempts"
 EXPECTED = PREFIX + "expected-resources"
 RETRY_AT = PREFIX + "retry-at"
+LABEL_AFTER = PREFIX + "label-after"
 
 
 class Phase(StrEnum):
@@ -57,6 +58,12 @@ class ActuationSettings(BaseModel):
     eviction_backoff_s: float = Field(default=10.0, gt=0, description="first wait after a 429, doubled each time")
     apply_timeout_s: float = Field(default=900.0, gt=0, description="a mig-manager run stuck longer than this fails")
     max_retries: int = Field(default=2, ge=0, description="relabel retries after mig-manager reports failed")
+    config_propagation_s: float = Field(
+        default=90.0,
+        ge=0,
+        description="wait this long after writing a new config entry before a label names it: mig-manager reads "
+        "the ConfigMap through a volume that kubelet refreshes only every sync period plus cache TTL (spec §1.7)",
+    )
 
 
 class NodeChange(BaseModel):
@@ -67,6 +74,7 @@ class NodeChange(BaseModel):
     config_name: str
     evict: list[str]
     expected: dict[str, int]  # MIG resource -> allocatable count once applied
+    new_entry: bool = False  # the config entry was just written: wait for it to reach mig-manager's volume
 
 
 def phase_of(node: NodeState) -> Phase | None:
@@ -92,6 +100,7 @@ def start(port: ClusterPort, change: NodeChange, settings: ActuationSettings) ->
             EXPECTED: json.dumps(change.expected, sort_keys=True),
             DEADLINE: str(port.now() + settings.eviction_timeout_s),
             RETRY_AT: None,
+            LABEL_AFTER: str(port.now() + settings.config_propagation_s) if change.new_entry else None,
         },
     )
     port.record_event("Node", change.node, "MigReconfigurationStarted", f"plan {change.plan_id}: {change.config_name}")
@@ -112,7 +121,9 @@ def advance(port: ClusterPort, node: NodeState, settings: ActuationSettings) -> 
     if phase is Phase.EVICTING:
         return _evict_step(port, node, settings, now)
     if phase is Phase.LABELLING:
-        port.patch_node(node.name, labels={MIG_CONFIG_LABEL: a[TARGET]})
+        if now < float(a.get(LABEL_AFTER) or 0):
+            return Phase.LABELLING  # the new entry may not be in mig-manager's copy of the ConfigMap yet
+        port.patch_node(node.name, labels={MIG_CONFIG_LABEL: a[TARGET]}, annotations={LABEL_AFTER: None})
         return _enter(port, node.name, Phase.APPLYING, now + settings.apply_timeout_s)
     if phase is Phase.APPLYING:
         return _apply_step(port, node, settings, now)

@@ -146,6 +146,7 @@ class Controller:
         nodes = {n.name: n for n in snapshot.nodes}
         changes = []
         config = self._read_config()
+        existing = set(config.mig_configs)  # entries mig-manager may already have; new ones need time to reach it
         for name, gpus in sorted(by_node.items()):
             if not any(g.reconfigure for g in gpus):
                 continue
@@ -153,10 +154,18 @@ class Controller:
             models = {g.index: g.gpu_model for g in node.gpus}
             entries = node_entry([(g.index, models[g.index], g.target) for g in sorted(gpus, key=lambda g: g.index)])
             label = config_name(entries)
+            new_entry = label not in existing
             config = with_entry(config, label, entries)
             evict = sorted({pod for g in gpus for pod in g.evict})
             changes.append(
-                NodeChange(node=name, plan_id=plan_id, config_name=label, evict=evict, expected=_expected(node, gpus))
+                NodeChange(
+                    node=name,
+                    plan_id=plan_id,
+                    config_name=label,
+                    evict=evict,
+                    expected=_expected(node, gpus),
+                    new_entry=new_entry,
+                )
             )
         if not changes:
             return

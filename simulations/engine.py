@@ -13,6 +13,7 @@ from functools import partial
 
 from pydantic import BaseModel
 
+from optimizer.actuation import ActuationSettings
 from optimizer.cluster_port import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from optimizer.controller_observer import ControllerObserver
 from optimizer.migparted import render_config
@@ -94,6 +95,8 @@ def run_policy(
             batch_idle_s=knobs.batch_idle_s,
             batch_timeout_s=knobs.batch_timeout_s,
             policy=PlanPolicy(time_limit_s=knobs.time_limit_s, max_evictions=knobs.max_evictions),
+            # the twin's mig-manager reads the ConfigMap as written: no volume refresh to wait for
+            actuation=ActuationSettings(config_propagation_s=0),
         )
         controller = Controller(twin, settings, observer=observer)
     for pod in pods:

@@ -13,6 +13,7 @@ from typing import Any
 
 from kubernetes import client
 
+from optimizer.actuation import ActuationSettings
 from optimizer.kube.adapter import KubeClusterPort, KubeSettings
 from optimizer.kube.api import ApiCaller
 from optimizer.kube.informer import Informer
@@ -24,7 +25,10 @@ from solver.snapshot import parse_snapshot
 from tests.twin_fixtures import CONFIG, T
 
 LABELS = {"nvidia.com/mig.config": "all-3g", "nvidia.com/mig.config.state": "success"}
-ENFORCE = ControllerSettings(mode="enforce", batch_idle_s=0, batch_timeout_s=0)
+# the facade's mig-manager reads the ConfigMap as written: no kubelet volume refresh to wait for
+ENFORCE = ControllerSettings(
+    mode="enforce", batch_idle_s=0, batch_timeout_s=0, actuation=ActuationSettings(config_propagation_s=0)
+)
 
 
 def gpu(index: int, pods: dict[int, str] | None = None) -> dict[str, Any]:

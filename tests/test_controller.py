@@ -192,3 +192,19 @@ def test_a_pod_ignoring_eviction_is_asked_once_and_waited_for() -> None:
     assert len(asked) == 1  # one pod had to go, asked once, even while it lingered through its grace period
     assert twin.pod("high/big").phase == PodPhase.RUNNING
     converged(twin)
+
+
+def test_a_new_config_entry_is_not_named_by_a_label_before_it_can_reach_mig_manager() -> None:
+    """mig-manager reads the ConfigMap through a volume kubelet refreshes late (spec §1.7): the label waits."""
+    twin = cluster()
+    twin.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1}, priority=10)
+    controller = Controller(twin, settings(config_propagation_s=120))
+    run(twin, lambda: controller, 60)
+    node = twin.node("n0")
+    assert node.annotations[PHASE] == Phase.LABELLING  # drained (nothing to evict), waiting for the volume
+    assert node.labels[MIG_CONFIG_LABEL] == BALANCED
+    run(twin, lambda: Controller(twin, settings(config_propagation_s=120)), 600)  # restarts keep the wait
+    labelled_at = next(c.time for c in twin.label_log if c.key == MIG_CONFIG_LABEL and c.node == "n0")
+    assert labelled_at >= 120
+    assert twin.pod("team/big").phase == PodPhase.RUNNING
+    converged(twin)

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from optimizer.actuation import ActuationSettings
 from optimizer.kube.adapter import KubeClusterPort
 from optimizer.kube.api import ApiCaller
 from optimizer.kube.informer import Informer, object_key
@@ -421,7 +422,11 @@ def run_controller(server: TwinApiServer, settings: RunSettings) -> list[str]:
     port = KubeClusterPort(api, settings.kube, caller=caller, instance="migopt-controller-0")
     elector = LeaderElector(api, settings.leader, "migopt-controller-0", caller)
     controller = Controller(
-        port, ControllerSettings(mode="enforce", batch_idle_s=0, batch_timeout_s=0), may_act=elector.is_leader
+        port,
+        ControllerSettings(
+            mode="enforce", batch_idle_s=0, batch_timeout_s=0, actuation=ActuationSettings(config_propagation_s=0)
+        ),
+        may_act=elector.is_leader,
     )
 
     def converge(pods: list[str]) -> None:

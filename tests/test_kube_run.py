@@ -73,6 +73,7 @@ def start_controller(kubeconfig: Path, identity: str, log: Path, metrics_port: i
         "MIGOPT_IDENTITY": identity,
         "MIGOPT_CONTROLLER__BATCH_IDLE_S": "0",
         "MIGOPT_CONTROLLER__BATCH_TIMEOUT_S": "0",
+        "MIGOPT_CONTROLLER__ACTUATION__CONFIG_PROPAGATION_S": "0",  # the facade has no kubelet volume refresh
         "MIGOPT_LEADER__LEASE_DURATION_S": "3",
         "MIGOPT_LEADER__RENEW_DEADLINE_S": "2",
         "MIGOPT_LEADER__RETRY_PERIOD_S": "0.5",
