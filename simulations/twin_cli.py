@@ -33,6 +33,12 @@ def serve(
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Serve dcgm-exporter-shaped /metrics for its pods here.")
     ] = None,
+    config_refresh: Annotated[
+        float,
+        typer.Option(
+            "--config-refresh", min=0.0, help="Simulated seconds before mig-manager sees a ConfigMap write (kubelet)."
+        ),
+    ] = 60.0,
 ) -> None:
     """Serve the scenario's initial cluster until interrupted (SIGINT or SIGTERM)."""
     from simulations.engine import initial_cluster, workload_pods
@@ -40,10 +46,12 @@ def serve(
     from simulations.twin.api import TwinApiServer, write_kubeconfig
     from simulations.twin.cluster import Twin
     from simulations.twin.dcgm_exporter import serve_dcgm_exporter
+    from simulations.twin.mig_manager import MigManagerTimings
 
     chosen = load_scenario(scenario) if scenario else default_scenario()
     snapshot, config_text = initial_cluster(chosen, chosen.cluster.initial_config)
-    twin = Twin.from_snapshot(snapshot, config_text, seed=chosen.seed)
+    timings = MigManagerTimings(config_refresh_s=config_refresh)  # a real cluster's volume refresh (spec §1.7)
+    twin = Twin.from_snapshot(snapshot, config_text, timings=timings, seed=chosen.seed)
     if workload:
         for pod in workload_pods(chosen):
             twin.clock.schedule(pod.arrival_s, partial(_arrive, twin, pod))

@@ -12,6 +12,7 @@ from optimizer.cluster_port import MIG_CONFIG_LABEL, MIG_STATE_LABEL, EvictionOu
 from optimizer.migparted import parse_config
 from optimizer.reconcile import Controller, ControllerSettings
 from simulations.twin import Twin
+from simulations.twin.mig_manager import MigManagerTimings
 from simulations.twin.state import PodPhase
 from solver.plan import Plan
 from solver.snapshot import ClusterSnapshot, GpuState, InstanceState, NodeState
@@ -208,3 +209,23 @@ def test_a_new_config_entry_is_not_named_by_a_label_before_it_can_reach_mig_mana
     assert labelled_at >= 120
     assert twin.pod("team/big").phase == PodPhase.RUNNING
     converged(twin)
+
+
+def _late_volume_cluster() -> Twin:
+    """As `cluster()`, but mig-manager sees a ConfigMap write only 60 s later (kubelet's volume refresh)."""
+    snapshot = cluster().snapshot()
+    return Twin.from_snapshot(snapshot, CONFIG, timings=MigManagerTimings(config_refresh_s=60))
+
+
+def test_labelling_before_the_volume_refresh_fails_and_waiting_for_it_does_not() -> None:
+    hasty = _late_volume_cluster()
+    hasty.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1}, priority=10)
+    run(hasty, lambda: Controller(hasty, settings(config_propagation_s=0)), 300)
+    assert any("selected mig-config not present" in run.message for run in hasty.mig_runs)
+    patient = _late_volume_cluster()
+    patient.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1}, priority=10)
+    controller = Controller(patient, settings(config_propagation_s=90))
+    run(patient, lambda: controller, 600)
+    assert [run.outcome for run in patient.mig_runs] == ["success"]
+    assert patient.pod("team/big").phase == PodPhase.RUNNING
+    converged(patient)

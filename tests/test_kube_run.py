@@ -73,7 +73,8 @@ def start_controller(kubeconfig: Path, identity: str, log: Path, metrics_port: i
         "MIGOPT_IDENTITY": identity,
         "MIGOPT_CONTROLLER__BATCH_IDLE_S": "0",
         "MIGOPT_CONTROLLER__BATCH_TIMEOUT_S": "0",
-        "MIGOPT_CONTROLLER__ACTUATION__CONFIG_PROPAGATION_S": "0",  # the facade has no kubelet volume refresh
+        # twin serve's mig-manager sees a ConfigMap write 60 simulated s late, 2 s at speed 30: wait 3 s
+        "MIGOPT_CONTROLLER__ACTUATION__CONFIG_PROPAGATION_S": "3",
         "MIGOPT_LEADER__LEASE_DURATION_S": "3",
         "MIGOPT_LEADER__RENEW_DEADLINE_S": "2",
         "MIGOPT_LEADER__RETRY_PERIOD_S": "0.5",
@@ -126,6 +127,8 @@ def test_two_enforcing_replicas_serve_pods_respect_budgets_and_hand_over(
         acting = [log for log in logs if "phase=" in log.read_text()]
         assert len(acting) == 1, "exactly one replica acted"
         assert "layout_sources agent=2" in acting[0].read_text()  # each plan says where GPU truth came from
+        runs = twin_state(url)["mig_runs"]
+        assert runs and all(r["outcome"] == "success" for r in runs)  # no label ran ahead of the ConfigMap volume
         evictions = twin_state(url)["evictions"]
         assert not any(e["pod"] == "team-a/train-0" and e["outcome"] == "evicted" for e in evictions)
         wait_for(lambda: not twin_state(url)["cordoned"], 60, "every node uncordoned")

@@ -10,6 +10,7 @@ and seed, a twin behaves identically.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -58,7 +59,7 @@ class _ManagerHost:
         self._twin._write_labels(node, patch)
 
     def read_mig_config(self) -> str | None:
-        return self._twin.read_mig_config()
+        return self._twin.mounted_mig_config()
 
     def is_stuck(self, node: str) -> bool:
         return node in self._twin.stuck_pending
@@ -102,6 +103,7 @@ class Twin:
         self._removed_nodes: dict[str, TwinNode] = {}  # gone from the cluster; their pending callbacks do nothing
         self._scheduled_at: tuple[int, ...] | None = None  # the state the last scheduling pass saw
         self._config_text = mig_config_text
+        self._config_writes: list[tuple[float, str | None]] = [(-math.inf, mig_config_text)]
         self._gpu_cache: GpuCache = {}
         self._nodes: dict[str, TwinNode] = {}
         for node in nodes:
@@ -194,11 +196,22 @@ class Twin:
         return self._config_text
 
     def write_mig_config(self, text: str) -> None:
+        self._set_config(text)
+
+    def mounted_mig_config(self) -> str | None:
+        """The ConfigMap as mig-manager's volume shows it now: the newest write at least `config_refresh_s` old."""
+        visible_at = self.now() - self.timings.config_refresh_s
+        seen = [text for written, text in self._config_writes if written <= visible_at]
+        self._config_writes = self._config_writes[len(seen) - 1 :] if seen else self._config_writes
+        return seen[-1] if seen else None
+
+    def _set_config(self, text: str | None) -> None:
         self._config_text = text
+        self._config_writes.append((self.now(), text))
 
     def delete_mig_config(self) -> None:
         """The ConfigMap is gone: mig-manager runs fail to read it until it is written again."""
-        self._config_text = None
+        self._set_config(None)
 
     def record_event(self, kind: Literal["Pod", "Node"], name: str, reason: str, message: str) -> None:
         self.events.append(RecordedEvent(time=self.now(), kind=kind, name=name, reason=reason, message=message))

@@ -47,6 +47,12 @@ class MigManagerTimings(BaseModel):
     pause_s: float = Field(default=30.0, ge=0, description="operand pods terminate after their labels pause")
     apply_per_gpu_s: float = Field(default=10.0, ge=0, description="mig-parted work on each GPU it changes")
     restore_s: float = Field(default=30.0, ge=0, description="operand pods start after their labels are restored")
+    config_refresh_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="mig-manager reads the ConfigMap through a volume kubelet refreshes periodically (spec §1.7): "
+        "a write reaches its runs this long later (0: at once)",
+    )
 
 
 class MigManagerHost(Protocol):
