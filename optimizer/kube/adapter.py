@@ -338,19 +338,9 @@ class KubeClusterPort:
 
     def _read_config_map(self) -> dict[str, Any] | None:
         s = self.settings
-        try:
-            response = self.caller(
-                "get",
-                "configmaps",
-                lambda: self.core.read_namespaced_config_map(
-                    s.mig_config_name, s.mig_config_namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-                ),
-                allow=(404,),
-            )
-        except ApiException:
-            return None
-        body: dict[str, Any] = raw_json(response)
-        return body
+        return self.caller.read_or_none(
+            "configmaps", partial(self.core.read_namespaced_config_map, s.mig_config_name, s.mig_config_namespace)
+        )
 
     def record_event(self, kind: Literal["Pod", "Node"], name: str, reason: str, message: str) -> None:
         self.events.record(kind, name, reason, message)

@@ -142,6 +142,20 @@ class ApiCaller:
             wait = min(wait * 2, self.max_backoff_s)
         raise AssertionError("unreachable")
 
+    def read_or_none(self, resource: str, read: Callable[..., Any]) -> dict[str, Any] | None:
+        """GET one object as a plain dict, under the failure policy; None when it does not exist (404)."""
+        try:
+            response = self(
+                "get",
+                resource,
+                lambda: read(_preload_content=False, _request_timeout=REQUEST_TIMEOUT),
+                allow=(404,),
+            )
+        except ApiException:
+            return None
+        body: dict[str, Any] = raw_json(response)
+        return body
+
     def _report_denied(self, verb: str, resource: str, message: str) -> None:
         with self._lock:
             first = (verb, resource) not in self._denied

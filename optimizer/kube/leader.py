@@ -15,13 +15,14 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, Field, model_validator
 
-from optimizer.kube.api import REQUEST_TIMEOUT, ApiCaller, ApiError, raw_json
+from optimizer.kube.api import REQUEST_TIMEOUT, ApiCaller, ApiError
 
 log = logging.getLogger(__name__)
 
@@ -146,19 +147,9 @@ class LeaderElector:
 
     def _read(self) -> dict[str, Any] | None:
         s = self.settings
-        try:
-            response = self._caller(
-                "get",
-                "leases",
-                lambda: self._api.read_namespaced_lease(
-                    s.lease_name, s.lease_namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-                ),
-                allow=(404,),
-            )
-        except ApiException:
-            return None
-        body: dict[str, Any] = raw_json(response)
-        return body
+        return self._caller.read_or_none(
+            "leases", partial(self._api.read_namespaced_lease, s.lease_name, s.lease_namespace)
+        )
 
     def _replace(self, lease: dict[str, Any]) -> Any:
         s = self.settings
