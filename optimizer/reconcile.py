@@ -32,6 +32,7 @@ from optimizer.migparted import (
     render_config,
     with_entry,
 )
+from optimizer.standard_configs import standard_config
 from solver.errors import MigoptError
 from solver.plan import GpuPlan, Plan, PlanPolicy
 from solver.planner import make_plan
@@ -170,6 +171,7 @@ class Controller:
         if not changes:
             return
         in_use = {n.labels[MIG_CONFIG_LABEL] for n in snapshot.nodes if MIG_CONFIG_LABEL in n.labels}
+        config = _restore_standard_names(config, in_use, snapshot)
         config = garbage_collect(config, in_use | {c.config_name for c in changes})
         self.port.write_mig_config(render_config(config))  # before any label names an entry
         for change in changes:
@@ -186,6 +188,20 @@ class Controller:
         except MigoptError as err:
             log.warning("owned mig-parted config is invalid, rewriting it: %s", err)
             return empty_config()
+
+
+def _restore_standard_names(config: MigPartedConfig, in_use: set[str], snapshot: ClusterSnapshot) -> MigPartedConfig:
+    """Nodes may be labelled with the operator's standard names (`all-1g.10gb`…): an entry for each must stay in
+    the file, or a mig-manager restart on such a node fails. Put back any that are missing (a ConfigMap found
+    broken and rewritten, or one that never had them), built for the cluster's GPU models."""
+    missing = in_use - set(config.mig_configs)
+    if not missing:
+        return config
+    models = sorted({g.gpu_model.key: g.gpu_model for n in snapshot.nodes for g in n.gpus}.items())
+    standard = standard_config([m for _, m in models]).mig_configs if models else {}
+    for name in sorted(missing & set(standard)):
+        config = with_entry(config, name, standard[name])
+    return config
 
 
 def _layouts(snapshot: ClusterSnapshot) -> tuple[tuple[str, str], ...]:

@@ -229,3 +229,22 @@ def test_labelling_before_the_volume_refresh_fails_and_waiting_for_it_does_not()
     assert [run.outcome for run in patient.mig_runs] == ["success"]
     assert patient.pod("team/big").phase == PodPhase.RUNNING
     converged(patient)
+
+
+def test_rewriting_a_broken_configmap_keeps_the_standard_names_nodes_are_labelled_with() -> None:
+    """n1 stays at all-balanced; if its mig-manager restarts, the name must still be in the file."""
+    twin = cluster(nodes=2)
+    twin.write_mig_config("version: v1\nmig-configs: [not, a, map")
+    twin.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1}, priority=10)
+    controller = Controller(twin, settings(config_propagation_s=0))
+    run(twin, lambda: controller, 600)
+    assert twin.pod("team/big").phase == PodPhase.RUNNING
+    text = twin.read_mig_config()
+    assert text is not None
+    config = parse_config(text)
+    labelled = {node.labels[MIG_CONFIG_LABEL] for node in twin.nodes.values()}
+    assert BALANCED in labelled and labelled <= set(config.mig_configs)
+    twin.restart_mig_manager("n1")
+    twin.advance(300)
+    assert twin.node("n1").labels[MIG_STATE_LABEL] == "success"
+    converged(twin)

@@ -161,3 +161,23 @@ def test_a_node_deleted_mid_change_leaves_the_rest_converging(server: TwinApiSer
     drive(controller, port, server, until=settled, on_step=delete_one_changing_node)
     assert deleted and deleted[0] not in server.twin.nodes
     assert not any(n.unschedulable for n in server.twin.nodes.values())
+
+
+def test_a_broken_owned_configmap_is_reported_once_and_rewritten(
+    server: TwinApiServer, port: KubeClusterPort, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client(server))
+    core.patch_namespaced_config_map(
+        "migopt-mig-config", "gpu-operator", {"data": {"config.yaml": "version: v1\nmig-configs: [not, a, map"}}
+    )
+    for n in range(7):
+        create_pod(api_client(server), f"infer-{n}", ONE_G)
+    caplog.set_level(logging.WARNING)
+    controller = Controller(port, ENFORCE)
+    drive(controller, port, server, until=lambda: served(server, [f"team-b/infer-{n}" for n in range(7)]))
+    text = core.read_namespaced_config_map("migopt-mig-config", "gpu-operator").data["config.yaml"]
+    assert "migopt-" in text and "[not, a, map" not in text
+    invalid = [r for r in caplog.records if "invalid" in r.getMessage() and "config" in r.getMessage()]
+    assert 1 <= len(invalid) <= 2  # the adapter's reading and the controller's rewrite, each once
