@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -151,8 +151,3 @@ def served(server: TwinApiServer, names: list[str]) -> bool:
     with server.lock:
         pods = server.twin.pods
         return all(n in pods and pods[n].phase == "Running" for n in names)
-
-
-def running_server(twin: Twin) -> Iterator[TwinApiServer]:
-    with TwinApiServer(twin, speed=0) as server:
-        yield server

@@ -72,7 +72,6 @@ class Informer:
         self._response: Any = None
         self._thread: threading.Thread | None = None
         self.resource_version: str | None = None
-        self.version = 0  # bumped on every change: a cheap "did anything change" for the reconcile loop
         self.relists = 0
         self.watch_restarts = 0
         self._failures = 0  # consecutive: reset by any successful list or watch event
@@ -98,11 +97,6 @@ class Informer:
         """Record an object the API returned for our own write."""
         with self._lock:
             self._put(obj)
-
-    def forget(self, key: str) -> None:
-        with self._lock:
-            if self._objects.pop(key, None) is not None:
-                self.version += 1
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -165,7 +159,6 @@ class Informer:
         fresh = {object_key(o): o for o in body.get("items") or [] if self._keep(o)}
         with self._lock:
             self._objects = fresh
-            self.version += 1
             self.resource_version = str(body["metadata"]["resourceVersion"])
         self.relists += 1
         self._recovered()
@@ -209,8 +202,7 @@ class Informer:
         version = (obj.get("metadata") or {}).get("resourceVersion")
         with self._lock:
             if event["type"] == "DELETED":
-                if self._objects.pop(object_key(obj), None) is not None:
-                    self.version += 1
+                self._objects.pop(object_key(obj), None)
             elif event["type"] in ("ADDED", "MODIFIED"):
                 self._put(obj)
             if version:
@@ -219,12 +211,10 @@ class Informer:
     def _put(self, obj: Obj) -> None:
         key = object_key(obj)
         if not self._keep(obj):
-            if self._objects.pop(key, None) is not None:
-                self.version += 1
+            self._objects.pop(key, None)
             return
         if _newer(obj, self._objects.get(key)):
             self._objects[key] = obj
-            self.version += 1
 
 
 def wait_all_synced(informers: list[Informer], timeout_s: float) -> bool:
