@@ -14,8 +14,11 @@ RUN python -m venv /opt/migopt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY solver ./solver
+COPY nvidia_protocol ./nvidia_protocol
 COPY optimizer ./optimizer
+COPY kubefacade ./kubefacade
 COPY simulations ./simulations
+COPY migopt ./migopt
 # Not editable: the package is copied into site-packages with its dependencies (all ship manylinux wheels, so no
 # compiler is needed), and byte-compiled here because the runtime root filesystem is read-only.
 RUN /opt/migopt/bin/pip install . \

@@ -21,9 +21,9 @@ from collections import Counter
 
 from kubernetes import client
 
+from optimizer.controller.reconcile import Controller, ControllerSettings
 from optimizer.kube.adapter import KubeClusterPort, KubeSettings
 from optimizer.kube.api import ApiCaller
-from optimizer.reconcile import Controller, ControllerSettings
 from simulations.engine import initial_cluster
 from simulations.scenario import ClusterShape, default_scenario
 from simulations.twin import Twin

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from optimizer.cli import main
+from migopt.cli import main
 
 
 @dataclass
@@ -34,6 +34,6 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> CliResult:
 
 
 def run_cli_process(*args: str) -> CliResult:
-    """Run `python -m optimizer` as a separate process: what a user's shell sees, tracebacks included."""
-    done = subprocess.run([sys.executable, "-m", "optimizer", *args], capture_output=True, text=True, timeout=60)
+    """Run `python -m migopt` as a separate process: what a user's shell sees, tracebacks included."""
+    done = subprocess.run([sys.executable, "-m", "migopt", *args], capture_output=True, text=True, timeout=60)
     return CliResult(done.returncode, done.stdout, done.stderr)

@@ -13,11 +13,11 @@ from typing import Any
 
 from kubernetes import client
 
-from optimizer.actuation import ActuationSettings
+from optimizer.actuators.mig_manager import ActuationSettings
+from optimizer.controller.reconcile import Controller, ControllerSettings
 from optimizer.kube.adapter import KubeClusterPort, KubeSettings
 from optimizer.kube.api import ApiCaller
 from optimizer.kube.informer import Informer
-from optimizer.reconcile import Controller, ControllerSettings
 from simulations.twin import Twin
 from simulations.twin.api import TwinApiServer
 from solver.errors import MigoptError

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from optimizer.actuation import CORDONED, PHASE, ActuationSettings, Phase, is_active
-from optimizer.cluster_port import MIG_CONFIG_LABEL, MIG_STATE_LABEL, EvictionOutcome
-from optimizer.migparted import parse_config
-from optimizer.reconcile import Controller, ControllerSettings
+from nvidia_protocol.migparted import parse_config
+from optimizer.actuators.mig_manager import CORDONED, PHASE, ActuationSettings, Phase, is_active
+from optimizer.controller.port import MIG_CONFIG_LABEL, MIG_STATE_LABEL, EvictionOutcome
+from optimizer.controller.reconcile import Controller, ControllerSettings
 from simulations.twin import Twin
 from simulations.twin.mig_manager import MigManagerTimings
 from simulations.twin.state import PodPhase

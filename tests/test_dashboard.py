@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from optimizer.metrics import MetricsObserver, serve_http
-from optimizer.reconcile import Controller, ControllerSettings
-from optimizer.rightsizing import RightSizingSettings, recommend
-from optimizer.usage import PrometheusUsage, UsageSettings
+from optimizer.controller.reconcile import Controller, ControllerSettings
+from optimizer.metrics.exporter import MetricsObserver, serve_http
+from optimizer.usage.prometheus import PrometheusUsage, UsageSettings
+from optimizer.usage.rightsizing import RightSizingSettings, recommend
 from simulations.twin.dcgm_exporter import DcgmExporter
 from tests.cli_runner import run_cli
 from tests.prometheus_server import PrometheusServer, prometheus

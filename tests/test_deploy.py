@@ -22,18 +22,18 @@ import pytest
 import yaml
 from kubernetes import client
 
-from optimizer.actuation import ActuationSettings
+from kubefacade.handler import ApiHandler, _verb
+from kubefacade.routes import parse_target
+from migopt.settings import RunSettings, load_settings
+from optimizer.actuators.mig_manager import ActuationSettings
+from optimizer.agent.node_agent import NodeAgent, kubernetes_writer
+from optimizer.controller.reconcile import Controller, ControllerSettings
 from optimizer.kube.adapter import KubeClusterPort
 from optimizer.kube.api import ApiCaller
 from optimizer.kube.informer import Informer, object_key
 from optimizer.kube.leader import LeaderElector
 from optimizer.kube.objects import pod_requests
-from optimizer.kube.settings import RunSettings, load_settings
-from optimizer.node_agent import NodeAgent, kubernetes_writer
-from optimizer.reconcile import Controller, ControllerSettings
 from simulations.twin.api import TwinApiServer, write_kubeconfig
-from simulations.twin.api.handler import ApiHandler, _verb
-from simulations.twin.api.routes import parse_target
 from tests.fake_nvml import FakeGpu, FakeInstance, FakeNvml
 from tests.twin_api_fixtures import small_twin
 

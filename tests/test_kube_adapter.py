@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from optimizer.actuation import PHASE, Phase
+from optimizer.actuators.mig_manager import PHASE, Phase
+from optimizer.controller.reconcile import Controller
 from optimizer.kube.adapter import KubeClusterPort
-from optimizer.reconcile import Controller
 from simulations.twin.api import FaultRule, TwinApiServer
 from tests.kube_fixtures import ENFORCE, adapter, api_client, cluster, create_pod, drive, served, settle
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optimizer.agent_report import GPU_REPORT_ANNOTATION, NodeGpuReport, ReportedGpu, ReportedInstance
+from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION, NodeGpuReport, ReportedGpu, ReportedInstance
+from nvidia_protocol.migparted import node_entry, parse_config, render_config, with_entry
 from optimizer.kube.layouts import DeviceHolder, HeldDevices, LayoutSource, resolve_layout
-from optimizer.migparted import node_entry, parse_config, render_config, with_entry
 from solver.catalog import load_catalog
 from solver.errors import MigoptError
 

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from optimizer.actuation import PHASE
+from optimizer.actuators.mig_manager import PHASE
+from optimizer.controller.reconcile import Controller
 from optimizer.kube.api import ApiCaller
 from optimizer.kube.leader import LeaderElector, LeaderSettings
-from optimizer.reconcile import Controller
 from simulations.twin.api import FaultRule, TwinApiServer
 from tests.kube_fixtures import ENFORCE, adapter, api_client, cluster, create_pod, settle
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from optimizer.kube.runner import Runner
-from optimizer.kube.settings import load_settings
+from migopt.run import Runner
+from migopt.settings import load_settings
 from simulations.twin.api import TwinApiServer, write_kubeconfig
 from simulations.twin.dcgm_exporter import serve_dcgm_exporter
 from tests.kube_fixtures import cluster

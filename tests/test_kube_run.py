@@ -53,7 +53,7 @@ def facade(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(SCENARIO)
     kubeconfig = tmp_path / "kubeconfig"
-    command = [sys.executable, "-m", "optimizer", "twin", "serve", str(scenario), "--speed", "30"]
+    command = [sys.executable, "-m", "migopt", "twin", "serve", str(scenario), "--speed", "30"]
     process = subprocess.Popen([*command, "--kubeconfig", str(kubeconfig)], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -79,7 +79,7 @@ def start_controller(kubeconfig: Path, identity: str, log: Path, metrics_port: i
         "MIGOPT_LEADER__RENEW_DEADLINE_S": "2",
         "MIGOPT_LEADER__RETRY_PERIOD_S": "0.5",
     }
-    command = [sys.executable, "-m", "optimizer", "run", "--mode", "enforce", "--kubeconfig", str(kubeconfig)]
+    command = [sys.executable, "-m", "migopt", "run", "--mode", "enforce", "--kubeconfig", str(kubeconfig)]
     command += ["--interval", "0.2", "--metrics-port", str(metrics_port)]
     return subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 

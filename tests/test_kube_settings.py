@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizer.kube.settings import load_settings
+from migopt.settings import load_settings
 from solver.errors import MigoptError
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import requests
 
-from optimizer.cluster_port import MIG_STATE_LABEL
-from optimizer.metrics import MetricsObserver, serve_http
-from optimizer.reconcile import Controller, ControllerSettings
-from optimizer.rightsizing import Recommendation
+from optimizer.controller.port import MIG_STATE_LABEL
+from optimizer.controller.reconcile import Controller, ControllerSettings
+from optimizer.metrics.exporter import MetricsObserver, serve_http
+from optimizer.usage.rightsizing import Recommendation
 from simulations.engine import run_policy, workload_pods
 from simulations.scenario import ClusterShape, Scenario, SyntheticSource
 from simulations.workloads import SyntheticWorkload

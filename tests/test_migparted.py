@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optimizer.migparted import (
+from nvidia_protocol.migparted import (
     MigConfigEntry,
     MigPartedConfig,
     config_name,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from optimizer.agent_report import GPU_REPORT_ANNOTATION, parse_report
-from optimizer.node_agent import NodeAgent, kubernetes_writer, read_report, run_loop, socket_owners
-from optimizer.nvml_layout import catalog_profile_name
+from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION, parse_report
+from optimizer.agent.node_agent import NodeAgent, kubernetes_writer, read_report, run_loop, socket_owners
+from optimizer.agent.nvml_layout import catalog_profile_name
 from solver.catalog import load_catalog
 from solver.errors import MigoptError
 from tests.cli_runner import run_cli
@@ -134,7 +134,7 @@ def test_a_failed_patch_is_retried_next_interval(caplog: pytest.LogCaptureFixtur
     written = Annotations()
     agent = NodeAgent(node(), written)
     written.down = True
-    with caplog.at_level(logging.WARNING, logger="optimizer.node_agent"):
+    with caplog.at_level(logging.WARNING, logger="optimizer.agent.node_agent"):
         first, second = agent.step(), agent.step()
     assert first.failed and second.failed and not written.values
     assert sum("HTTP 503" in r.getMessage() for r in caplog.records) == 1  # logged once, not every interval
@@ -154,7 +154,7 @@ def test_a_missing_driver_is_an_error_report_and_the_loop_goes_on(caplog: pytest
             del nvml.fail["nvmlInit"]  # the driver container finished loading the module
         return len(waits) == 4
 
-    with caplog.at_level(logging.WARNING, logger="optimizer.node_agent"):
+    with caplog.at_level(logging.WARNING, logger="optimizer.agent.node_agent"):
         last = run_loop(agent, 30.0, once=False, wait=wait)
     assert waits == [30.0] * 4
     assert [json.loads(v).get("error") for v in written.values] == [
@@ -182,7 +182,7 @@ def test_unreadable_processes_are_not_busy_and_warned_once(caplog: pytest.LogCap
     nvml = node()
     nvml.fail["nvmlDeviceGetComputeRunningProcesses"] = pynvml.NVML_ERROR_NOT_SUPPORTED  # e.g. no monitor capability
     agent = NodeAgent(nvml, Annotations())
-    with caplog.at_level(logging.WARNING, logger="optimizer.node_agent"):
+    with caplog.at_level(logging.WARNING, logger="optimizer.agent.node_agent"):
         result = agent.step()
         agent.step()
     assert result.report.error is None and not result.failed
@@ -235,7 +235,7 @@ def test_the_kubernetes_write_patches_one_annotation_of_its_node(tmp_path: Path)
 
 def test_cli_dry_run_prints_the_annotation(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     nvml = node()
-    monkeypatch.setattr("optimizer.node_agent.load_nvml", lambda: nvml)
+    monkeypatch.setattr("optimizer.agent.node_agent.load_nvml", lambda: nvml)
     result = run_cli(capsys, "agent", "--once", "--dry-run", "--pod-resources-socket", "/nonexistent.sock")
     assert result.code == 0
     printed = json.loads(result.out)

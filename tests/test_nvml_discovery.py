@@ -7,7 +7,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from optimizer.nvml_discovery import compare_gpu, read_gpus
+from optimizer.agent.nvml_discovery import compare_gpu, read_gpus
 from solver.catalog import load_catalog
 from solver.errors import MigoptError
 from tests.cli_runner import run_cli
@@ -163,11 +163,11 @@ def test_missing_driver_is_one_line() -> None:
 
 
 def test_cli_prints_the_comparison(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("optimizer.cli.load_nvml", lambda: fake_nvml(FakeGpu([("7g.40gb", 0)])))
+    monkeypatch.setattr("migopt.cli.load_nvml", lambda: fake_nvml(FakeGpu([("7g.40gb", 0)])))
     result = run_cli(capsys, "catalog", "--from-nvml")
     assert result.code == 0
     assert "A100-40GB" in result.out and "matches the catalog" in result.out
-    monkeypatch.setattr("optimizer.cli.load_nvml", lambda: fake_nvml(FakeGpu([]), tweak={"1g.5gb.max": 6}))
+    monkeypatch.setattr("migopt.cli.load_nvml", lambda: fake_nvml(FakeGpu([]), tweak={"1g.5gb.max": 6}))
     result = run_cli(capsys, "catalog", "--from-nvml", "-o", "json")
     assert result.code == 1
     assert '"field": "max_count"' in result.out

@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import pytest
 
-from optimizer.node_agent import NodeAgent, socket_owners
-from optimizer.pod_resources import SERVICE, list_mig_owners, messages, mig_uuid
+from optimizer.agent.node_agent import NodeAgent, socket_owners
+from optimizer.agent.pod_resources import SERVICE, list_mig_owners, messages, mig_uuid
 from solver.errors import MigoptError
 from tests.fake_nvml import FakeGpu, FakeInstance, FakeNvml
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from optimizer.agent_report import NodeGpuReport
-from optimizer.nvml_discovery import NvmlGpu, compare_gpu
+from nvidia_protocol.agent_report import NodeGpuReport
+from optimizer.agent.nvml_discovery import NvmlGpu, compare_gpu
 
 DATA = Path(__file__).parent / "data"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optimizer.rightsizing import RightSizingSettings, recommend, smallest_covering
-from optimizer.usage import InstanceUsage, UsageReport
+from optimizer.usage.prometheus import InstanceUsage, UsageReport
+from optimizer.usage.rightsizing import RightSizingSettings, recommend, smallest_covering
 from solver.catalog import GpuModel, Profile, load_catalog
 
 MODELS = load_catalog().models

@@ -22,7 +22,7 @@ policies: [optimal]
 def test_simulate_serves_its_metrics_until_interrupted(tmp_path: Path) -> None:
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(SCENARIO)
-    command = [sys.executable, "-m", "optimizer", "simulate", str(scenario), "--serve-metrics", "0", "-o", "json"]
+    command = [sys.executable, "-m", "migopt", "simulate", str(scenario), "--serve-metrics", "0", "-o", "json"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stderr is not None

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from optimizer.cluster_port import EvictionOutcome
+from optimizer.controller.port import EvictionOutcome
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
 from simulations.twin import PodPhase, SimClock, Twin
 from simulations.twin.labels import MIG_CONFIG_LABEL, PRODUCT_LABEL

@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from optimizer.agent_report import GPU_REPORT_ANNOTATION, parse_report
+from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION, parse_report
 from simulations.twin.api import FaultRequest, FaultRule, TwinApiServer
 from tests.twin_api_fixtures import ONE_G, THREE_G, kube_client, small_twin
 from tests.twin_fixtures import CONFIG

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from optimizer.metrics import MetricsObserver
-from optimizer.usage import PodDevice, PrometheusUsage, UsageSettings, parse_duration
+from optimizer.metrics.exporter import MetricsObserver
+from optimizer.usage.prometheus import PodDevice, PrometheusUsage, UsageSettings, parse_duration
 from simulations.twin.cluster import Twin
 from simulations.twin.dcgm_exporter import DcgmExporter
 from simulations.twin.labels import PAUSED
@@ -122,7 +122,7 @@ def _closed_port() -> int:
 def test_prometheus_down_is_unavailable_logged_once_and_exported(caplog: pytest.LogCaptureFixture) -> None:
     observer = MetricsObserver()
     port = PrometheusUsage(f"http://127.0.0.1:{_closed_port()}", on_status=observer.usage_status)
-    with caplog.at_level(logging.INFO, logger="optimizer.usage"):
+    with caplog.at_level(logging.INFO, logger="optimizer.usage.prometheus"):
         reports = [port.usage() for _ in range(3)]
         devices = port.pod_devices()
     assert all(not r.available and r.instances == [] and "unreachable" in (r.reason or "") for r in reports)
@@ -145,7 +145,7 @@ def test_prometheus_that_does_not_answer_times_out() -> None:
 def test_recovery_is_logged_once_and_sets_the_metric(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
     observer = MetricsObserver()
     port = PrometheusUsage(f"http://127.0.0.1:{_closed_port()}", on_status=observer.usage_status)
-    with caplog.at_level(logging.INFO, logger="optimizer.usage"):
+    with caplog.at_level(logging.INFO, logger="optimizer.usage.prometheus"):
         assert not port.usage().available
         port._client.url = cluster.prom.url  # the same port object, Prometheus back
         assert port.usage().available and port.usage().available

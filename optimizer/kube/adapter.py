@@ -19,9 +19,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, Field
 
-from optimizer.actuation import Phase, is_active, phase_of
-from optimizer.agent_report import GPU_REPORT_ANNOTATION
-from optimizer.cluster_port import ClusterPort, EvictionOutcome
+from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION
+from nvidia_protocol.migparted import MigPartedConfig, parse_config
+from optimizer.actuators.mig_manager import Phase, is_active, phase_of
+from optimizer.controller.port import ClusterPort, EvictionOutcome
 from optimizer.kube.api import REQUEST_TIMEOUT, ApiCaller, ApiError, raw_json
 from optimizer.kube.events import EventRecorder
 from optimizer.kube.informer import Informer, wait_all_synced
@@ -43,7 +44,6 @@ from optimizer.kube.objects import (
     pods_without_disruption_budget,
     running_pod,
 )
-from optimizer.migparted import MigPartedConfig, parse_config
 from solver.errors import MigoptError
 from solver.snapshot import PRODUCT_LABEL, ClusterSnapshot, NodeState, PendingPod, RunningPod
 
@@ -78,7 +78,7 @@ def _is_gpu_node(node: Mapping[str, Any]) -> bool:
 
 
 class KubeClusterPort:
-    """Implements `optimizer.cluster_port.ClusterPort`. `holders` (optional) is the Prometheus fallback: which
+    """Implements `optimizer.controller.port.ClusterPort`. `holders` (optional) is the Prometheus fallback: which
     (node, GPU, profile) each pod holds per dcgm-exporter, or None when Prometheus is not available."""
 
     def __init__(

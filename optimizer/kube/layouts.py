@@ -1,6 +1,6 @@
 """Which MIG instances each GPU of a node has, and which pod holds which: from the best source at hand.
 
-1. `agent`: the node agent's annotation (`optimizer.agent_report`): exact placements, busy flags, and the pod
+1. `agent`: the node agent's annotation (`nvidia_protocol.agent_report`): exact placements, busy flags, and the pod
    on each device when the kubelet pod-resources socket is mounted.
 2. `prometheus`: dcgm-exporter's `pod` labels give (GPU, profile) per pod; placements come from the node's
    `nvidia.com/mig.config` entry, laid out as mig-parted would.
@@ -21,10 +21,10 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from optimizer.agent_report import GPU_REPORT_ANNOTATION, NodeGpuReport, parse_report
-from optimizer.cluster_port import MIG_CONFIG_LABEL, MIG_STATE_LABEL
-from optimizer.migparted import MigPartedConfig, entry_applies
-from optimizer.standard_configs import standard_map
+from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION, NodeGpuReport, parse_report
+from nvidia_protocol.migparted import MigPartedConfig, entry_applies
+from nvidia_protocol.standard_configs import standard_map
+from optimizer.controller.port import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
 from solver.geometry import find_layout

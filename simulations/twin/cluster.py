@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Literal
 
-from optimizer.cluster_port import ClusterPort, EvictionOutcome
+from optimizer.controller.port import ClusterPort, EvictionOutcome
 from simulations.twin.clock import SimClock
 from simulations.twin.convert import GpuCache, load_pods, node_from_state, registered_resources, to_snapshot
 from simulations.twin.evictions import eviction_outcome
@@ -72,7 +72,7 @@ class _ManagerHost:
 
 
 class Twin:
-    """A digital twin of a MIG cluster; implements `optimizer.cluster_port.ClusterPort`.
+    """A digital twin of a MIG cluster; implements `optimizer.controller.port.ClusterPort`.
 
     Fault knobs: `stuck_pending` (node names whose mig-manager runs hang in `pending`, spec §7.1) and
     `restart_mig_manager`. Records for assertions: `evictions`, `events`, `label_log`, `mig_runs`, `log_lines`.

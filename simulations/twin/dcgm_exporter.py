@@ -15,7 +15,7 @@ import uuid
 from contextlib import AbstractContextManager
 from typing import Literal
 
-from optimizer.http_serve import Response, RunningServer, serve_routes
+from optimizer.metrics.http_serve import Response, RunningServer, serve_routes
 from simulations.twin.cluster import Twin
 from simulations.twin.labels import PAUSED
 from simulations.twin.state import TwinGpu, TwinInstance, TwinNode

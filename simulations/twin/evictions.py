@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from optimizer.cluster_port import EvictionOutcome
+from optimizer.controller.port import EvictionOutcome
 from simulations.twin.state import PodDisruptionBudget, PodPhase, TwinPod
 
 

@@ -5,7 +5,7 @@ Kept in one place so the mig-manager, the operand DaemonSets and GFD agree on sp
 
 from __future__ import annotations
 
-from optimizer.cluster_port import MIG_CONFIG_LABEL, MIG_STATE_LABEL
+from optimizer.controller.port import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from solver.snapshot import PRODUCT_LABEL, STRATEGY_LABEL
 
 __all__ = [

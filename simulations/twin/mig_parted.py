@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict
 
-from optimizer.migparted import MigConfigEntry, MigPartedConfig, entry_applies, parse_config
+from nvidia_protocol.migparted import MigConfigEntry, MigPartedConfig, entry_applies, parse_config
 from simulations.placement import ALL_ORDERINGS_FAILED, apply_map
 from simulations.twin.state import TwinGpu, TwinInstance, TwinNode
 from solver.catalog import GpuModel

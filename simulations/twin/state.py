@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from optimizer.cluster_port import EvictionOutcome
+from optimizer.controller.port import EvictionOutcome
 from solver.catalog import GpuModel, load_catalog
 from solver.snapshot import NodeSelectorTerm, Taint, Toleration
 

@@ -5,9 +5,9 @@ store for ConfigMaps, Leases, Events, Namespaces and PodDisruptionBudgets, with 
 and watch, so the `kubernetes` client, `kubectl` and the real controller can work against a simulated cluster.
 """
 
+from kubefacade.faults import FaultRequest, FaultRule, Faults
+from kubefacade.kubeconfig import write_kubeconfig
 from simulations.twin.api.bridge import ConfigMapRef
-from simulations.twin.api.faults import FaultRequest, FaultRule, Faults
-from simulations.twin.api.kubeconfig import write_kubeconfig
 from simulations.twin.api.server import TwinApiServer
 
 __all__ = ["ConfigMapRef", "FaultRequest", "FaultRule", "Faults", "TwinApiServer", "write_kubeconfig"]

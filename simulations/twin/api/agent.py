@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from optimizer.agent_report import NodeGpuReport, ReportedGpu, ReportedInstance
+from nvidia_protocol.agent_report import NodeGpuReport, ReportedGpu, ReportedInstance
 from simulations.twin.state import TwinNode
 
 DRIVER = "550.54.15"

@@ -18,8 +18,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from optimizer.cluster_port import EvictionOutcome
-from simulations.twin.api.errors import ApiError, invalid, not_found
+from kubefacade.errors import ApiError, invalid, not_found
+from kubefacade.objects import PDBS, min_available, namespace_object
+from kubefacade.selectors import match_labels_selector
+from kubefacade.store import ObjectStore, Stored
+from optimizer.controller.port import EvictionOutcome
 from simulations.twin.api.render import (
     DURATION_ANNOTATION,
     IGNORES_EVICTION_ANNOTATION,
@@ -29,14 +32,11 @@ from simulations.twin.api.render import (
     pod_object,
     split_name,
 )
-from simulations.twin.api.selectors import match_labels_selector
-from simulations.twin.api.store import ObjectStore, Stored
 from simulations.twin.cluster import Twin
 from simulations.twin.state import PodPhase, TwinPod
 from solver.errors import MigoptError
 from solver.snapshot import NodeSelectorTerm, Taint, Toleration
 
-PDBS = "poddisruptionbudgets.policy"
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _PodKey = tuple[object, ...]
 
@@ -203,6 +203,26 @@ class TwinBridge:
             self.store.put("configmaps", obj)
 
     # ---- store → twin: the owned ConfigMap --------------------------------------------------------------
+
+    # ---- the facade's backend protocol (kubefacade.backend.Backend) ----------------------------------------
+
+    owned = frozenset({"nodes", "pods"})
+
+    def create(self, resource: str, namespace: str, obj: dict[str, Any]) -> Stored:
+        if resource == "nodes":
+            raise ApiError(405, "the twin's nodes come from its scenario: nodes cannot be created through the facade")
+        return self.create_pod(namespace, obj)
+
+    def replace(self, resource: str, namespace: str, name: str, obj: Mapping[str, Any]) -> Stored:
+        return self.write_node(name, obj) if resource == "nodes" else self.write_pod(namespace, name, obj)
+
+    def delete(self, resource: str, namespace: str, name: str) -> Stored:
+        return self.delete_node(name) if resource == "nodes" else self.delete_pod(namespace, name)
+
+    def stored_changed(self, resource: str, namespace: str, name: str, obj: Mapping[str, Any] | None) -> None:
+        if resource == "configmaps" and self.is_mig_config(namespace, name):
+            self.config_written(obj)
+            self.sync()
 
     def is_mig_config(self, namespace: str, name: str) -> bool:
         return (namespace, name) == (self.mig_config.namespace, self.mig_config.name)
@@ -423,46 +443,3 @@ class TwinBridge:
                 updated = copy.deepcopy(stored.obj)
                 updated["status"] = status
                 self.store.put(PDBS, updated)
-
-
-def min_available(spec: Mapping[str, Any], expected: int) -> int:
-    """`minAvailable` or `expected - maxUnavailable`, integers or percentages (rounded up, as Kubernetes does)."""
-
-    def amount(value: Any) -> int:
-        if isinstance(value, str) and value.endswith("%"):
-            return math.ceil(expected * float(value[:-1]) / 100)
-        return int(value)
-
-    if spec.get("minAvailable") is not None:
-        return amount(spec["minAvailable"])
-    if spec.get("maxUnavailable") is not None:
-        return max(0, expected - amount(spec["maxUnavailable"]))
-    return 0
-
-
-def validate_pdb(obj: Mapping[str, Any]) -> None:
-    spec = obj.get("spec") or {}
-    name = obj["metadata"]["name"]
-    for field in ("minAvailable", "maxUnavailable"):
-        value = spec.get(field)
-        if value is None:
-            continue
-        ok = (isinstance(value, int) and value >= 0) or (isinstance(value, str) and re.fullmatch(r"\d+%", value))
-        if not ok:
-            raise invalid("PodDisruptionBudget", name, f"spec.{field}: Invalid value: {value!r}", group="policy")
-    if spec.get("minAvailable") is not None and spec.get("maxUnavailable") is not None:
-        raise invalid(
-            "PodDisruptionBudget", name, "spec: minAvailable and maxUnavailable cannot be both set", group="policy"
-        )
-    try:
-        match_labels_selector(spec.get("selector"))
-    except ApiError as err:
-        raise invalid("PodDisruptionBudget", name, f"spec.selector: {err.message}", group="policy") from None
-
-
-def namespace_object(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
-        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"},
-    }  # fmt: skip

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from optimizer.agent_report import GPU_REPORT_ANNOTATION
+from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION
 from simulations.twin.api.agent import node_report
 from simulations.twin.cluster import Twin
 from simulations.twin.state import PodPhase, TwinNode, TwinPod

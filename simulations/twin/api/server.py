@@ -17,12 +17,13 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from simulations.twin.api.bridge import ConfigMapRef, TwinBridge, namespace_object
-from simulations.twin.api.faults import FaultRequest, Faults
-from simulations.twin.api.handler import ApiCore, ApiHttpServer
-from simulations.twin.api.service import ApiService
+from kubefacade.faults import FaultRequest, Faults
+from kubefacade.handler import ApiCore, ApiHttpServer
+from kubefacade.objects import namespace_object
+from kubefacade.service import ApiService
+from kubefacade.store import ObjectStore
+from simulations.twin.api.bridge import ConfigMapRef, TwinBridge
 from simulations.twin.api.state import state_record
-from simulations.twin.api.store import ObjectStore
 from simulations.twin.cluster import Twin
 
 BASE_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")

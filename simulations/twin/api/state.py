@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from simulations.twin.api.faults import Faults
-from simulations.twin.api.store import ObjectStore
+from kubefacade.faults import Faults
+from kubefacade.store import ObjectStore
 from simulations.twin.cluster import Twin
 
 

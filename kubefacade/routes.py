@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulations.twin.api.errors import ApiError
-from simulations.twin.api.resources import Resource, find_resource
+from kubefacade.errors import ApiError
+from kubefacade.resources import Resource, find_resource
 
 
 @dataclass(frozen=True)

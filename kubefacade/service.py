@@ -1,9 +1,8 @@
 """The verbs on every served resource, independent of HTTP: get, list, create, update, patch, delete, evict.
 
-Nodes and pods are the twin's (reads come from the store the bridge keeps in sync; writes go to the twin
-through the bridge); the owned mig-parted ConfigMap is stored and mirrored into the twin; everything else
-(other ConfigMaps, Leases, Events, Namespaces, PodDisruptionBudgets) is a plain object store. Callers hold
-the server lock.
+Kinds the backend owns (the twin's nodes and pods) are read from the store the backend keeps in sync and
+written through the backend; everything else (ConfigMaps, Leases, Events, Namespaces, PodDisruptionBudgets) is a
+plain object store, and the backend hears of every write to it. Callers hold the server lock.
 """
 
 from __future__ import annotations
@@ -13,12 +12,13 @@ import json
 import secrets
 from typing import Any
 
-from simulations.twin.api.bridge import PDBS, TwinBridge, validate_pdb
-from simulations.twin.api.errors import ApiError, already_exists, bad_request, conflict, not_found
-from simulations.twin.api.patch import apply_patch
-from simulations.twin.api.resources import Resource
-from simulations.twin.api.selectors import object_matcher
-from simulations.twin.api.store import ObjectStore, Stored
+from kubefacade.backend import Backend
+from kubefacade.errors import ApiError, already_exists, bad_request, conflict, not_found
+from kubefacade.objects import PDBS, validate_pdb
+from kubefacade.patch import apply_patch
+from kubefacade.resources import Resource
+from kubefacade.selectors import object_matcher
+from kubefacade.store import ObjectStore, Stored
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -32,9 +32,9 @@ def parse_body(body: bytes) -> dict[str, Any]:
 
 
 class ApiService:
-    def __init__(self, store: ObjectStore, bridge: TwinBridge) -> None:
+    def __init__(self, store: ObjectStore, backend: Backend) -> None:
         self.store = store
-        self.bridge = bridge
+        self.backend = backend
 
     # ---- reads ------------------------------------------------------------------------------------------
 
@@ -88,10 +88,8 @@ class ApiService:
             raise already_exists(res.name, name, res.group)
         for field in ("resourceVersion", "uid", "creationTimestamp", "deletionTimestamp"):
             obj["metadata"].pop(field, None)
-        if res.key == "nodes":
-            raise ApiError(405, "the twin's nodes come from its scenario: nodes cannot be created through the facade")
-        if res.key == "pods":
-            return self.bridge.create_pod(namespace, obj)
+        if res.key in self.backend.owned:
+            return self.backend.create(res.key, namespace, obj)
         if res.key == PDBS:
             validate_pdb(obj)
         stored = self.store.put(res.key, obj)
@@ -116,10 +114,8 @@ class ApiService:
         return self._replace(res, namespace, name, current, obj)
 
     def _replace(self, res: Resource, namespace: str, name: str, current: Stored, obj: dict[str, Any]) -> Stored:
-        if res.key == "nodes":
-            return self.bridge.write_node(name, obj)
-        if res.key == "pods":
-            return self.bridge.write_pod(namespace, name, obj)
+        if res.key in self.backend.owned:
+            return self.backend.replace(res.key, namespace, name, obj)
         if res.key == PDBS:
             validate_pdb(obj)
         meta = obj["metadata"]
@@ -131,10 +127,8 @@ class ApiService:
         return stored
 
     def delete(self, res: Resource, namespace: str, name: str) -> Stored:
-        if res.key == "nodes":
-            return self.bridge.delete_node(name)
-        if res.key == "pods":
-            return self.bridge.delete_pod(namespace, name)
+        if res.key in self.backend.owned:
+            return self.backend.delete(res.key, namespace, name)
         current = self.get(res, namespace, name)
         self.store.delete(res.key, namespace, name)
         self._after_write(res, namespace, name, None)
@@ -142,9 +136,7 @@ class ApiService:
 
     def evict(self, namespace: str, name: str, body: bytes) -> None:
         parse_body(body)
-        self.bridge.evict(namespace, name)
+        self.backend.evict(namespace, name)
 
     def _after_write(self, res: Resource, namespace: str, name: str, stored: Stored | None) -> None:
-        if res.key == "configmaps" and self.bridge.is_mig_config(namespace, name):
-            self.bridge.config_written(stored.obj if stored else None)
-            self.bridge.sync()
+        self.backend.stored_changed(res.key, namespace, name, stored.obj if stored else None)

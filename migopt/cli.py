@@ -13,12 +13,12 @@ from typing import Annotated
 
 import typer
 
-from optimizer.http_serve import RunningServer
-from optimizer.node_agent import agent as agent_command
-from optimizer.nvml_discovery import compare_gpu, load_nvml, read_gpus
-from optimizer.render import Output, console, emit_data, format_map, render_plan, table
-from optimizer.snapshot_io import load_snapshot
-from simulations.twin_cli import twin_app
+from migopt.render import Output, console, emit_data, format_map, render_plan, table
+from migopt.snapshot_io import load_snapshot
+from migopt.twin_cli import twin_app
+from optimizer.agent.node_agent import agent as agent_command
+from optimizer.agent.nvml_discovery import compare_gpu, load_nvml, read_gpus
+from optimizer.metrics.http_serve import RunningServer
 from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
 from solver.geometry import explain_map, feasible_maps, find_layout, maximal_maps
@@ -227,7 +227,7 @@ def simulate(
         chosen = chosen.model_copy(update=update)
     observer = server = None
     if serve_metrics is not None:
-        from optimizer.metrics import MetricsObserver, serve_http
+        from optimizer.metrics.exporter import MetricsObserver, serve_http
 
         observer = MetricsObserver()
         server = serve_http(serve_metrics, observer.registry, healthy=lambda: True, ready=lambda: True)
@@ -272,8 +272,8 @@ def run(
     prometheus: Annotated[str | None, typer.Option("--prometheus", help="Prometheus URL (dcgm-exporter).")] = None,
 ) -> None:
     """Run the controller against a cluster (a Deployment's main process), until SIGTERM."""
-    from optimizer.kube.runner import run as run_controller
-    from optimizer.kube.settings import load_settings
+    from migopt.run import run as run_controller
+    from migopt.settings import load_settings
 
     settings = load_settings(
         config, mode=mode, kubeconfig=kubeconfig, context=context, interval_s=interval, metrics_port=metrics_port,
@@ -294,10 +294,10 @@ def snapshot(
     config: Annotated[Path | None, typer.Option("--config", help="Settings YAML (ConfigMap location).")] = None,
 ) -> None:
     """Write the live cluster as a snapshot for `migopt plan` and `migopt simulate`."""
+    from migopt.settings import load_settings
+    from migopt.snapshot_io import write_snapshot
     from optimizer.kube.adapter import KubeClusterPort
     from optimizer.kube.api import make_api_client
-    from optimizer.kube.settings import load_settings
-    from optimizer.snapshot_io import write_snapshot
 
     settings = load_settings(config, kubeconfig=kubeconfig, context=context)
     port = KubeClusterPort(make_api_client(settings.kubeconfig, settings.context), settings.kube)
@@ -342,9 +342,9 @@ def recommend(
     """Right-size running pods: the smallest MIG profile covering each one's usage (advice; evicts nothing)."""
     from pydantic import ValidationError
 
-    from optimizer.rightsizing import RightSizingSettings
-    from optimizer.rightsizing import recommend as right_size
-    from optimizer.usage import PrometheusUsage, UsageSettings
+    from optimizer.usage.prometheus import PrometheusUsage, UsageSettings
+    from optimizer.usage.rightsizing import RightSizingSettings
+    from optimizer.usage.rightsizing import recommend as right_size
 
     try:
         usage_settings = UsageSettings(window=window, percentile=percentile)

@@ -21,11 +21,11 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from optimizer.controller.reconcile import ControllerSettings
 from optimizer.kube.adapter import KubeSettings
 from optimizer.kube.leader import LeaderSettings
-from optimizer.reconcile import ControllerSettings
-from optimizer.rightsizing import RightSizingSettings
-from optimizer.usage import UsageSettings
+from optimizer.usage.prometheus import UsageSettings
+from optimizer.usage.rightsizing import RightSizingSettings
 from solver.errors import MigoptError, first_problem
 
 _settings_file: ContextVar[Path | None] = ContextVar("settings_file", default=None)

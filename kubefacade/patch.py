@@ -7,7 +7,7 @@ import copy
 import json
 from typing import Any
 
-from simulations.twin.api.errors import ApiError, bad_request
+from kubefacade.errors import ApiError, bad_request
 
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"

@@ -12,7 +12,7 @@ import logging
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from optimizer.usage import InstanceUsage, UsageReport
+from optimizer.usage.prometheus import InstanceUsage, UsageReport
 from solver.catalog import GpuModel, Profile, load_catalog
 from solver.errors import MigoptError
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from simulations.twin.api.errors import bad_request
+from kubefacade.errors import bad_request
 
 Matcher = Callable[[dict[str, Any]], bool]
 _SET = re.compile(r"^\s*(!?)([A-Za-z0-9._/-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")

@@ -16,16 +16,16 @@ from collections import Counter
 from collections.abc import Sequence
 from types import FrameType
 
-from optimizer.http_serve import RunningServer
+from migopt.settings import RunSettings
+from optimizer.controller.reconcile import Controller
 from optimizer.kube.adapter import KubeClusterPort
 from optimizer.kube.api import ApiCaller, make_api_client
 from optimizer.kube.layouts import DeviceHolder
 from optimizer.kube.leader import LeaderElector
-from optimizer.kube.settings import RunSettings
-from optimizer.metrics import MetricsObserver, serve_http
-from optimizer.reconcile import Controller
-from optimizer.rightsizing import recommend
-from optimizer.usage import PrometheusUsage
+from optimizer.metrics.exporter import MetricsObserver, serve_http
+from optimizer.metrics.http_serve import RunningServer
+from optimizer.usage.prometheus import PrometheusUsage
+from optimizer.usage.rightsizing import recommend
 from solver.errors import MigoptError
 
 log = logging.getLogger(__name__)

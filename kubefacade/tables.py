@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from simulations.twin.api.resources import Resource
-from simulations.twin.api.store import Stored
+from kubefacade.resources import Resource
+from kubefacade.store import Stored
 
 Column = tuple[str, str, int, Callable[[dict[str, Any], datetime], Any]]
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from optimizer.nvml_common import (
+from optimizer.agent.nvml_common import (
     MIB,
     gpu_instance_infos,
     load_nvml,

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from simulations.twin.api.errors import ApiError
+from kubefacade.errors import ApiError
 
 Verb = Literal["get", "list", "watch", "create", "update", "patch", "delete", "*"]
 

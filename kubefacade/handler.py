@@ -18,14 +18,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import ValidationError
 
-from simulations.twin.api.errors import ApiError, bad_request, status_object
-from simulations.twin.api.faults import FaultRequest, Faults
-from simulations.twin.api.resources import SERVER_VERSION, api_group_list, api_versions, resource_list
-from simulations.twin.api.routes import Target, page_not_found, parse_target
-from simulations.twin.api.selectors import object_matcher
-from simulations.twin.api.service import ApiService
-from simulations.twin.api.store import ObjectStore, Stored, WatchEvent, dumps
-from simulations.twin.api.tables import table
+from kubefacade.errors import ApiError, bad_request, status_object
+from kubefacade.faults import FaultRequest, Faults
+from kubefacade.resources import SERVER_VERSION, api_group_list, api_versions, resource_list
+from kubefacade.routes import Target, page_not_found, parse_target
+from kubefacade.selectors import object_matcher
+from kubefacade.service import ApiService
+from kubefacade.store import ObjectStore, Stored, WatchEvent, dumps
+from kubefacade.tables import table
 
 log = logging.getLogger(__name__)
 _HEALTH = frozenset({"/healthz", "/livez", "/readyz"})

@@ -7,7 +7,7 @@ when the text changed, so node watchers are not woken every 30 s for nothing. A 
 becomes a report with `error` set, logged once, and the loop goes on.
 
 This module imports neither `kubernetes` nor `grpc` at module level, nor anything that pulls in OR-Tools, so
-`python -m optimizer.node_agent --once --dry-run` runs on a bare GPU machine with only pynvml, PyYAML,
+`python -m optimizer.agent.node_agent --once --dry-run` runs on a bare GPU machine with only pynvml, PyYAML,
 pydantic and typer.
 """
 
@@ -25,9 +25,9 @@ from typing import Annotated, Any
 
 import typer
 
-from optimizer.agent_report import GPU_REPORT_ANNOTATION, NodeGpuReport
-from optimizer.nvml_common import load_nvml
-from optimizer.nvml_layout import read_layout
+from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION, NodeGpuReport
+from optimizer.agent.nvml_common import load_nvml
+from optimizer.agent.nvml_layout import read_layout
 from solver.errors import MigoptError
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def socket_owners(socket_path: str) -> PodOwners:
         if not Path(socket_path).exists():
             return None
         try:
-            from optimizer.pod_resources import list_mig_owners
+            from optimizer.agent.pod_resources import list_mig_owners
         except ImportError as err:
             raise MigoptError(f"pod-resources socket found but grpcio/protobuf missing: {err}") from None
         try:
@@ -206,7 +206,7 @@ def agent(
 
 
 def main() -> None:
-    """`python -m optimizer.node_agent`: the agent alone, without the rest of the CLI's imports."""
+    """`python -m optimizer.agent.node_agent`: the agent alone, without the rest of the CLI's imports."""
     level = os.environ.get("MIGOPT_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, stream=sys.stderr, format="level=%(levelname)s logger=%(name)s %(message)s")
     app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from simulations.twin.api.errors import ApiError
+from kubefacade.errors import ApiError
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 _UID_NAMESPACE = uuid.UUID("5f0e2a4c-6d1b-4e0b-9a55-6d6967747769")

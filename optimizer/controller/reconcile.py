@@ -19,10 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from optimizer.actuation import ActuationSettings, NodeChange, advance, is_active, start
-from optimizer.cluster_port import MIG_CONFIG_LABEL, ClusterPort
-from optimizer.controller_observer import ControllerObserver, ObservedPort
-from optimizer.migparted import (
+from nvidia_protocol.migparted import (
     MigPartedConfig,
     config_name,
     empty_config,
@@ -32,7 +29,10 @@ from optimizer.migparted import (
     render_config,
     with_entry,
 )
-from optimizer.standard_configs import standard_config
+from nvidia_protocol.standard_configs import standard_config
+from optimizer.actuators.mig_manager import ActuationSettings, NodeChange, advance, is_active, start
+from optimizer.controller.observer import ControllerObserver, ObservedPort
+from optimizer.controller.port import MIG_CONFIG_LABEL, ClusterPort
 from solver.errors import MigoptError
 from solver.plan import GpuPlan, Plan, PlanPolicy
 from solver.planner import make_plan

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal, Protocol
 
-from optimizer.cluster_port import ClusterPort, EvictionOutcome
+from optimizer.controller.port import ClusterPort, EvictionOutcome
 from solver.plan import Plan
 from solver.snapshot import ClusterSnapshot
 
@@ -24,7 +24,7 @@ class ControllerObserver(Protocol):
         ...
 
     def event_recorded(self, kind: Literal["Pod", "Node"], name: str, reason: str, message: str) -> None:
-        """A Kubernetes Event the controller recorded (reasons `Mig*`, see `optimizer.actuation`)."""
+        """A Kubernetes Event the controller recorded (reasons `Mig*`, see `optimizer.actuators.mig_manager`)."""
         ...
 
 

@@ -12,8 +12,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from optimizer.agent_report import ReportedGpu, ReportedInstance
-from optimizer.nvml_common import MIB, gpu_instance_infos, mig_mode, pci_device_id, profile_infos, profile_name, text
+from nvidia_protocol.agent_report import ReportedGpu, ReportedInstance
+from optimizer.agent.nvml_common import (
+    MIB,
+    gpu_instance_infos,
+    mig_mode,
+    pci_device_id,
+    profile_infos,
+    profile_name,
+    text,
+)
 from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
 

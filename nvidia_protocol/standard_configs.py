@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from optimizer.migparted import MigConfigEntry, MigPartedConfig
+from nvidia_protocol.migparted import MigConfigEntry, MigPartedConfig
 from solver.catalog import GpuModel
 from solver.errors import MigoptError
 from solver.geometry import max_alone

@@ -19,7 +19,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from optimizer.cluster_port import MIG_CONFIG_LABEL, MIG_STATE_LABEL, ClusterPort, EvictionOutcome
+from optimizer.controller.port import MIG_CONFIG_LABEL, MIG_STATE_LABEL, ClusterPort, EvictionOutcome
 from solver.profiles import MIG_RESOURCE_PREFIX
 from solver.snapshot import GPU_RESOURCE, NodeState
 

@@ -20,11 +20,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from optimizer.actuation import ACTIVE, PHASE, Phase
-from optimizer.cluster_port import MIG_CONFIG_LABEL, MIG_STATE_LABEL
-from optimizer.http_serve import Response, RunningServer, serve_routes
-from optimizer.migparted import config_name, node_entry
-from optimizer.rightsizing import Recommendation
+from nvidia_protocol.migparted import config_name, node_entry
+from optimizer.actuators.mig_manager import ACTIVE, PHASE, Phase
+from optimizer.controller.port import MIG_CONFIG_LABEL, MIG_STATE_LABEL
+from optimizer.metrics.http_serve import Response, RunningServer, serve_routes
+from optimizer.usage.rightsizing import Recommendation
 from solver.catalog import load_catalog
 from solver.errors import MigoptError
 from solver.plan import Plan, PlanStatus

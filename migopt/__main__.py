@@ -1,5 +1,5 @@
 """`python -m optimizer` runs the `migopt` CLI."""
 
-from optimizer.cli import main
+from migopt.cli import main
 
 main()
