@@ -13,11 +13,11 @@ from functools import partial
 
 from pydantic import BaseModel
 
+from nvidia_protocol.labels import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from nvidia_protocol.migparted import render_config
 from nvidia_protocol.standard_configs import standard_config, standard_map
 from optimizer.actuators.mig_manager import ActuationSettings
 from optimizer.controller.observer import ControllerObserver
-from optimizer.controller.port import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from optimizer.controller.reconcile import Controller, ControllerSettings
 from simulations.placement import apply_map
 from simulations.report import PodTimes, PolicyResult, Sample, percentile, time_weighted_allocation, waits

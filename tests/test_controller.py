@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from nvidia_protocol.labels import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from nvidia_protocol.migparted import parse_config
 from optimizer.actuators.mig_manager import CORDONED, PHASE, ActuationSettings, Phase, is_active
-from optimizer.controller.port import MIG_CONFIG_LABEL, MIG_STATE_LABEL, EvictionOutcome
+from optimizer.controller.port import EvictionOutcome
 from optimizer.controller.reconcile import Controller, ControllerSettings
 from simulations.twin import Twin
 from simulations.twin.mig_manager import MigManagerTimings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import requests
 
-from optimizer.controller.port import MIG_STATE_LABEL
+from nvidia_protocol.labels import MIG_STATE_LABEL
 from optimizer.controller.reconcile import Controller, ControllerSettings
 from optimizer.metrics.exporter import MetricsObserver, serve_http
 from optimizer.usage.rightsizing import Recommendation

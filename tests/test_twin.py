@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from nvidia_protocol.labels import MIG_CONFIG_LABEL, PRODUCT_LABEL
 from optimizer.controller.port import EvictionOutcome
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
 from simulations.twin import PodPhase, SimClock, Twin
-from simulations.twin.labels import MIG_CONFIG_LABEL, PRODUCT_LABEL
 from solver.errors import MigoptError
 from solver.planner import make_plan
 from solver.snapshot import Taint, Toleration, parse_snapshot

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from nvidia_protocol.labels import DEPLOY_LABELS, MIG_CONFIG_LABEL, MIG_STATE_LABEL, PAUSED
 from simulations.twin import PodPhase, Twin
-from simulations.twin.labels import DEPLOY_LABELS, MIG_CONFIG_LABEL, MIG_STATE_LABEL, PAUSED
 from solver.snapshot import parse_snapshot
 from tests.twin_fixtures import CONFIG, T
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from nvidia_protocol.labels import PAUSED
 from optimizer.metrics.exporter import MetricsObserver
 from optimizer.usage.prometheus import PodDevice, PrometheusUsage, UsageSettings, parse_duration
 from simulations.twin.cluster import Twin
 from simulations.twin.dcgm_exporter import DcgmExporter
-from simulations.twin.labels import PAUSED
 from simulations.twin.usage import UsageModel
 from solver.catalog import load_catalog
 from solver.errors import MigoptError

@@ -19,7 +19,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from optimizer.controller.port import MIG_CONFIG_LABEL, MIG_STATE_LABEL, ClusterPort, EvictionOutcome
+from nvidia_protocol.labels import MIG_CONFIG_LABEL, MIG_STATE_LABEL
+from optimizer.controller.port import ClusterPort, EvictionOutcome
 from solver.profiles import MIG_RESOURCE_PREFIX
 from solver.snapshot import GPU_RESOURCE, NodeState
 

@@ -12,9 +12,6 @@ from typing import Literal, Protocol
 
 from solver.snapshot import ClusterSnapshot
 
-MIG_CONFIG_LABEL = "nvidia.com/mig.config"
-MIG_STATE_LABEL = "nvidia.com/mig.config.state"
-
 
 class EvictionOutcome(StrEnum):
     """What the Eviction API answered."""

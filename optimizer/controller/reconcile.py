@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from nvidia_protocol.labels import MIG_CONFIG_LABEL
 from nvidia_protocol.migparted import (
     MigPartedConfig,
     config_name,
@@ -32,7 +33,7 @@ from nvidia_protocol.migparted import (
 from nvidia_protocol.standard_configs import standard_config
 from optimizer.actuators.mig_manager import ActuationSettings, NodeChange, advance, is_active, start
 from optimizer.controller.observer import ControllerObserver, ObservedPort
-from optimizer.controller.port import MIG_CONFIG_LABEL, ClusterPort
+from optimizer.controller.port import ClusterPort
 from solver.errors import MigoptError
 from solver.plan import GpuPlan, Plan, PlanPolicy
 from solver.planner import make_plan

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, Field
 
 from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION
+from nvidia_protocol.labels import MIG_CAPABLE_LABEL
 from nvidia_protocol.migparted import MigPartedConfig, parse_config
 from optimizer.actuators.mig_manager import Phase, is_active, phase_of
 from optimizer.controller.port import ClusterPort, EvictionOutcome
@@ -48,7 +49,6 @@ from solver.errors import MigoptError
 from solver.snapshot import PRODUCT_LABEL, ClusterSnapshot, NodeState, PendingPod, RunningPod
 
 log = logging.getLogger(__name__)
-MIG_CAPABLE_LABEL = "nvidia.com/mig.capable"
 MERGE_PATCH = "application/merge-patch+json"
 
 

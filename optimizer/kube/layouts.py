@@ -22,16 +22,15 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict
 
 from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION, NodeGpuReport, parse_report
+from nvidia_protocol.labels import COUNT_LABEL, MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from nvidia_protocol.migparted import MigPartedConfig, entry_applies
 from nvidia_protocol.standard_configs import standard_map
-from optimizer.controller.port import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
 from solver.geometry import find_layout
 from solver.profiles import MIG_RESOURCE_PREFIX, profile_from_resource
 from solver.snapshot import GPU_RESOURCE, PRODUCT_LABEL, STRATEGY_LABEL, GpuState, InstanceState
 
-COUNT_LABEL = "nvidia.com/gpu.count"
 WHOLE_GPU_IN_USE = "a GPU has MIG disabled and a pod may use it whole"
 UNATTRIBUTED_PRIORITY = 2_000_000_000  # above every user priority: the planner never displaces such a stand-in
 

@@ -20,9 +20,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from nvidia_protocol.labels import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from nvidia_protocol.migparted import config_name, node_entry
 from optimizer.actuators.mig_manager import ACTIVE, PHASE, Phase
-from optimizer.controller.port import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from optimizer.metrics.http_serve import Response, RunningServer, serve_routes
 from optimizer.usage.rightsizing import Recommendation
 from solver.catalog import load_catalog

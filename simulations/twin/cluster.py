@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Literal
 
+from nvidia_protocol.labels import CLIENT_DEPLOY_LABEL, DEPLOY_LABELS, MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from optimizer.controller.port import ClusterPort, EvictionOutcome
 from simulations.twin.clock import SimClock
 from simulations.twin.convert import GpuCache, load_pods, node_from_state, registered_resources, to_snapshot
 from simulations.twin.evictions import eviction_outcome
-from simulations.twin.labels import CLIENT_DEPLOY_LABEL, DEPLOY_LABELS, MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from simulations.twin.mig_manager import MigManager, MigManagerTimings
 from simulations.twin.operands import NodeOperands
 from simulations.twin.scheduler import Scheduler

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
+from nvidia_protocol.labels import OPERATOR_DEFAULTED_LABELS
 from simulations.twin.device_plugin import DevicePlugin
-from simulations.twin.labels import OPERATOR_DEFAULTED_LABELS
 from simulations.twin.state import DeviceRef, PodSpec, TwinGpu, TwinInstance, TwinNode
 from simulations.twin.workload import PodStore, as_pending
 from solver.profiles import MIG_RESOURCE_PREFIX, resource_name

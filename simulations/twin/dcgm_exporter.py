@@ -15,13 +15,12 @@ import uuid
 from contextlib import AbstractContextManager
 from typing import Literal
 
+from nvidia_protocol.labels import DCGM_EXPORTER_DEPLOY_LABEL, PAUSED
 from optimizer.metrics.http_serve import Response, RunningServer, serve_routes
 from simulations.twin.cluster import Twin
-from simulations.twin.labels import PAUSED
 from simulations.twin.state import TwinGpu, TwinInstance, TwinNode
 from simulations.twin.usage import UsageModel
 
-DCGM_EXPORTER_DEPLOY_LABEL = "nvidia.com/gpu.deploy.dcgm-exporter"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _HELP = {
     "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "Ratio of time the graphics engine is active.",

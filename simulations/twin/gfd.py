@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from nvidia_protocol.labels import COUNT_LABEL, MIG_CAPABLE_LABEL, PRODUCT_LABEL, STRATEGY_LABEL, mig_count_label
 from simulations.twin.device_plugin import single_layout
-from simulations.twin.labels import COUNT_LABEL, MIG_CAPABLE_LABEL, PRODUCT_LABEL, STRATEGY_LABEL, mig_count_label
 from simulations.twin.state import TwinNode
 
 _MIG_PREFIX = "nvidia.com/mig-"

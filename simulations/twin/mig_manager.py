@@ -20,9 +20,9 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nvidia_protocol.labels import CLIENT_DEPLOY_LABEL, DEPLOY_LABELS, MIG_CONFIG_LABEL, MIG_STATE_LABEL, PAUSED
 from nvidia_protocol.migparted import MigConfigEntry
 from simulations.twin.clock import SimClock
-from simulations.twin.labels import CLIENT_DEPLOY_LABEL, DEPLOY_LABELS, MIG_CONFIG_LABEL, MIG_STATE_LABEL, PAUSED
 from simulations.twin.mig_parted import (
     MigPartedError,
     apply_config,

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from functools import partial
 
+from nvidia_protocol.labels import DEVICE_PLUGIN_DEPLOY_LABEL, GFD_DEPLOY_LABEL
 from simulations.twin.clock import EventHandle, SimClock
 from simulations.twin.device_plugin import DevicePlugin
 from simulations.twin.gfd import FeatureDiscovery
-from simulations.twin.labels import DEVICE_PLUGIN_DEPLOY_LABEL, GFD_DEPLOY_LABEL
 from simulations.twin.state import TwinNode
 
 LabelWriter = Callable[[str, Mapping[str, str | None]], None]
