@@ -21,6 +21,7 @@ from collections import Counter
 
 from kubernetes import client
 
+from optimizer.actuators.mig_manager import MigManagerActuator
 from optimizer.controller.reconcile import Controller, ControllerSettings
 from optimizer.kube.adapter import KubeClusterPort, KubeSettings
 from optimizer.kube.api import ApiCaller
@@ -69,6 +70,7 @@ def main() -> None:
         controller = Controller(
             port,
             ControllerSettings(mode="recommend", batch_idle_s=0, batch_timeout_s=0, policy=PlanPolicy(time_limit_s=10)),
+            actuator=MigManagerActuator(),
         )
         controller.tick()  # nothing pending: no plan
         with server.lock:

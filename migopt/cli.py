@@ -23,7 +23,7 @@ from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
 from solver.geometry import explain_map, feasible_maps, find_layout, maximal_maps
 from solver.plan import PlanPolicy
-from solver.planner import PolicyName, make_plan
+from solver.policies import get_planner
 
 app = typer.Typer(
     name="migopt",
@@ -170,10 +170,12 @@ def plan(
         int, typer.Option("--protect-priority", help="Never evict pods at or above this priority.")
     ] = PlanPolicy().protect_priority,
     output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+    dump_model: Annotated[
+        Path | None, typer.Option("--dump-model", help="Write the CP-SAT model of the first solve here, as text.")
+    ] = None,
 ) -> None:
     """Plan the MIG geometry of every GPU for the pending pods of a snapshot."""
-    if policy not in ("optimal", "greedy"):
-        raise MigoptError(f"unknown --policy {policy!r}: expected optimal or greedy")
+    planner = get_planner(policy)
     if time_limit <= 0 or (max_evictions is not None and max_evictions < 0):
         raise MigoptError("--time-limit must be positive and --max-evictions non-negative")
     if max_reconfigurations is not None and max_reconfigurations < 0:
@@ -184,8 +186,7 @@ def plan(
         max_reconfigurations=max_reconfigurations,
         protect_priority=protect_priority,
     )
-    name: PolicyName = "greedy" if policy == "greedy" else "optimal"
-    result = make_plan(load_snapshot(snapshot), knobs, name)
+    result = planner(load_snapshot(snapshot), knobs, dump_model=dump_model)
     if output is Output.table:
         render_plan(result)
     else:
@@ -212,19 +213,25 @@ def simulate(
     from rich.progress import Progress
 
     from simulations.engine import run_scenario
+    from simulations.policies import check_simulation_policy
     from simulations.report import plot
     from simulations.scenario import TraceSource, default_scenario, load_scenario
 
+    if replay not in (None, "inflate", "timed"):
+        raise MigoptError(f"unknown --replay {replay!r}: expected inflate or timed")
+    if replay is not None and trace is None:
+        raise MigoptError("--replay applies to a trace: give --trace CSV too")
     chosen = load_scenario(scenario) if scenario else default_scenario()
     update: dict[str, object] = {}
     if trace is not None:
-        if replay not in (None, "inflate", "timed"):
-            raise MigoptError(f"unknown --replay {replay!r}: expected inflate or timed")
         update["workload"] = TraceSource(path=str(trace), replay=replay)
-    if policies:
-        update["policies"] = [p.strip() for p in policies.split(",") if p.strip()]
+    if policies is not None:
+        names = [check_simulation_policy(p.strip()) for p in policies.split(",") if p.strip()]
+        if not names:
+            raise MigoptError("--policies is empty: name at least one policy")
+        update["policies"] = names
     if update:
-        chosen = chosen.model_copy(update=update)
+        chosen = chosen.model_copy(update=update)  # every value above is checked: the flags' own errors
     observer = server = None
     if serve_metrics is not None:
         from optimizer.metrics.exporter import MetricsObserver, serve_http

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from migopt.settings import RunSettings
+from optimizer.actuators.mig_manager import MigManagerActuator
 from optimizer.controller.reconcile import Controller
 from optimizer.kube.adapter import KubeClusterPort
 from optimizer.kube.api import ApiCaller, make_api_client
@@ -57,7 +58,11 @@ class Runner:
         )
         controller_settings = settings.controller.model_copy(update={"mode": settings.mode})  # one place: `mode`
         self.controller = Controller(
-            self.port, controller_settings, observer=self.metrics, may_act=self.elector.is_leader
+            self.port,
+            controller_settings,
+            actuator=MigManagerActuator(controller_settings.actuation),
+            observer=self.metrics,
+            may_act=self.elector.is_leader,
         )
         self.passes = 0
         self.failed_passes = 0

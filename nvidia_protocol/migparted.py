@@ -39,6 +39,15 @@ _ENTRY_KEYS |= {"device_filter": "device-filter"}
 _ALLOWED_ENTRY_KEYS = frozenset(_ENTRY_KEYS.values())
 _DEVICE_ID = re.compile(r"^0x[0-9A-Fa-f]{8}(?::0x[0-9A-Fa-f]{8})?$")
 _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
+_INT64_MAX = 2**63 - 1  # mig-parted decodes into Go ints: anything larger fails to unmarshal
+_GO_YAML_NON_STRING = re.compile(
+    r"^(?:[yYnN]|yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF|true|True|TRUE|false|False|FALSE|~|null|Null|NULL"
+    r"|[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?0x[0-9a-fA-F_]+|[-+]?0o?[0-7_]+|[-+]?0b[01_]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+"""Plain scalars go-yaml v2 (mig-parted's reader) resolves to a bool, null, int or float: written unquoted, a
+config name such as `y` or `1e3` would come back as `true` or `1000` (PyYAML's YAML 1.1 rules keep some of
+these strings, so the renderer must quote them itself)."""
 
 
 def _text(value: object) -> str:
@@ -59,6 +68,8 @@ def _check_devices(value: object) -> None:
         return
     if not isinstance(value, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in value):
         raise ValueError(f"invalid input for 'devices': {_text(value)} (expected 'all' or a list of integers)")
+    if any(abs(i) > _INT64_MAX for i in value):
+        raise ValueError(f"invalid input for 'devices': {_text(value)} (a device index beyond a 64-bit integer)")
 
 
 def _check_device_filter(value: object) -> None:
@@ -83,10 +94,12 @@ def _check_mig_devices(value: object) -> None:
         try:
             if not isinstance(name, str) or name != name.strip():
                 raise MigoptError(f"malformed MIG profile {_text(name)!r}")
-            parse_profile(name)
+            parsed = parse_profile(name)
+            if max(parsed.gpu_slices, parsed.compute_slices, parsed.memory_gb) > _INT64_MAX:
+                raise MigoptError("a number beyond a 64-bit integer")
         except MigoptError as err:
             raise ValueError(f"{where}: invalid format for '{_text(name)}': {err}") from None
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= _INT64_MAX:
             raise ValueError(f"{where}: invalid count for '{name}': {_text(count)} (expected an integer >= 0)")
     if value and not any(value.values()):
         raise ValueError(f"{where}: all counts for all MigProfiles are 0")
@@ -166,6 +179,8 @@ class MigPartedConfig(BaseModel):
             raise ValueError(f"invalid input for 'mig-configs': {_text(configs)} (expected a map of name to entries)")
         named: dict[str, Any] = {}
         for key, entries in configs.items():
+            if key is None:  # JSON has no null key: mig-parted's YAML-to-JSON conversion fails on it
+                raise ValueError("invalid input for 'mig-configs': a config name is null")
             name = _text(key)  # YAML keys become JSON strings in mig-parted
             if entries is None or entries == []:
                 raise ValueError(f"at least one entry in '{name}' is required")
@@ -245,7 +260,21 @@ def render_config(config: MigPartedConfig) -> str:
             name: [_entry_data(e) for e in config.mig_configs[name]] for name in sorted(config.mig_configs)
         },
     }
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True, width=1 << 16)
+    return yaml.dump(
+        data, Dumper=_GoSafeDumper, sort_keys=False, default_flow_style=None, allow_unicode=True, width=1 << 16
+    )
+
+
+class _GoSafeDumper(yaml.SafeDumper):
+    """SafeDumper that quotes every string mig-parted's YAML reader would not read back as that string."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "'" if _GO_YAML_NON_STRING.match(value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_GoSafeDumper.add_representer(str, _represent_str)
 
 
 def node_entry(gpus: Sequence[tuple[int, GpuModel, Mapping[str, int] | None]]) -> list[MigConfigEntry]:

@@ -16,10 +16,12 @@ from pydantic import BaseModel
 from nvidia_protocol.labels import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from nvidia_protocol.migparted import render_config
 from nvidia_protocol.standard_configs import standard_config, standard_map
-from optimizer.actuators.mig_manager import ActuationSettings
+from optimizer.actuators.mig_manager import MigManagerActuator
+from optimizer.controller.actuator import ActuationSettings
 from optimizer.controller.observer import ControllerObserver
 from optimizer.controller.reconcile import Controller, ControllerSettings
 from simulations.placement import apply_map
+from simulations.policies import static_config
 from simulations.report import PodTimes, PolicyResult, Sample, percentile, time_weighted_allocation, waits
 from simulations.scenario import Scenario, SyntheticSource
 from simulations.twin.cluster import Twin
@@ -81,24 +83,22 @@ def run_policy(
     """One policy on a fresh twin: the figures of `simulations.report`. `observer` (the metrics exporter) sees
     the controller's snapshots, plans and events."""
     started = time.perf_counter()
-    static = policy.startswith("static:")
-    snapshot, config_text = initial_cluster(
-        scenario, policy.removeprefix("static:") if static else scenario.cluster.initial_config
-    )
+    static = static_config(policy)
+    snapshot, config_text = initial_cluster(scenario, static or scenario.cluster.initial_config)
     twin = Twin.from_snapshot(snapshot, config_text, seed=scenario.seed)
     controller = None
-    if not static:
+    if static is None:
         knobs = scenario.controller
         settings = ControllerSettings(
             mode="enforce",
-            planner="greedy" if policy == "greedy" else "optimal",
+            planner=policy,
             batch_idle_s=knobs.batch_idle_s,
             batch_timeout_s=knobs.batch_timeout_s,
             policy=PlanPolicy(time_limit_s=knobs.time_limit_s, max_evictions=knobs.max_evictions),
             # the twin's mig-manager reads the ConfigMap as written: no volume refresh to wait for
             actuation=ActuationSettings(config_propagation_s=0),
         )
-        controller = Controller(twin, settings, observer=observer)
+        controller = Controller(twin, settings, actuator=MigManagerActuator(settings.actuation), observer=observer)
     for pod in pods:
         twin.clock.schedule(pod.arrival_s, _arrival(twin, pod))
     samples: list[Sample] = []

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from simulations.policies import check_simulation_policy
 from simulations.workloads import GpuMilliMapping, SyntheticWorkload
 from solver.catalog import load_catalog
 from solver.errors import MigoptError, first_problem
@@ -72,10 +73,7 @@ class Scenario(_Strict):
     @field_validator("policies")
     @classmethod
     def _policy_names(cls, policies: list[str]) -> list[str]:
-        for policy in policies:
-            if policy not in ("greedy", "optimal") and not policy.startswith("static:"):
-                raise ValueError(f"unknown policy {policy!r}: expected static:<config>, greedy or optimal")
-        return policies
+        return [check_simulation_policy(policy) for policy in policies]
 
 
 def default_scenario() -> Scenario:

@@ -87,7 +87,7 @@ def assemble(
     best_bound = max(bound if bound is not None else served_weight, served_weight)
     return Plan(
         status=status,
-        policy="greedy" if policy_name == "greedy" else "optimal",
+        policy=policy_name,
         solve_seconds=round(solve_seconds, 4),
         objective=served_weight,
         bound=best_bound,

@@ -59,6 +59,21 @@ class GeometryModel:
         self._build()
 
     def _build(self) -> None:
+        """The model in three sections: variables, then constraints, then the objective terms the stages weigh."""
+        self._add_variables()
+        self._add_constraints()
+        self._define_objective_terms()
+
+    # --- variables ----------------------------------------------------------------------------------------------
+
+    def _add_variables(self) -> None:
+        """r, y, s, z, in this order, which fixes their indices in the model; z exists only where supply does."""
+        self._add_reconfiguration_variables()
+        self.supply = self._supply()
+        self._add_demand_variables()
+
+    def _add_reconfiguration_variables(self) -> None:
+        """r: members of a unit reconfigured; y: reconfigured members of a group per target."""
         p, m = self.problem, self.model
         in_group = {u for g in p.reconfig_groups for u in g.units}
         self.r = {u: m.new_int_var(0, len(p.units[u].members), f"r{u}") for u in sorted(in_group)}
@@ -67,6 +82,60 @@ class GeometryModel:
             for gi, g in enumerate(p.reconfig_groups)
             for ti in range(len(g.targets))
         }
+
+    def _add_demand_variables(self) -> None:
+        """s: pods of a pod group served; z: devices of a key it takes from a pool that it may use and that offers it.
+
+        `takes` lists a pod group's z per key in pool order; empty when no usable pool offers the key.
+        """
+        p, m = self.problem, self.model
+        self.s = {
+            di: m.new_int_var(0, min(len(d.demands), self.served_caps.get(di, len(d.demands))), f"s{di}")
+            for di, d in enumerate(p.pod_groups)
+        }
+        self.z: dict[tuple[int, int, str], cp_model.IntVar] = {}
+        self.takes: dict[tuple[int, str], list[cp_model.IntVar]] = {}
+        for di, d in enumerate(p.pod_groups):
+            pools = [self.pool_index[pool] for pool in p.pools if p.usable(d, pool)]
+            for key, count in d.resources:
+                offering = [pi for pi in pools if (pi, key) in self.supply]
+                self.takes[di, key] = []
+                for pi in offering:
+                    var = self.z[di, pi, key] = m.new_int_var(0, count * len(d.demands), f"z{di}_{pi}_{key}")
+                    self.takes[di, key].append(var)
+
+    def _kept(self, ui: int) -> cp_model.LinearExprT:
+        """Members of unit `ui` that keep their map."""
+        unit = self.problem.units[ui]
+        return len(unit.members) - self.r[ui] if ui in self.r else len(unit.members)
+
+    def _supply(self) -> dict[tuple[int, str], list[cp_model.LinearExprT]]:
+        """Devices per (pool, key): kept members' free devices plus what reconfigured members' targets offer."""
+        p = self.problem
+        supply: dict[tuple[int, str], list[cp_model.LinearExprT]] = {}
+        for ui, unit in enumerate(p.units):
+            pool = self.pool_index[unit.pool]
+            for key, count in unit.keep_capacity:
+                supply.setdefault((pool, key), []).append(count * self._kept(ui))
+        for gi, g in enumerate(p.reconfig_groups):
+            pool = self.pool_index[g.pool]
+            for ti, target in enumerate(g.targets):
+                for key, count in target.capacity:
+                    supply.setdefault((pool, key), []).append(count * self.y[gi, ti])
+        return supply
+
+    # --- constraints --------------------------------------------------------------------------------------------
+
+    def _add_constraints(self) -> None:
+        """Targets, then demand, then pool capacity, then the policy caps (this order fixes the model's text)."""
+        self._target_constraints()
+        self._demand_constraints()
+        self._capacity_constraints()
+        self._policy_constraints()
+
+    def _target_constraints(self) -> None:
+        """Each reconfigured member gets one target, and not the one it already holds (that is no change)."""
+        p, m = self.problem, self.model
         for gi, g in enumerate(p.reconfig_groups):
             m.add(sum(self.y[gi, ti] for ti in range(len(g.targets))) == sum(self.r[u] for u in g.units))
             for ti, target in enumerate(g.targets):
@@ -76,56 +145,46 @@ class GeometryModel:
                 if at_t:
                     m.add(sum(at_t) <= sum(self.y[gi, other] for other in range(len(g.targets)) if other != ti))
 
-        supply: dict[tuple[int, str], list[cp_model.LinearExprT]] = {}
-        for ui, unit in enumerate(p.units):
-            pool = self.pool_index[unit.pool]
-            for key, count in unit.keep_capacity:
-                kept = len(unit.members) - self.r[ui] if ui in self.r else len(unit.members)
-                supply.setdefault((pool, key), []).append(count * kept)
-        for gi, g in enumerate(p.reconfig_groups):
-            pool = self.pool_index[g.pool]
-            for ti, target in enumerate(g.targets):
-                for key, count in target.capacity:
-                    supply.setdefault((pool, key), []).append(count * self.y[gi, ti])
-
-        self.s = {
-            di: m.new_int_var(0, min(len(d.demands), self.served_caps.get(di, len(d.demands))), f"s{di}")
-            for di, d in enumerate(p.pod_groups)
-        }
-        self.z: dict[tuple[int, int, str], cp_model.IntVar] = {}
-        use: dict[tuple[int, str], list[cp_model.IntVar]] = {}
-        for di, d in enumerate(p.pod_groups):
-            pools = [self.pool_index[pool] for pool in p.pools if p.usable(d, pool)]
+    def _demand_constraints(self) -> None:
+        """A served pod gets every device it asks for; a key no usable pool offers means none is served."""
+        for di, d in enumerate(self.problem.pod_groups):
             for key, count in d.resources:
-                offering = [pi for pi in pools if (pi, key) in supply]
-                if not offering:
-                    m.add(self.s[di] == 0)
+                takes = self.takes[di, key]
+                if not takes:
+                    self.model.add(self.s[di] == 0)
                     continue
-                terms = []
-                for pi in offering:
-                    var = m.new_int_var(0, count * len(d.demands), f"z{di}_{pi}_{key}")
-                    self.z[di, pi, key] = var
-                    use.setdefault((pi, key), []).append(var)
-                    terms.append(var)
-                m.add(sum(terms) == count * self.s[di])
-        for (pi, key), takers in use.items():
-            m.add(sum(takers) <= sum(supply[pi, key]))
+                self.model.add(sum(takes) == count * self.s[di])
 
+    def _capacity_constraints(self) -> None:
+        """No pool gives out more devices of a key than its kept and reconfigured members offer."""
+        use: dict[tuple[int, str], list[cp_model.IntVar]] = {}
+        for (_, pi, key), var in self.z.items():
+            use.setdefault((pi, key), []).append(var)
+        for (pi, key), takers in use.items():
+            self.model.add(sum(takers) <= sum(self.supply[pi, key]))
+
+    def _policy_constraints(self) -> None:
+        """The plan policy's caps on evicted pods and reconfigured GPUs."""
+        p, m = self.problem, self.model
         policy = p.policy
         if policy.max_evictions is not None:
             m.add(sum(p.units[u].evict_pods * var for u, var in self.r.items()) <= policy.max_evictions)
         if policy.max_reconfigurations is not None:
             m.add(sum(p.units[u].gpus_per_member * var for u, var in self.r.items()) <= policy.max_reconfigurations)
 
+    # --- objective ----------------------------------------------------------------------------------------------
+
+    def _define_objective_terms(self) -> None:
+        """The three lexicographic terms and their upper bounds; `stages` decides how they are weighed."""
+        p = self.problem
         self.served_weight = sum(d.weight * self.s[di] for di, d in enumerate(p.pod_groups))
         big = 1 + sum(len(u.members) * u.gpus_per_member for u in p.units)
         self.disruption = sum(
             (p.units[u].evict_weight * big + p.units[u].gpus_per_member) * v for u, v in self.r.items()
         )
-        frag_terms: list[cp_model.LinearExprT] = []
-        for ui, unit in enumerate(p.units):
-            kept = len(unit.members) - self.r[ui] if ui in self.r else len(unit.members)
-            frag_terms.append(unit.keep_fragmentation * kept)
+        frag_terms: list[cp_model.LinearExprT] = [
+            unit.keep_fragmentation * self._kept(ui) for ui, unit in enumerate(p.units)
+        ]
         for gi, g in enumerate(p.reconfig_groups):
             frag_terms += [t.fragmentation * self.y[gi, ti] for ti, t in enumerate(g.targets)]
         self.fragmentation = sum(frag_terms)
@@ -174,15 +233,34 @@ class GeometryModel:
             factor *= self.maxima[term] + 1
         return cp_model.LinearExpr.weighted_sum(parts, coefficients), factor // (self.maxima[terms[0]] + 1)
 
-    def solve(self, time_limit_s: float, workers: int) -> AggregateSolution | None:
-        """Run the lexicographic stages within `time_limit_s`; None when the first found no solution."""
-        started = time.perf_counter()
-        statuses: list[str] = []
+    def as_text(self) -> str:
+        """The model as the first stage hands it to CP-SAT, objective included, in `CpModelProto` text format.
+
+        It sets that objective on the model; `solve` sets each stage's own, so solving afterwards is unaffected.
+        """
+        objective, _ = self._objective(self.stages()[0])
+        self.model.maximize(objective)
+        return str(self.model.Proto())
+
+    def _solver(self) -> cp_model.CpSolver:
+        """CP-SAT with the plan policy's workers; seed and presolve fixed, so that plans are reproducible and fast."""
         solver = cp_model.CpSolver()
-        solver.parameters.num_workers = workers
+        solver.parameters.num_workers = self.problem.policy.workers
         solver.parameters.random_seed = 0
         # measured: presolve costs seconds on these models and its reductions do not pay that back
         solver.parameters.cp_model_presolve = False
+        return solver
+
+    def solve(self, time_limit_s: float | None = None) -> AggregateSolution | None:
+        """Run the lexicographic stages within `time_limit_s`; None when the first found no solution.
+
+        The limit is the plan policy's unless given: a planner solving in rounds passes the time it has left.
+        """
+        if time_limit_s is None:
+            time_limit_s = self.problem.policy.time_limit_s
+        started = time.perf_counter()
+        statuses: list[str] = []
+        solver = self._solver()
         served = bound = 0
         proven = False
         answer: AggregateSolution | None = None

@@ -12,7 +12,8 @@ from collections import Counter
 from solver.catalog import load_catalog
 from solver.demand import Demand, rejection
 from solver.plan import PlanPolicy
-from solver.snapshot import ClusterSnapshot, GpuState, NodeState
+from solver.protection import Protection
+from solver.snapshot import ClusterSnapshot, GpuState, NodeState, RunningPod
 
 _FILTER_WORDS = {
     "selector": "fail its node selector",
@@ -21,6 +22,19 @@ _FILTER_WORDS = {
     "cordoned": "are cordoned",
     "strategy": "use another MIG strategy",
 }
+
+
+_PRIORITY_PROTECTED = "protect-priority"  # holders evictable, but at or above the policy's `protect_priority`
+_ORDER = {**{p.value: i for i, p in enumerate(Protection)}, _PRIORITY_PROTECTED: len(Protection)}
+
+
+def _breakdown(protections: Counter[str]) -> str:
+    """`: pdb 2, daemonset 1`: GPUs per reason, most first (each GPU counted once, so the counts sum to the total);
+    empty when no GPU is protected, so such reasons read as they always have."""
+    if not protections:
+        return ""
+    ranked = sorted(protections.items(), key=lambda kv: (-kv[1], _ORDER[kv[0]]))
+    return ": " + ", ".join(f"{reason} {count}" for reason, count in ranked)
 
 
 class Explainer:
@@ -53,6 +67,12 @@ class Explainer:
             }
         return all(k in self._offers[node.name] for k, _ in demand.resources)
 
+    def _protection(self, holders: list[RunningPod]) -> str:
+        """What keeps a GPU: its holders' first reason in `Protection` order, else the policy's priority floor."""
+        reasons = {p.protection for p in holders if p.protection is not None}
+        first = next((r for r in Protection if r in reasons), None)
+        return first.value if first is not None else _PRIORITY_PROTECTED
+
     def _reason(self, demand: Demand) -> str:
         wanted = ", ".join(f"{c}x {k.rsplit(':', 1)[-1]}" for k, c in demand.resources)
         if demand.resources not in self._capable_nodes:
@@ -74,12 +94,14 @@ class Explainer:
         names = {k.rsplit(":", 1)[-1] for k, _ in demand.resources}
         free = [g for g in gpus if any(not i.pod and g.gpu_model.profile(i.profile).name in names for i in g.instances)]
         behind_priority = behind_protected = reconfigurable = 0
+        protections: Counter[str] = Counter()
         for gpu in gpus:
             if gpu in free:
                 continue
             holders = [self.snapshot.running_pod(p) for p in gpu.holders]
             if not all(self.policy.may_evict(p) for p in holders):
                 behind_protected += 1
+                protections[self._protection(holders)] += 1
             elif any(p.priority >= demand.pod.priority for p in holders):
                 behind_priority += 1
             else:
@@ -87,7 +109,7 @@ class Explainer:
         if not free and not reconfigurable:
             return (
                 f"capacity for {wanted} exists only behind evicting pods of equal or higher priority "
-                f"({behind_priority} GPUs) or protected pods ({behind_protected} GPUs)"
+                f"({behind_priority} GPUs) or protected pods ({behind_protected} GPUs{_breakdown(protections)})"
             )
         caps = []
         if self.policy.max_evictions is not None and self.evicted >= self.policy.max_evictions:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
 from solver.snapshot import RunningPod
 
-PlanStatus = Literal["optimal", "feasible", "greedy", "greedy-fallback", "empty"]
+
+class PlanStatus(StrEnum):
+    """How a plan came about; the values are the plan contract's `status` strings, so JSON output is unchanged."""
+
+    OPTIMAL = "optimal"  # CP-SAT's served objective meets its proven bound
+    FEASIBLE = "feasible"  # CP-SAT's plan, not proven optimal within the time limit
+    GREEDY = "greedy"  # the greedy baseline, asked for by name
+    GREEDY_FALLBACK = "greedy-fallback"  # the optimal policy returned the greedy plan: CP-SAT found none or a worse one
+    EMPTY = "empty"  # no pending pod asks for MIG devices: nothing to plan
 
 
 class PlanPolicy(BaseModel):
@@ -69,7 +77,7 @@ class ObjectiveBreakdown(BaseModel):
 
 class Plan(BaseModel):
     status: PlanStatus
-    policy: Literal["optimal", "greedy"]
+    policy: str = Field(description="the registered name of the policy that made the plan (solver.policies)")
     solve_seconds: float
     objective: int = Field(description="served_weight of the returned plan (the primary objective)")
     bound: int = Field(description="proven upper bound on served_weight")

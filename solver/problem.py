@@ -15,7 +15,9 @@ GPUs and GPUs holding no pod serve anyone eligible (tier None).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from solver.catalog import GpuModel
 from solver.demand import Demand, PriorityWeights, demands, rejection, single_key, weights_for
@@ -49,6 +51,22 @@ class Target:
         return tuple(sorted(self.devices))
 
 
+class UnitKey(NamedTuple):
+    """What makes members interchangeable: members with equal keys are one unit (every field the model reads)."""
+
+    kind: str  # "mixed" (a member is one GPU) or "single" (a member is a whole node)
+    model: str  # GPU model key
+    keep_capacity: Capacity  # free devices a kept member offers
+    keep_fragmentation: int  # idle slices of a kept member
+    signature: frozenset[int]  # eligibility classes the member's node accepts
+    tier: int | None  # priority of the pods a reconfiguration evicts (None: it evicts none, or is impossible)
+    reconfigurable: bool
+    evict_pods: int
+    evict_weight: int
+    gpus_per_member: int
+    current: tuple[tuple[str, int], ...] | None  # the map every member GPU holds, when it is one of the targets
+
+
 @dataclass
 class Unit:
     kind: str
@@ -63,6 +81,13 @@ class Unit:
     gpus_per_member: int
     current: tuple[tuple[str, int], ...] | None  # every member GPU's map, when they are all the same
     members: list[Member] = field(default_factory=list)
+
+    @property
+    def key(self) -> UnitKey:
+        return UnitKey(
+            self.kind, self.model.key, self.keep_capacity, self.keep_fragmentation, self.signature, self.tier,
+            self.reconfigurable, self.evict_pods, self.evict_weight, self.gpus_per_member, self.current,
+        )  # fmt: skip
 
     @property
     def group_key(self) -> tuple[object, ...]:
@@ -212,98 +237,182 @@ def _signatures(nodes: list[NodeState], representative: dict[int, Demand]) -> di
 
 
 def build_problem(snapshot: ClusterSnapshot, policy: PlanPolicy) -> Problem:
-    """Aggregate the snapshot into units, reconfiguration groups, pools and pod groups."""
+    """Aggregate the snapshot: pending data, then units, reconfiguration groups, pod groups and pools."""
+    data = _pending_data(snapshot)
+    targets = _TargetCache(data.keys)
+    signatures = _signatures(snapshot.nodes, data.representative)
+    factory = _UnitFactory(snapshot, policy, data, targets, signatures)
+    units = _units(snapshot, factory)
+    groups = _reconfig_groups(units, targets)
+    return Problem(
+        snapshot=snapshot,
+        policy=policy,
+        weights=data.weights,
+        demands=data.demands,
+        eligibility_classes=list(data.classes),
+        units=units,
+        reconfig_groups=groups,
+        pod_groups=_pod_groups(data),
+        pools=_pools(units, groups),
+    )
+
+
+# --- data: what the pending pods contribute ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _PendingData:
+    """The pending pods as the aggregation reads them: demands, eligibility classes, resource keys asked for."""
+
+    weights: PriorityWeights
+    demands: list[Demand]
+    classes: dict[tuple[object, ...], int]  # eligibility key -> class number, in order of first appearance
+    representative: dict[int, Demand]  # class number -> one demand of it (the last), to test nodes against
+    keys: set[str]  # resource keys some pending pod asks for: capacity of other keys cannot serve anyone
+
+
+def _pending_data(snapshot: ClusterSnapshot) -> _PendingData:
     weights = weights_for(snapshot)
     pending = demands(snapshot, weights)
     classes: dict[tuple[object, ...], int] = {}
     for d in pending:
         classes.setdefault(d.eligibility_key, len(classes))
-    representative = {classes[d.eligibility_key]: d for d in pending}
-    keys = {k for d in pending for k, _ in d.resources}
+    return _PendingData(
+        weights=weights,
+        demands=pending,
+        classes=classes,
+        representative={classes[d.eligibility_key]: d for d in pending},
+        keys={k for d in pending for k, _ in d.resources},
+    )
 
-    units: dict[tuple[object, ...], Unit] = {}
-    target_cache: dict[tuple[str, str, int], list[Target]] = {}
 
-    def targets_for(kind: str, model: GpuModel, gpus: int) -> list[Target]:
+# --- units: classes of interchangeable members ------------------------------------------------------------------
+
+
+class _TargetCache:
+    """Targets depend only on strategy, model and member size; many members share them, so each is built once."""
+
+    def __init__(self, keys: set[str]) -> None:
+        self.keys = keys
+        self._cache: dict[tuple[str, str, int], list[Target]] = {}
+
+    def get(self, kind: str, model: GpuModel, gpus: int) -> list[Target]:
         key = (kind, model.key, gpus)
-        if key not in target_cache:
-            target_cache[key] = _mixed_targets(model, keys) if kind == "mixed" else _single_targets(model, gpus, keys)
-        return target_cache[key]
+        if key not in self._cache:
+            if kind == "mixed":
+                self._cache[key] = _mixed_targets(model, self.keys)
+            else:
+                self._cache[key] = _single_targets(model, gpus, self.keys)
+        return self._cache[key]
 
-    signatures = _signatures(snapshot.nodes, representative)
 
-    def add(node: NodeState, gpus: list[GpuState], kind: str, keep: dict[str, int], frag: int) -> None:
-        signature = signatures[node.name]
-        holders = sorted({pod for g in gpus for pod in g.holders})
-        running = [snapshot.running_pod(name) for name in holders]
-        protected = not all(policy.may_evict(p) for p in running)
-        model = gpus[0].gpu_model
-        targets = targets_for(kind, model, len(gpus))
-        maps = {tuple(sorted(g.mig_devices.items())) for g in gpus}
-        reconfigurable = bool(targets) and not protected and len({g.gpu_model.key for g in gpus}) == 1
-        # what cannot matter is left out of the unit, so that more members share one
-        unit = Unit(
-            kind=kind,
-            model=model,
-            keep_capacity=tuple(sorted((k, c) for k, c in keep.items() if c > 0 and k in keys)),
-            keep_fragmentation=frag,
-            signature=signature,
-            tier=max((p.priority for p in running), default=None) if reconfigurable else None,
-            reconfigurable=reconfigurable,
-            evict_pods=len(holders) if reconfigurable else 0,
-            evict_weight=sum(weights.factor(p.priority) for p in running) if reconfigurable else 0,
-            gpus_per_member=len(gpus),
-            current=next(iter(maps))
-            if reconfigurable and len(maps) == 1 and maps <= targets_as_current(targets)
-            else None,
-        )
-        key = (
-            unit.kind, model.key, unit.keep_capacity, frag, signature, unit.tier, unit.reconfigurable,
-            unit.evict_pods, unit.evict_weight, unit.gpus_per_member, unit.current,
-        )  # fmt: skip
-        units.setdefault(key, unit).members.append(Member(node=node.name, gpus=tuple(g.index for g in gpus)))
+@dataclass(frozen=True)
+class _MemberState:
+    """One member as found in the snapshot, before it is classed into a unit."""
 
+    node: NodeState
+    gpus: list[GpuState]
+    kind: str
+    keep: dict[str, int]  # free devices by resource key, kept if the member is not reconfigured
+    fragmentation: int  # idle slices if the member is kept
+
+
+def _member_states(snapshot: ClusterSnapshot, keys: set[str]) -> Iterator[_MemberState]:
+    """Every member, nodes by name: a whole node under the single strategy, each GPU (by index) under mixed."""
     for node in sorted(snapshot.nodes, key=lambda n: n.name):
         if not node.gpus:
             continue
+        gpus = sorted(node.gpus, key=lambda g: g.index)
         if node.strategy == "single":
-            keep = _single_keep(node)
-            frag = sum(_idle_slices(g, keys, "single") for g in node.gpus)
-            add(node, sorted(node.gpus, key=lambda g: g.index), "single", keep, frag)
+            fragmentation = sum(_idle_slices(g, keys, "single") for g in node.gpus)
+            yield _MemberState(node, gpus, "single", _single_keep(node), fragmentation)
             continue
-        for gpu in sorted(node.gpus, key=lambda g: g.index):
-            add(node, [gpu], "mixed", _free_capacity(gpu), _idle_slices(gpu, keys, "mixed"))
+        for gpu in gpus:
+            yield _MemberState(node, [gpu], "mixed", _free_capacity(gpu), _idle_slices(gpu, keys, "mixed"))
 
-    unit_list = list(units.values())
+
+@dataclass(frozen=True)
+class _UnitFactory:
+    """Describes a member as a unit; what cannot matter is left out, so that more members share one unit."""
+
+    snapshot: ClusterSnapshot
+    policy: PlanPolicy
+    data: _PendingData
+    targets: _TargetCache
+    signatures: dict[str, frozenset[int]]
+
+    def unit(self, member: _MemberState) -> Unit:
+        gpus = member.gpus
+        holders = sorted({pod for g in gpus for pod in g.holders})
+        running = [self.snapshot.running_pod(name) for name in holders]
+        model = gpus[0].gpu_model
+        targets = self.targets.get(member.kind, model, len(gpus))
+        protected = not all(self.policy.may_evict(p) for p in running)
+        reconfigurable = bool(targets) and not protected and len({g.gpu_model.key for g in gpus}) == 1
+        return Unit(
+            kind=member.kind,
+            model=model,
+            keep_capacity=tuple(sorted((k, c) for k, c in member.keep.items() if c > 0 and k in self.data.keys)),
+            keep_fragmentation=member.fragmentation,
+            signature=self.signatures[member.node.name],
+            tier=max((p.priority for p in running), default=None) if reconfigurable else None,
+            reconfigurable=reconfigurable,
+            evict_pods=len(holders) if reconfigurable else 0,
+            evict_weight=sum(self.data.weights.factor(p.priority) for p in running) if reconfigurable else 0,
+            gpus_per_member=len(gpus),
+            current=_common_map(gpus, targets) if reconfigurable else None,
+        )
+
+
+def _common_map(gpus: list[GpuState], targets: list[Target]) -> tuple[tuple[str, int], ...] | None:
+    """The map all GPUs hold, when they hold one and the same map that is also a target; else None."""
+    maps = {tuple(sorted(g.mig_devices.items())) for g in gpus}
+    return next(iter(maps)) if len(maps) == 1 and maps <= targets_as_current(targets) else None
+
+
+def _units(snapshot: ClusterSnapshot, factory: _UnitFactory) -> list[Unit]:
+    """Members classed into units by `Unit.key`, units in order of their first member."""
+    units: dict[UnitKey, Unit] = {}
+    for member in _member_states(snapshot, factory.data.keys):
+        unit = factory.unit(member)
+        units.setdefault(unit.key, unit).members.append(
+            Member(node=member.node.name, gpus=tuple(g.index for g in member.gpus))
+        )
+    return list(units.values())
+
+
+# --- reconfiguration groups, pod groups, pools ------------------------------------------------------------------
+
+
+def _reconfig_groups(units: list[Unit], targets: _TargetCache) -> list[ReconfigGroup]:
+    """Reconfigurable units by `Unit.group_key`, groups in order of their first unit."""
     groups: dict[tuple[object, ...], ReconfigGroup] = {}
-    for index, unit in enumerate(unit_list):
+    for index, unit in enumerate(units):
         if not unit.reconfigurable:
             continue
         group = groups.get(unit.group_key)
         if group is None:
-            targets = targets_for(unit.kind, unit.model, unit.gpus_per_member)
-            group = groups[unit.group_key] = ReconfigGroup(unit.group_key, targets, [], unit.reconfig_pool)
+            choices = targets.get(unit.kind, unit.model, unit.gpus_per_member)
+            group = groups[unit.group_key] = ReconfigGroup(unit.group_key, choices, [], unit.reconfig_pool)
         group.units.append(index)
+    return list(groups.values())
 
-    pod_groups: dict[tuple[object, ...], PodGroup] = {}
-    for d in pending:
-        gkey = (d.resources, classes[d.eligibility_key], d.pod.priority)
-        if gkey not in pod_groups:
-            pod_groups[gkey] = PodGroup(d.resources, classes[d.eligibility_key], d.pod.priority, d.weight, [])
-        pod_groups[gkey].demands.append(d)
 
-    pools = sorted(
-        {u.pool for u in unit_list} | {g.pool for g in groups.values()},
+def _pod_groups(data: _PendingData) -> list[PodGroup]:
+    """Pending pods with the same request, eligibility class and priority; heaviest first."""
+    groups: dict[tuple[object, ...], PodGroup] = {}
+    for d in data.demands:
+        eligibility = data.classes[d.eligibility_key]
+        key = (d.resources, eligibility, d.pod.priority)
+        if key not in groups:
+            groups[key] = PodGroup(d.resources, eligibility, d.pod.priority, d.weight, [])
+        groups[key].demands.append(d)
+    return sorted(groups.values(), key=lambda g: (-g.weight, g.resources, g.eligibility, g.priority))
+
+
+def _pools(units: list[Unit], groups: list[ReconfigGroup]) -> list[PoolKey]:
+    """Every pool some unit keeps or some group reconfigures into, in a stable order (untiered first per signature)."""
+    return sorted(
+        {u.pool for u in units} | {g.pool for g in groups},
         key=lambda p: (sorted(p[0]), -1 if p[1] is None else p[1]),
-    )
-    return Problem(
-        snapshot=snapshot,
-        policy=policy,
-        weights=weights,
-        demands=pending,
-        eligibility_classes=list(classes),
-        units=unit_list,
-        reconfig_groups=list(groups.values()),
-        pod_groups=sorted(pod_groups.values(), key=lambda g: (-g.weight, g.resources, g.eligibility, g.priority)),
-        pools=pools,
     )

@@ -17,6 +17,7 @@ from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
 from solver.geometry import Instance, check_layout
 from solver.profiles import MIG_RESOURCE_PREFIX, profile_from_resource
+from solver.protection import Protection
 
 GPU_RESOURCE = "nvidia.com/gpu"
 PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -108,11 +109,28 @@ class NodeState(_Strict):
 
 
 class RunningPod(_Strict):
-    """A pod holding MIG instances: what evicting it costs and whether it may be evicted at all."""
+    """A pod holding MIG instances: what evicting it costs and whether it may be evicted at all.
+
+    `protection` says why a pod may not be evicted; `evictable` stays (files and code written before reasons
+    existed) and always agrees with it: a reason makes the pod not evictable, and `evictable: false` without
+    one gets `unspecified`. Contradicting both (`evictable: true` with a reason) is an error.
+    """
 
     name: str
     priority: int = 0
     evictable: bool = True
+    protection: Protection | None = None
+
+    @model_validator(mode="after")
+    def _flag_agrees_with_reason(self) -> RunningPod:
+        # frozen: the derived half is set as validation finishes, before anyone can see the instance
+        if self.protection is not None:
+            if self.evictable and "evictable" in self.model_fields_set:
+                raise ValueError(f"evictable: true contradicts protection {self.protection.value!r}")
+            object.__setattr__(self, "evictable", False)
+        elif not self.evictable:
+            object.__setattr__(self, "protection", Protection.UNSPECIFIED)
+        return self
 
 
 class PendingPod(_Strict):

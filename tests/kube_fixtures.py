@@ -13,7 +13,7 @@ from typing import Any
 
 from kubernetes import client
 
-from optimizer.actuators.mig_manager import ActuationSettings
+from optimizer.controller.actuator import ActuationSettings
 from optimizer.controller.reconcile import Controller, ControllerSettings
 from optimizer.kube.adapter import KubeClusterPort, KubeSettings
 from optimizer.kube.api import ApiCaller

@@ -87,7 +87,9 @@ def test_missing_file_and_bad_policy(capsys: pytest.CaptureFixture[str]) -> None
     result = run_cli(capsys, "plan", "--snapshot", "/no/such/file.yaml")
     assert result.code == 2 and "cannot read snapshot" in result.err
     result = run_cli(capsys, "plan", "--snapshot", EXAMPLE, "--policy", "random")
-    assert result.code == 2 and "unknown --policy 'random'" in result.err
+    assert result.code == 2 and "unknown policy 'random': known policies are greedy, optimal" in result.err
+    result = run_cli(capsys, "plan", "--snapshot", EXAMPLE, "--policy", "Greedy")  # names are case-sensitive
+    assert result.code == 2 and "unknown policy 'Greedy'" in result.err
 
 
 def test_bad_snapshot_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 from nvidia_protocol.labels import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from nvidia_protocol.migparted import parse_config
-from optimizer.actuators.mig_manager import CORDONED, PHASE, ActuationSettings, Phase, is_active
+from optimizer.actuators.mig_manager import CORDONED, PHASE, is_active
+from optimizer.controller.actuator import ActuationSettings, Phase
 from optimizer.controller.port import EvictionOutcome
 from optimizer.controller.reconcile import Controller, ControllerSettings
 from simulations.twin import Twin
@@ -17,6 +18,7 @@ from simulations.twin.mig_manager import MigManagerTimings
 from simulations.twin.state import PodPhase
 from solver.plan import Plan
 from solver.snapshot import ClusterSnapshot, GpuState, InstanceState, NodeState
+from tests.controller_fixtures import mig_controller
 
 BALANCED = "all-balanced"
 CONFIG = """version: v1
@@ -74,7 +76,7 @@ def converged(twin: Twin) -> None:
 def test_enforce_reconfigures_a_node_and_serves_the_pod() -> None:
     twin = cluster()
     twin.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1}, priority=10)
-    controller = Controller(twin, settings())
+    controller = mig_controller(twin, settings())
     run(twin, lambda: controller, 600)
     node = twin.node("n0")
     assert twin.pod("team/big").phase == PodPhase.RUNNING
@@ -90,7 +92,7 @@ def test_only_the_planned_pods_are_evicted() -> None:
     for pod in ("low/a", "low/b"):
         assert twin.pod(pod).phase == PodPhase.RUNNING
     twin.add_pod("high/big", {"nvidia.com/mig-7g.40gb": 1}, priority=100)
-    controller = Controller(twin, settings())
+    controller = mig_controller(twin, settings())
     plans = run(twin, lambda: controller, 900)
     planned = {pod for plan in plans for pod in plan.evictions}
     assert len(planned) == 1
@@ -102,7 +104,7 @@ def test_only_the_planned_pods_are_evicted() -> None:
 def test_recommend_mode_touches_nothing() -> None:
     twin = cluster(holders={(0, 0): "low/a"})
     twin.add_pod("high/big", {"nvidia.com/mig-7g.40gb": 1}, priority=100)
-    controller = Controller(twin, settings(mode="recommend"))
+    controller = mig_controller(twin, settings(mode="recommend"))
     run(twin, lambda: controller, 300)
     assert controller.last_plan is not None and controller.last_plan.objectives.reconfigured_gpus == 1
     assert twin.evictions == [] and twin.node("n0").labels[MIG_CONFIG_LABEL] == BALANCED
@@ -114,7 +116,7 @@ def test_a_blocking_pdb_abandons_the_change_and_uncordons() -> None:
     twin = cluster(holders={(0, 0): "low/a", (0, 1): "low/b"})
     twin.add_pdb("keep-a", ["low/a", "low/b"], min_available=2)
     twin.add_pod("high/big", {"nvidia.com/mig-7g.40gb": 1}, priority=100)
-    controller = Controller(twin, settings(eviction_timeout_s=120, eviction_backoff_s=5))
+    controller = mig_controller(twin, settings(eviction_timeout_s=120, eviction_backoff_s=5))
     run(twin, lambda: controller, 300)
     assert twin.node("n0").annotations[PHASE] == Phase.ABANDONED
     assert all(e.outcome is EvictionOutcome.BLOCKED for e in twin.evictions) and len(twin.evictions) >= 2
@@ -126,7 +128,7 @@ def test_stuck_pending_fails_after_the_deadline_and_uncordons() -> None:
     twin = cluster()
     twin.stuck_pending.add("n0")
     twin.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1})
-    controller = Controller(twin, settings(apply_timeout_s=200))
+    controller = mig_controller(twin, settings(apply_timeout_s=200))
     run(twin, lambda: controller, 600)
     assert twin.node("n0").annotations[PHASE] == Phase.FAILED
     assert twin.node("n0").labels[MIG_STATE_LABEL] == "pending"
@@ -137,7 +139,7 @@ def test_mig_manager_failure_is_retried_by_relabelling() -> None:
     """A broken ConfigMap makes the run fail; once fixed, the remove-and-set retry succeeds (spec §1.2)."""
     twin = cluster()
     twin.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1})
-    controller = Controller(twin, settings(max_retries=3))
+    controller = mig_controller(twin, settings(max_retries=3))
     good: str | None = None
     for _ in range(200):
         controller.tick()
@@ -157,7 +159,7 @@ def test_mig_manager_failure_is_retried_by_relabelling() -> None:
 def test_a_controller_restarted_at_every_step_converges_without_double_evictions() -> None:
     twin = cluster(gpus=2, holders={(0, 0): "low/a", (0, 1): "low/b"})
     twin.add_pod("high/big", {"nvidia.com/mig-7g.40gb": 1}, priority=100)
-    plans = run(twin, lambda: Controller(twin, settings()), 900)
+    plans = run(twin, lambda: mig_controller(twin, settings()), 900)
     evicted = [e.pod for e in twin.evictions if e.outcome is EvictionOutcome.EVICTED]
     assert len(evicted) == len(set(evicted)) == 1
     assert set(evicted) <= {pod for plan in plans for pod in plan.evictions}
@@ -168,7 +170,7 @@ def test_a_controller_restarted_at_every_step_converges_without_double_evictions
 def test_no_new_plan_while_a_node_is_mid_change() -> None:
     twin = cluster(nodes=2)
     twin.add_pod("team/one", {"nvidia.com/mig-7g.40gb": 1})
-    controller = Controller(twin, settings())
+    controller = mig_controller(twin, settings())
     controller.tick()
     assert controller.plans_made == 1
     twin.add_pod("team/two", {"nvidia.com/mig-7g.40gb": 1})
@@ -189,7 +191,7 @@ def test_a_pod_ignoring_eviction_is_asked_once_and_waited_for() -> None:
     twin.add_pod("low/other", {"nvidia.com/mig-3g.20gb": 1}, owned=False)
     twin.advance(5)
     twin.add_pod("high/big", {"nvidia.com/mig-7g.40gb": 1}, priority=100)
-    run(twin, lambda: Controller(twin, settings()), 900)
+    run(twin, lambda: mig_controller(twin, settings()), 900)
     asked = [e.pod for e in twin.evictions]
     assert len(asked) == 1  # one pod had to go, asked once, even while it lingered through its grace period
     assert twin.pod("high/big").phase == PodPhase.RUNNING
@@ -200,12 +202,12 @@ def test_a_new_config_entry_is_not_named_by_a_label_before_it_can_reach_mig_mana
     """mig-manager reads the ConfigMap through a volume kubelet refreshes late (spec §1.7): the label waits."""
     twin = cluster()
     twin.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1}, priority=10)
-    controller = Controller(twin, settings(config_propagation_s=120))
+    controller = mig_controller(twin, settings(config_propagation_s=120))
     run(twin, lambda: controller, 60)
     node = twin.node("n0")
     assert node.annotations[PHASE] == Phase.LABELLING  # drained (nothing to evict), waiting for the volume
     assert node.labels[MIG_CONFIG_LABEL] == BALANCED
-    run(twin, lambda: Controller(twin, settings(config_propagation_s=120)), 600)  # restarts keep the wait
+    run(twin, lambda: mig_controller(twin, settings(config_propagation_s=120)), 600)  # restarts keep the wait
     labelled_at = next(c.time for c in twin.label_log if c.key == MIG_CONFIG_LABEL and c.node == "n0")
     assert labelled_at >= 120
     assert twin.pod("team/big").phase == PodPhase.RUNNING
@@ -221,11 +223,11 @@ def _late_volume_cluster() -> Twin:
 def test_labelling_before_the_volume_refresh_fails_and_waiting_for_it_does_not() -> None:
     hasty = _late_volume_cluster()
     hasty.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1}, priority=10)
-    run(hasty, lambda: Controller(hasty, settings(config_propagation_s=0)), 300)
+    run(hasty, lambda: mig_controller(hasty, settings(config_propagation_s=0)), 300)
     assert any("selected mig-config not present" in run.message for run in hasty.mig_runs)
     patient = _late_volume_cluster()
     patient.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1}, priority=10)
-    controller = Controller(patient, settings(config_propagation_s=90))
+    controller = mig_controller(patient, settings(config_propagation_s=90))
     run(patient, lambda: controller, 600)
     assert [run.outcome for run in patient.mig_runs] == ["success"]
     assert patient.pod("team/big").phase == PodPhase.RUNNING
@@ -237,7 +239,7 @@ def test_rewriting_a_broken_configmap_keeps_the_standard_names_nodes_are_labelle
     twin = cluster(nodes=2)
     twin.write_mig_config("version: v1\nmig-configs: [not, a, map")
     twin.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1}, priority=10)
-    controller = Controller(twin, settings(config_propagation_s=0))
+    controller = mig_controller(twin, settings(config_propagation_s=0))
     run(twin, lambda: controller, 600)
     assert twin.pod("team/big").phase == PodPhase.RUNNING
     text = twin.read_mig_config()

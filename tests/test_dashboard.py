@@ -11,12 +11,16 @@ from typing import Any
 
 import pytest
 
-from optimizer.controller.reconcile import Controller, ControllerSettings
-from optimizer.metrics.exporter import MetricsObserver, serve_http
+from optimizer.controller.actuator import Phase
+from optimizer.controller.reasons import EventReason
+from optimizer.controller.reconcile import ControllerSettings
+from optimizer.metrics.exporter import EVICTION_OUTCOMES, RECONFIGURATION_OUTCOMES, MetricsObserver, serve_http
 from optimizer.usage.prometheus import PrometheusUsage, UsageSettings
 from optimizer.usage.rightsizing import RightSizingSettings, recommend
 from simulations.twin.dcgm_exporter import DcgmExporter
+from solver.plan import PlanStatus
 from tests.cli_runner import run_cli
+from tests.controller_fixtures import mig_controller
 from tests.prometheus_server import PrometheusServer, prometheus
 from tests.usage_fixtures import MODEL, busy_cluster, drive
 
@@ -44,7 +48,7 @@ def _queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrometheusServer, MetricsObserver]]:
     twin, observer = busy_cluster(), MetricsObserver()
-    drive(twin, Controller(twin, ControllerSettings(mode="enforce"), observer=observer))
+    drive(twin, mig_controller(twin, ControllerSettings(mode="enforce"), observer=observer))
     observer.set_leader(True)
     metrics = serve_http(0, observer.registry, healthy=lambda: True, ready=lambda: True, host="127.0.0.1")
     dcgm = DcgmExporter(twin, MODEL).serve()
@@ -71,6 +75,23 @@ def test_the_dashboard_is_well_formed_with_a_datasource_variable() -> None:
             assert panel["datasource"]["uid"] == "${datasource}"
             assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
     assert len(_queries(dashboard)) >= 20
+
+
+def test_the_dashboards_label_values_are_the_codes_own() -> None:
+    """Outcomes, phases and plan statuses are enums in the code: a dashboard matcher on a value the code never
+    exports would show an empty panel forever."""
+    known = {
+        "outcome": set(EVICTION_OUTCOMES.values()) | set(RECONFIGURATION_OUTCOMES.values()),
+        "phase": {p.value for p in Phase},
+        "status": {s.value for s in PlanStatus},
+        "reason": {r.value for r in EventReason},
+    }
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    matchers = [m for _, expr in _queries(dashboard) for m in re.findall(r'(\w+)=~?"([^"]*)"', expr)]
+    checked = [(label, value) for label, value in matchers if label in known]
+    assert checked, "the dashboard filters on no enum label: this test would check nothing"
+    for label, value in checked:
+        assert set(value.split("|")) <= known[label], f"{label}={value!r} is not a value the code exports"
 
 
 def test_every_dashboard_query_returns_data_after_a_simulated_run(

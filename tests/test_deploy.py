@@ -25,15 +25,16 @@ from kubernetes import client
 from kubefacade.handler import ApiHandler, _verb
 from kubefacade.routes import parse_target
 from migopt.settings import RunSettings, load_settings
-from optimizer.actuators.mig_manager import ActuationSettings
 from optimizer.agent.node_agent import NodeAgent, kubernetes_writer
-from optimizer.controller.reconcile import Controller, ControllerSettings
+from optimizer.controller.actuator import ActuationSettings
+from optimizer.controller.reconcile import ControllerSettings
 from optimizer.kube.adapter import KubeClusterPort
 from optimizer.kube.api import ApiCaller
 from optimizer.kube.informer import Informer, object_key
 from optimizer.kube.leader import LeaderElector
 from optimizer.kube.objects import pod_requests
 from simulations.twin.api import TwinApiServer, write_kubeconfig
+from tests.controller_fixtures import mig_controller
 from tests.fake_nvml import FakeGpu, FakeInstance, FakeNvml
 from tests.twin_api_fixtures import small_twin
 
@@ -421,7 +422,7 @@ def run_controller(server: TwinApiServer, settings: RunSettings) -> list[str]:
     caller = ApiCaller(sleep=lambda _: None)
     port = KubeClusterPort(api, settings.kube, caller=caller, instance="migopt-controller-0")
     elector = LeaderElector(api, settings.leader, "migopt-controller-0", caller)
-    controller = Controller(
+    controller = mig_controller(
         port,
         ControllerSettings(
             mode="enforce", batch_idle_s=0, batch_timeout_s=0, actuation=ActuationSettings(config_propagation_s=0)

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from optimizer.actuators.mig_manager import PHASE, Phase
-from optimizer.controller.reconcile import Controller
+from optimizer.actuators.mig_manager import PHASE
+from optimizer.controller.actuator import Phase
 from optimizer.kube.adapter import KubeClusterPort
 from simulations.twin.api import FaultRule, TwinApiServer
+from tests.controller_fixtures import mig_controller
 from tests.kube_fixtures import ENFORCE, adapter, api_client, cluster, create_pod, drive, served, settle
 
 ONE_G = "nvidia.com/mig-1g.5gb"
@@ -68,7 +69,7 @@ def test_enforce_serves_pending_pods_and_evicts_only_what_the_plan_named(
     names = [f"infer-{n}" for n in range(10)]
     for name in names:
         create_pod(api, name, ONE_G)
-    controller = Controller(port, ENFORCE)
+    controller = mig_controller(port, ENFORCE)
     drive(controller, port, server, until=lambda: served(server, [f"team-b/{n}" for n in names]))
     planned = {pod for plan in [controller.last_plan] if plan for g in plan.gpus for pod in g.evict}
     evicted = {e.pod for e in server.twin.evictions}
@@ -85,7 +86,7 @@ def test_every_write_failing_once_still_converges(server: TwinApiServer, port: K
     for verb, resource in [("patch", "nodes"), ("create", "pods/eviction"), ("update", "configmaps"),
                            ("create", "configmaps"), ("create", "events")]:  # fmt: skip
         server.faults.add(FaultRule(verb=verb, resource=resource, code=code, count=2, retry_after_s=0))
-    controller = Controller(port, ENFORCE)
+    controller = mig_controller(port, ENFORCE)
     steps = 0
 
     def rearm(step: int) -> None:
@@ -124,7 +125,7 @@ def test_an_rbac_denial_is_reported_once_naming_verb_and_resource(
 ) -> None:
     create_pod(api_client(server), "infer-0", ONE_G)
     server.faults.add(FaultRule(verb="patch", resource="nodes", code=403, count=1000))
-    controller = Controller(port, ENFORCE)
+    controller = mig_controller(port, ENFORCE)
     caplog.set_level(logging.ERROR)
     for _ in range(3):
         settle(port, server)
@@ -140,7 +141,7 @@ def test_a_node_deleted_mid_change_leaves_the_rest_converging(server: TwinApiSer
     api = api_client(server)
     for n in range(12):
         create_pod(api, f"infer-{n}", ONE_G)
-    controller = Controller(port, ENFORCE)
+    controller = mig_controller(port, ENFORCE)
     deleted: list[str] = []
 
     def delete_one_changing_node(step: int) -> None:
@@ -175,7 +176,7 @@ def test_a_broken_owned_configmap_is_reported_once_and_rewritten(
     for n in range(7):
         create_pod(api_client(server), f"infer-{n}", ONE_G)
     caplog.set_level(logging.WARNING)
-    controller = Controller(port, ENFORCE)
+    controller = mig_controller(port, ENFORCE)
     drive(controller, port, server, until=lambda: served(server, [f"team-b/infer-{n}" for n in range(7)]))
     text = core.read_namespaced_config_map("migopt-mig-config", "gpu-operator").data["config.yaml"]
     assert "migopt-" in text and "[not, a, map" not in text

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from optimizer.actuators.mig_manager import PHASE
-from optimizer.controller.reconcile import Controller
 from optimizer.kube.api import ApiCaller
 from optimizer.kube.leader import LeaderElector, LeaderSettings
 from simulations.twin.api import FaultRule, TwinApiServer
+from tests.controller_fixtures import mig_controller
 from tests.kube_fixtures import ENFORCE, adapter, api_client, cluster, create_pod, settle
 
 SETTINGS = LeaderSettings(lease_duration_s=15, renew_deadline_s=10, retry_period_s=2)
@@ -79,7 +79,7 @@ def test_a_lease_lost_mid_change_stops_actuation_at_the_next_step(server: TwinAp
         for n in range(7):
             create_pod(api_client(server), f"infer-{n}", "nvidia.com/mig-1g.5gb")
         settle(port, server)
-        controller = Controller(port, ENFORCE, may_act=leader.is_leader)
+        controller = mig_controller(port, ENFORCE, may_act=leader.is_leader)
         controller.tick()  # plans and starts the change: the node is being cordoned
         settle(port, server)
         started = {n: node.annotations.get(PHASE) for n, node in server.twin.nodes.items()}

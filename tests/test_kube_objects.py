@@ -16,6 +16,7 @@ from optimizer.kube.objects import (
     selector_matches,
 )
 from solver.errors import MigoptError
+from solver.protection import Protection
 
 UNSCHEDULABLE = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
 
@@ -91,6 +92,9 @@ def test_daemonset_mirror_and_opted_out_pods_are_never_evictable() -> None:
     opted = pod(node="n1", metadata={"annotations": {"migopt.io/evictable": "false"}})
     plain = pod(node="n1", metadata={"ownerReferences": [{"kind": "ReplicaSet", "name": "x"}]}, priority=5)
     assert [running_pod(p).evictable for p in (ds, mirror, opted, plain)] == [False, False, False, True]
+    assert [running_pod(p).protection for p in (ds, mirror, opted, plain)] == [
+        Protection.DAEMONSET, Protection.MIRROR_POD, Protection.OPTED_OUT, None,
+    ]  # fmt: skip
     assert running_pod(plain).priority == 5
 
 
@@ -104,10 +108,11 @@ def test_pods_under_a_budget_that_allows_no_disruption_are_not_evictable() -> No
         "status": {"disruptionsAllowed": 0},
     }
     no_selector = {"metadata": {"name": "n", "namespace": "team-a"}, "spec": {}, "status": {"disruptionsAllowed": 0}}
-    assert pods_without_disruption_budget([pdb, no_selector], [a, b, other_ns]) == {"team-a/a"}
+    assert pods_without_disruption_budget([pdb, no_selector], [a, b, other_ns]) == {"team-a/a": "team-a/x"}
     pdb["status"]["disruptionsAllowed"] = 1
-    assert pods_without_disruption_budget([pdb], [a, b]) == set()
-    assert running_pod(a, {"team-a/a"}).evictable is False
+    assert pods_without_disruption_budget([pdb], [a, b]) == {}
+    held = running_pod(a, {"team-a/a": "team-a/x"})
+    assert held.evictable is False and held.protection is Protection.PDB
 
 
 @pytest.mark.parametrize(

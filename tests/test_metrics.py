@@ -5,12 +5,13 @@ from __future__ import annotations
 import requests
 
 from nvidia_protocol.labels import MIG_STATE_LABEL
-from optimizer.controller.reconcile import Controller, ControllerSettings
+from optimizer.controller.reconcile import ControllerSettings
 from optimizer.metrics.exporter import MetricsObserver, serve_http
 from optimizer.usage.rightsizing import Recommendation
 from simulations.engine import run_policy, workload_pods
 from simulations.scenario import ClusterShape, Scenario, SyntheticSource
 from simulations.workloads import SyntheticWorkload
+from tests.controller_fixtures import mig_controller
 from tests.usage_fixtures import busy_cluster, drive
 
 
@@ -20,7 +21,7 @@ def _value(observer: MetricsObserver, name: str, **labels: str) -> float | None:
 
 def test_a_run_that_evicts_and_reconfigures_is_counted_and_its_phases_shown() -> None:
     twin, observer = busy_cluster(), MetricsObserver()
-    drive(twin, Controller(twin, ControllerSettings(mode="enforce"), observer=observer))
+    drive(twin, mig_controller(twin, ControllerSettings(mode="enforce"), observer=observer))
     assert _value(observer, "migopt_evictions_total", outcome="evicted") == 1
     assert _value(observer, "migopt_evictions_total", outcome="blocked") == 0
     assert _value(observer, "migopt_reconfigurations_total", outcome="started") == 1
@@ -44,7 +45,7 @@ def test_a_run_that_evicts_and_reconfigures_is_counted_and_its_phases_shown() ->
 
 def test_the_first_plan_shows_planned_next_to_current_geometry_and_its_gains() -> None:
     twin, observer = busy_cluster(), MetricsObserver()
-    controller = Controller(twin, ControllerSettings(mode="recommend"), observer=observer)
+    controller = mig_controller(twin, ControllerSettings(mode="recommend"), observer=observer)
     twin.add_pod("team-y/big", {"nvidia.com/mig-7g.80gb": 1}, priority=100)
     while controller.plans_made == 0:
         twin.advance(5)
@@ -68,7 +69,7 @@ def test_the_first_plan_shows_planned_next_to_current_geometry_and_its_gains() -
 def test_mig_manager_failure_is_a_per_node_flag_and_a_count() -> None:
     twin, observer = busy_cluster(), MetricsObserver()
     twin.node("node-0").labels[MIG_STATE_LABEL] = "failed"
-    observer.snapshot_taken(twin.snapshot(), twin.now())
+    observer.snapshot_taken(twin.snapshot(), twin.now(), {})
     assert _value(observer, "migopt_node_mig_config_failed", node="node-0") == 1
     assert _value(observer, "migopt_mig_config_failed_nodes") == 1
 

@@ -1,28 +1,45 @@
-"""Carrying one node's part of a plan out through the mig-manager label protocol, crash-safely.
+"""The mig-manager label protocol: the actuator that carries a node's change out through NVIDIA's GPU Operator.
 
     cordoning → evicting → labelling → applying → verifying → done
                     ↘ abandoned (a PodDisruptionBudget kept refusing past the deadline)
                                           ↘ failed (mig-manager `failed` after the retries, or stuck)
 
+A plan's changes start with one write of the owned mig-parted ConfigMap (an entry per changing node, covering
+every GPU of it: spec §2.2), then each node is recorded and driven through the phases above.
+
 Every step is recorded in the node's annotations *before* the action it announces, so a controller killed at
 any point and restarted resumes from the annotations alone: it never evicts a pod twice (a pod is marked before
 its eviction is asked for), never evicts a pod the plan did not name (the list is written when the node's
 change starts), and never leaves a node cordoned (it records that it cordoned before cordoning, and every end
-state uncordons what it cordoned). `advance` is idempotent: call it on every reconcile tick.
+state uncordons what it cordoned). `advance` is idempotent: call it on every reconcile tick. The annotations are
+this module's private record: the rest of the controller reads them only through `recorded_status`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from enum import StrEnum
-
-from pydantic import BaseModel, Field
+from collections.abc import Callable, Sequence
 
 from nvidia_protocol.labels import MIG_CONFIG_LABEL, MIG_STATE_LABEL
+from nvidia_protocol.migparted import (
+    MigConfigEntry,
+    MigPartedConfig,
+    config_name,
+    empty_config,
+    garbage_collect,
+    node_entry,
+    parse_config,
+    render_config,
+    with_entry,
+)
+from nvidia_protocol.standard_configs import standard_config
+from optimizer.controller.actuator import ACTIVE, ActuationSettings, ActuationStatus, NodeChange, Phase
 from optimizer.controller.port import ClusterPort, EvictionOutcome
+from optimizer.controller.reasons import EventReason
+from solver.errors import MigoptError
 from solver.profiles import MIG_RESOURCE_PREFIX
-from solver.snapshot import GPU_RESOURCE, NodeState
+from solver.snapshot import GPU_RESOURCE, ClusterSnapshot, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -40,71 +57,126 @@ RETRY_AT = PREFIX + "retry-at"
 LABEL_AFTER = PREFIX + "label-after"
 
 
-class Phase(StrEnum):
-    CORDONING = "cordoning"
-    EVICTING = "evicting"
-    LABELLING = "labelling"
-    APPLYING = "applying"
-    VERIFYING = "verifying"
-    DONE = "done"
-    ABANDONED = "abandoned"
-    FAILED = "failed"
-
-
-ACTIVE = {Phase.CORDONING, Phase.EVICTING, Phase.LABELLING, Phase.APPLYING, Phase.VERIFYING}
-
-
-class ActuationSettings(BaseModel):
-    eviction_timeout_s: float = Field(default=600.0, gt=0, description="give up on a node's drain after this")
-    eviction_backoff_s: float = Field(default=10.0, gt=0, description="first wait after a 429, doubled each time")
-    apply_timeout_s: float = Field(default=900.0, gt=0, description="a mig-manager run stuck longer than this fails")
-    max_retries: int = Field(default=2, ge=0, description="relabel retries after mig-manager reports failed")
-    config_propagation_s: float = Field(
-        default=90.0,
-        ge=0,
-        description="wait this long after writing a new config entry before a label names it: mig-manager reads "
-        "the ConfigMap through a volume that kubelet refreshes only every sync period plus cache TTL (spec §1.7)",
-    )
-
-
-class NodeChange(BaseModel):
-    """One node's part of a plan: the config to select, who to evict, what the node must advertise after."""
-
-    node: str
-    plan_id: str
-    config_name: str
-    evict: list[str]
-    expected: dict[str, int]  # MIG resource -> allocatable count once applied
-    new_entry: bool = False  # the config entry was just written: wait for it to reach mig-manager's volume
+_PHASES = {p.value: p for p in Phase}
 
 
 def phase_of(node: NodeState) -> Phase | None:
-    value = node.annotations.get(PHASE, "")
-    return Phase(value) if value in {p.value for p in Phase} else None
+    return _PHASES.get(node.annotations.get(PHASE, ""))
 
 
 def is_active(node: NodeState) -> bool:
     return phase_of(node) in ACTIVE
 
 
-def start(port: ClusterPort, change: NodeChange, settings: ActuationSettings) -> None:
+def recorded_status(node: NodeState) -> ActuationStatus | None:
+    """The node's change as its annotations record it; None when there is none (or its phase is unknown)."""
+    phase = phase_of(node)
+    if phase is None:
+        return None
+    a = node.annotations
+    attempts = a.get(ATTEMPTS, "")
+    return ActuationStatus(
+        node=node.name,
+        plan_id=a.get(PLAN, ""),
+        phase=phase,
+        target=a.get(TARGET, ""),
+        evict=tuple(_listed(a.get(EVICT, ""))),
+        evicted=tuple(_listed(a.get(EVICTED, ""))),
+        attempts=int(attempts) if attempts.isdigit() else 0,
+    )
+
+
+class MigManagerActuator:
+    """The `Actuator` of the mig-manager label protocol (`optimizer.controller.actuator`)."""
+
+    def __init__(self, settings: ActuationSettings | None = None) -> None:
+        self.settings = settings or ActuationSettings()
+
+    def status(self, node: NodeState) -> ActuationStatus | None:
+        return recorded_status(node)
+
+    def target(self, snapshot: ClusterSnapshot, change: NodeChange) -> str:
+        return config_name(_entries(snapshot, change))
+
+    def start(
+        self, port: ClusterPort, snapshot: ClusterSnapshot, changes: Sequence[NodeChange], may_act: Callable[[], bool]
+    ) -> None:
+        """Write the config entries the changing nodes need (before any label names one), then start each node."""
+        if not changes:
+            return
+        config = _read_config(port)
+        existing = set(config.mig_configs)  # entries mig-manager may already have; new ones need time to reach it
+        named: list[tuple[NodeChange, str, bool]] = []
+        for change in changes:
+            entries = _entries(snapshot, change)
+            label = config_name(entries)
+            config = with_entry(config, label, entries)
+            named.append((change, label, label not in existing))
+        in_use = {n.labels[MIG_CONFIG_LABEL] for n in snapshot.nodes if MIG_CONFIG_LABEL in n.labels}
+        config = _restore_standard_names(config, in_use, snapshot)
+        config = garbage_collect(config, in_use | {label for _, label, _ in named})
+        port.write_mig_config(render_config(config))
+        for change, label, new_entry in named:
+            if not may_act():
+                return
+            _start_node(port, change, label, new_entry, self.settings)
+
+    def advance(self, port: ClusterPort, node: NodeState) -> Phase | None:
+        return advance(port, node, self.settings)
+
+
+def _entries(snapshot: ClusterSnapshot, change: NodeChange) -> list[MigConfigEntry]:
+    """The mig-parted entries that give every GPU of the node its target."""
+    node = next(n for n in snapshot.nodes if n.name == change.node)
+    models = {g.index: g.gpu_model for g in node.gpus}
+    return node_entry([(g.index, models[g.index], g.target) for g in sorted(change.gpus, key=lambda g: g.index)])
+
+
+def _read_config(port: ClusterPort) -> MigPartedConfig:
+    text = port.read_mig_config()
+    if text is None:
+        return empty_config()
+    try:
+        return parse_config(text)
+    except MigoptError as err:
+        log.warning("owned mig-parted config is invalid, rewriting it: %s", err)
+        return empty_config()
+
+
+def _restore_standard_names(config: MigPartedConfig, in_use: set[str], snapshot: ClusterSnapshot) -> MigPartedConfig:
+    """Nodes may be labelled with the operator's standard names (`all-1g.10gb`…): an entry for each must stay in
+    the file, or a mig-manager restart on such a node fails. Put back any that are missing (a ConfigMap found
+    broken and rewritten, or one that never had them), built for the cluster's GPU models."""
+    missing = in_use - set(config.mig_configs)
+    if not missing:
+        return config
+    models = sorted({g.gpu_model.key: g.gpu_model for n in snapshot.nodes for g in n.gpus}.items())
+    standard = standard_config([m for _, m in models]).mig_configs if models else {}
+    for name in sorted(missing & set(standard)):
+        config = with_entry(config, name, standard[name])
+    return config
+
+
+def _start_node(
+    port: ClusterPort, change: NodeChange, label: str, new_entry: bool, settings: ActuationSettings
+) -> None:
     """Record the change on the node (the list of pods to evict included), then begin cordoning."""
     port.patch_node(
         change.node,
         annotations={
             PLAN: change.plan_id,
             PHASE: Phase.CORDONING,
-            TARGET: change.config_name,
+            TARGET: label,
             EVICT: ",".join(sorted(change.evict)),
             EVICTED: "",
             ATTEMPTS: "0",
             EXPECTED: json.dumps(change.expected, sort_keys=True),
             DEADLINE: str(port.now() + settings.eviction_timeout_s),
             RETRY_AT: None,
-            LABEL_AFTER: str(port.now() + settings.config_propagation_s) if change.new_entry else None,
+            LABEL_AFTER: str(port.now() + settings.config_propagation_s) if new_entry else None,
         },
     )
-    port.record_event("Node", change.node, "MigReconfigurationStarted", f"plan {change.plan_id}: {change.config_name}")
+    port.record_event("Node", change.node, EventReason.RECONFIGURATION_STARTED, f"plan {change.plan_id}: {label}")
 
 
 def advance(port: ClusterPort, node: NodeState, settings: ActuationSettings) -> Phase | None:
@@ -133,7 +205,7 @@ def advance(port: ClusterPort, node: NodeState, settings: ActuationSettings) -> 
 
 def _enter(port: ClusterPort, node: str, phase: Phase, deadline: float) -> Phase:
     port.patch_node(node, annotations={PHASE: phase, DEADLINE: str(deadline), RETRY_AT: None})
-    port.record_event("Node", node, "MigReconfigurationPhase", f"phase {phase}")
+    port.record_event("Node", node, EventReason.RECONFIGURATION_PHASE, f"phase {phase}")
     log.info("node=%s phase=%s", node, phase)
     return phase
 
@@ -172,10 +244,12 @@ def _evict_once(port: ClusterPort, node: str, pod: str, evicted: set[str]) -> Ev
     outcome = port.evict(pod)
     if outcome is EvictionOutcome.BLOCKED:
         port.patch_node(node, annotations={EVICTED: ",".join(sorted(evicted))})
-        port.record_event("Pod", pod, "MigEvictionBlocked", "a PodDisruptionBudget refused the eviction; will retry")
+        port.record_event(
+            "Pod", pod, EventReason.EVICTION_BLOCKED, "a PodDisruptionBudget refused the eviction; will retry"
+        )
     else:
         evicted.add(pod)
-        port.record_event("Pod", pod, "MigEvicted", f"evicted to reconfigure the MIG layout of node {node}")
+        port.record_event("Pod", pod, EventReason.EVICTED, f"evicted to reconfigure the MIG layout of node {node}")
     return outcome
 
 
@@ -197,7 +271,9 @@ def _apply_step(port: ClusterPort, node: NodeState, settings: ActuationSettings,
         )
         port.patch_node(node.name, labels={MIG_CONFIG_LABEL: None})
         port.patch_node(node.name, labels={MIG_CONFIG_LABEL: a[TARGET]})
-        port.record_event("Node", node.name, "MigReconfigurationRetry", f"mig-manager failed; retry {attempts + 1}")
+        port.record_event(
+            "Node", node.name, EventReason.RECONFIGURATION_RETRY, f"mig-manager failed; retry {attempts + 1}"
+        )
         return Phase.APPLYING
     if now >= float(a[DEADLINE]):
         return _finish(port, node, Phase.FAILED, f"mig-manager did not finish {a[TARGET]} in time (state {state})")
@@ -227,8 +303,8 @@ def _finish(port: ClusterPort, node: NodeState, phase: Phase, message: str) -> P
     if node.annotations.get(CORDONED) == "true":
         port.set_unschedulable(node.name, False)
         port.patch_node(node.name, annotations={CORDONED: None})
-    reason = {Phase.DONE: "MigReconfigured", Phase.ABANDONED: "MigReconfigurationAbandoned"}.get(
-        phase, "MigReconfigurationFailed"
+    reason = {Phase.DONE: EventReason.RECONFIGURED, Phase.ABANDONED: EventReason.RECONFIGURATION_ABANDONED}.get(
+        phase, EventReason.RECONFIGURATION_FAILED
     )
     port.record_event("Node", node.name, reason, message)
     log.info("node=%s phase=%s message=%r", node.name, phase, message)

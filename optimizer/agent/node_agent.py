@@ -6,7 +6,8 @@ the kubelet pod-resources socket when one is mounted, and patches `migopt.io/gpu
 when the text changed, so node watchers are not woken every 30 s for nothing. A missing driver or an NVML error
 becomes a report with `error` set, logged once, and the loop goes on.
 
-This module imports neither `kubernetes` nor `grpc` at module level, nor anything that pulls in OR-Tools, so
+This module imports neither `kubernetes` (the writer goes through `optimizer.kube.api`, imported when a writer is
+made) nor `grpc` at module level, nor anything that pulls in OR-Tools, so
 `python -m optimizer.agent.node_agent --once --dry-run` runs on a bare GPU machine with only pynvml, PyYAML,
 pydantic and typer.
 """
@@ -130,20 +131,21 @@ def run_loop(agent: NodeAgent, interval_s: float, once: bool, wait: Callable[[fl
 def kubernetes_writer(node: str, kubeconfig: Path | None) -> Writer:
     """Merge-patch the report annotation onto the node (RBAC: `patch` on `nodes`)."""
     try:
-        from kubernetes import client
-
-        from optimizer.kube.api import REQUEST_TIMEOUT, make_api_client
+        from optimizer.kube.api import KubeApi, make_api_client
+        from optimizer.kube.errors import KubeApiError
     except ImportError as err:  # pragma: no cover - the dependency is declared
         raise MigoptError("the kubernetes package is needed to patch the node (or use --dry-run)") from err
-    api = client.CoreV1Api(make_api_client(str(kubeconfig) if kubeconfig is not None else None))
+    api = KubeApi(make_api_client(str(kubeconfig) if kubeconfig is not None else None))
 
     def write(value: str) -> None:
+        """One attempt, no retry policy: the next interval is the retry."""
         body = {"metadata": {"annotations": {GPU_REPORT_ANNOTATION: value}}}
         try:
-            api.patch_node(node, body, _content_type="application/merge-patch+json", _request_timeout=REQUEST_TIMEOUT)
-        except client.ApiException as err:
-            raise MigoptError(f"patch node {node}: HTTP {err.status} {err.reason}") from None
-        except Exception as err:  # connection refused, TLS, timeouts: retried next interval
+            api.patch_node(node, body)
+        except KubeApiError as err:  # an HTTP error, or no answer (connection refused, TLS, timeouts)
+            what = f"HTTP {err.status} {err.reason}" if err.status else err.detail
+            raise MigoptError(f"patch node {node}: {what}") from None
+        except Exception as err:  # anything else the client throws: the daemon goes on
             raise MigoptError(f"patch node {node}: {_one_line(err)}") from None
 
     return write

@@ -9,21 +9,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal, Protocol
 
+from optimizer.controller.actuator import ActuationStatus
 from optimizer.controller.port import ClusterPort, EvictionOutcome
+from optimizer.controller.reasons import EventReason
 from solver.plan import Plan
 from solver.snapshot import ClusterSnapshot
 
 
 class ControllerObserver(Protocol):
-    def snapshot_taken(self, snapshot: ClusterSnapshot, now: float) -> None:
-        """Every tick's observation (pending demand, current layouts, actuation phases in node annotations)."""
+    def snapshot_taken(self, snapshot: ClusterSnapshot, now: float, statuses: Mapping[str, ActuationStatus]) -> None:
+        """Every tick's observation (pending demand, current layouts) with each node's recorded change, by node."""
         ...
 
-    def plan_made(self, plan: Plan, snapshot: ClusterSnapshot, plan_id: str) -> None:
-        """A new plan, with the snapshot it was made from."""
+    def plan_made(self, plan: Plan, snapshot: ClusterSnapshot, plan_id: str, targets: Mapping[str, str]) -> None:
+        """A new plan, with the snapshot it was made from and, for each node it changes, what the actuator would
+        move that node to (a mig-parted config name)."""
         ...
 
-    def event_recorded(self, kind: Literal["Pod", "Node"], name: str, reason: str, message: str) -> None:
+    def event_recorded(self, kind: Literal["Pod", "Node"], name: str, reason: EventReason, message: str) -> None:
         """A Kubernetes Event the controller recorded (reasons `Mig*`, see `optimizer.actuators.mig_manager`)."""
         ...
 
@@ -55,7 +58,7 @@ class ObservedPort:
     def write_mig_config(self, text: str) -> None:
         self._port.write_mig_config(text)
 
-    def record_event(self, kind: Literal["Pod", "Node"], name: str, reason: str, message: str) -> None:
+    def record_event(self, kind: Literal["Pod", "Node"], name: str, reason: EventReason, message: str) -> None:
         self._port.record_event(kind, name, reason, message)
         self._observer.event_recorded(kind, name, reason, message)
 

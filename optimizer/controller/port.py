@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Literal, Protocol
 
+from optimizer.controller.reasons import EventReason
 from solver.snapshot import ClusterSnapshot
 
 
@@ -48,7 +49,7 @@ class ClusterPort(Protocol):
         """Create or replace the owned mig-parted config file."""
         ...
 
-    def record_event(self, kind: Literal["Pod", "Node"], name: str, reason: str, message: str) -> None:
+    def record_event(self, kind: Literal["Pod", "Node"], name: str, reason: EventReason, message: str) -> None:
         """A Kubernetes Event on a pod or node."""
         ...
 

@@ -1,4 +1,4 @@
-"""The ClusterPort on a real cluster, with the official `kubernetes` client.
+"""The ClusterPort on a real cluster, through the client layer (`optimizer.kube.api`: the official `kubernetes` client).
 
 Reads come from list+watch caches (nodes, GPU pods, PodDisruptionBudgets, the owned ConfigMap), so a reconcile
 costs no list requests; writes go straight to the API under `ApiCaller`'s failure policy and are applied to
@@ -15,16 +15,17 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Literal
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, Field
 
 from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION
 from nvidia_protocol.labels import MIG_CAPABLE_LABEL
 from nvidia_protocol.migparted import MigPartedConfig, parse_config
-from optimizer.actuators.mig_manager import Phase, is_active, phase_of
+from optimizer.actuators.mig_manager import recorded_status
+from optimizer.controller.actuator import Phase
 from optimizer.controller.port import ClusterPort, EvictionOutcome
-from optimizer.kube.api import REQUEST_TIMEOUT, ApiCaller, ApiError, raw_json
+from optimizer.controller.reasons import EventReason
+from optimizer.kube.api import ApiCaller, ApiClient, KubeApi
+from optimizer.kube.errors import Conflict, NotFound, TooManyRequests
 from optimizer.kube.events import EventRecorder
 from optimizer.kube.informer import Informer, wait_all_synced
 from optimizer.kube.layouts import (
@@ -46,10 +47,10 @@ from optimizer.kube.objects import (
     running_pod,
 )
 from solver.errors import MigoptError
+from solver.protection import Protection
 from solver.snapshot import PRODUCT_LABEL, ClusterSnapshot, NodeState, PendingPod, RunningPod
 
 log = logging.getLogger(__name__)
-MERGE_PATCH = "application/merge-patch+json"
 
 
 class KubeSettings(BaseModel):
@@ -83,7 +84,7 @@ class KubeClusterPort:
 
     def __init__(
         self,
-        api_client: client.ApiClient,
+        api: KubeApi | ApiClient,
         settings: KubeSettings | None = None,
         *,
         caller: ApiCaller | None = None,
@@ -92,27 +93,17 @@ class KubeClusterPort:
     ) -> None:
         self.settings = settings or KubeSettings()
         self.caller = caller or ApiCaller()
-        self.core = client.CoreV1Api(api_client)
-        policy = client.PolicyV1Api(api_client)
+        self.api = KubeApi.of(api)
         s = self.settings
         timeout = s.watch_timeout_s
-        self.nodes = Informer("nodes", self.core.list_node, self.caller, watch_timeout_s=timeout)
-        self.pods = Informer(
-            "pods", self.core.list_pod_for_all_namespaces, self.caller, keep=_uses_gpus, watch_timeout_s=timeout
-        )
-        self.pdbs = Informer(
-            "poddisruptionbudgets", policy.list_pod_disruption_budget_for_all_namespaces, self.caller,
-            watch_timeout_s=timeout,
-        )  # fmt: skip
-        list_config = partial(
-            self.core.list_namespaced_config_map,
-            s.mig_config_namespace,
-            field_selector=f"metadata.name={s.mig_config_name}",
-        )
-        self.configmaps = Informer("configmaps", list_config, self.caller, watch_timeout_s=timeout)
+        self.nodes = Informer(self.api.nodes(), self.caller, watch_timeout_s=timeout)
+        self.pods = Informer(self.api.pods(), self.caller, keep=_uses_gpus, watch_timeout_s=timeout)
+        self.pdbs = Informer(self.api.pod_disruption_budgets(), self.caller, watch_timeout_s=timeout)
+        owned_config = self.api.config_map_collection(s.mig_config_name, s.mig_config_namespace)
+        self.configmaps = Informer(owned_config, self.caller, watch_timeout_s=timeout)
         self.informers = [self.nodes, self.pods, self.pdbs, self.configmaps]
         self.events = EventRecorder(
-            partial(self.core.create_namespaced_event, _request_timeout=REQUEST_TIMEOUT),
+            self.api.create_event,
             self.caller,
             instance=instance,
             qps=s.event_qps,
@@ -135,12 +126,9 @@ class KubeClusterPort:
             raise MigoptError(f"could not list {', '.join(missing)} within {self.settings.sync_timeout_s:.0f}s")
 
     def sync_once(self) -> None:
-        """List everything once, no watches (one-shot commands)."""
+        """List everything once, no watches (one-shot commands); a failed list raises its `KubeApiError`."""
         for informer in self.informers:
-            try:
-                informer.sync_once()
-            except ApiException as err:
-                raise ApiError(f"list {informer.resource}: {err.status} {err.reason}", err.status or 0) from None
+            informer.sync_once()
 
     def stop(self) -> None:
         for informer in self.informers:
@@ -211,13 +199,14 @@ class KubeClusterPort:
             layout = resolve_layout(name, labels, annotations, config, held, on_node)
         except MigoptError as err:
             self._report_once(name, str(err))
-            if is_active(base) and phase_of(base) is Phase.EVICTING:
+            if (status := recorded_status(base)) is not None and status.phase is Phase.EVICTING:
                 return None, f"waiting: {err}", {}  # a drain needs to know who holds what: wait for it
             return base, f"not planned: {err}", {}
         extra = {
-            pod: RunningPod(name=pod, priority=UNATTRIBUTED_PRIORITY, evictable=False) for pod in layout.unattributed
+            pod: RunningPod(name=pod, priority=UNATTRIBUTED_PRIORITY, protection=Protection.UNATTRIBUTED)
+            for pod in layout.unattributed
         }
-        extra |= {pod: RunningPod(name=pod, evictable=False) for pod in layout.guessed}
+        extra |= {pod: RunningPod(name=pod, protection=Protection.GUESSED) for pod in layout.guessed}
         node = base.model_copy(update={"gpus": layout.gpus})
         return node, str(layout.source if layout.source is not LayoutSource.AGENT else "agent"), extra
 
@@ -243,7 +232,7 @@ class KubeClusterPort:
         for pod, reason in skipped.items():
             if self.skipped_pods.get(pod) != reason:
                 log.warning("pod=%s skipped: %s", pod, reason)
-                self.events.record("Pod", pod, "MigInvalidRequest", reason)
+                self.events.record("Pod", pod, EventReason.INVALID_REQUEST, reason)
         self.skipped_pods = skipped
 
     def read_mig_config(self) -> str | None:
@@ -272,32 +261,24 @@ class KubeClusterPort:
     def _patch_node(self, node: str, body: dict[str, Any]) -> None:
         """A JSON merge patch: labels and annotations merge key by key, null removes; no resourceVersion, so no
         conflicts with GFD or mig-manager writing other labels of the same node."""
-        response = self.caller(
-            "patch",
-            "nodes",
-            lambda: self.core.patch_node(
-                node, body, _content_type=MERGE_PATCH, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            ),
-            idempotent=True,
-        )
-        self.nodes.apply(raw_json(response))
+        patched = self.caller("patch", "nodes", lambda: self.api.patch_node(node, body), idempotent=True)
+        self.nodes.apply(patched)
 
     def evict(self, pod: str) -> EvictionOutcome:
         """policy/v1 Eviction: 201 evicted, 429 a budget refuses (nothing happened; ask again later), 404 gone."""
         namespace, _, name = pod.rpartition("/")
-        body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace or "default"))
         try:
             self.caller(
                 "create",
                 "pods/eviction",
-                lambda: self.core.create_namespaced_pod_eviction(
-                    name, namespace or "default", body, _request_timeout=REQUEST_TIMEOUT
-                ),
+                lambda: self.api.evict(name, namespace or "default"),
                 allow=(404, 429),
                 idempotent=True,
             )
-        except ApiException as err:
-            return EvictionOutcome.GONE if err.status == 404 else EvictionOutcome.BLOCKED
+        except NotFound:
+            return EvictionOutcome.GONE
+        except TooManyRequests:  # allowed: not retried here; the controller asks again on a later pass
+            return EvictionOutcome.BLOCKED
         return EvictionOutcome.EVICTED
 
     def write_mig_config(self, text: str) -> None:
@@ -316,33 +297,33 @@ class KubeClusterPort:
                     },
                     "data": {s.mig_config_key: text},
                 }
-                call = partial(self.core.create_namespaced_config_map, s.mig_config_namespace, body)
-                verb, allow = "create", (409,)
+                call = partial(self.api.create_config_map, s.mig_config_namespace, body)
+                verb = "create"
             else:
                 body = dict(current)
                 body["data"] = {**(current.get("data") or {}), s.mig_config_key: text}
-                call = partial(self.core.replace_namespaced_config_map, s.mig_config_name, s.mig_config_namespace, body)
-                verb, allow = "update", (409,)
+                call = partial(self.api.replace_config_map, s.mig_config_name, s.mig_config_namespace, body)
+                verb = "update"
             try:
-                response = self.caller(
-                    verb,
-                    "configmaps",
-                    partial(call, _preload_content=False, _request_timeout=REQUEST_TIMEOUT),
-                    allow=allow,
-                )
-            except ApiException:
-                continue  # someone else wrote it first (409): read again
-            self.configmaps.apply(raw_json(response))
+                written = self.caller(verb, "configmaps", call, allow=(409,))
+            except Conflict:
+                continue  # someone else wrote it first: read again
+            self.configmaps.apply(written)
             return
-        raise ApiError(f"configmap {s.mig_config_namespace}/{s.mig_config_name}: conflicts kept winning", 409)
+        raise Conflict(
+            f"configmap {s.mig_config_namespace}/{s.mig_config_name}: conflicts kept winning",
+            status=409,
+            verb="update",
+            resource="configmaps",
+        )
 
     def _read_config_map(self) -> dict[str, Any] | None:
         s = self.settings
         return self.caller.read_or_none(
-            "configmaps", partial(self.core.read_namespaced_config_map, s.mig_config_name, s.mig_config_namespace)
+            "configmaps", partial(self.api.read_config_map, s.mig_config_name, s.mig_config_namespace)
         )
 
-    def record_event(self, kind: Literal["Pod", "Node"], name: str, reason: str, message: str) -> None:
+    def record_event(self, kind: Literal["Pod", "Node"], name: str, reason: EventReason, message: str) -> None:
         self.events.record(kind, name, reason, message)
 
     def now(self) -> float:

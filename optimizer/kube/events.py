@@ -17,22 +17,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from optimizer.kube.api import ApiCaller, ApiError
+from optimizer.controller.reasons import WARNING_REASONS, EventReason
+from optimizer.kube.api import ApiCaller
+from optimizer.kube.errors import KubeApiError
 
 log = logging.getLogger(__name__)
 COMPONENT = "migopt"
-WARNING_REASONS = frozenset(
-    {
-        "MigUnplaced",
-        "MigEvictionBlocked",
-        "MigReconfigurationFailed",
-        "MigReconfigurationAbandoned",
-        "MigInvalidRequest",
-    }
-)
 
 
-def event_body(kind: Literal["Pod", "Node"], name: str, reason: str, message: str, instance: str) -> dict[str, Any]:
+def event_body(
+    kind: Literal["Pod", "Node"], name: str, reason: EventReason, message: str, instance: str
+) -> dict[str, Any]:
     """A core/v1 Event on a pod (`namespace/name`) or node; node events live in `default`, as kubelet's do."""
     namespace, _, short = name.rpartition("/") if kind == "Pod" else ("", "", name)
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -83,7 +78,7 @@ class EventRecorder:
         self.dropped = 0
         self.failed = 0
 
-    def record(self, kind: Literal["Pod", "Node"], name: str, reason: str, message: str) -> None:
+    def record(self, kind: Literal["Pod", "Node"], name: str, reason: EventReason, message: str) -> None:
         now = self._clock()
         key = (kind, name, reason, message)
         if now - self._recent.get(key, -self._dedupe_s - 1) < self._dedupe_s:
@@ -129,7 +124,7 @@ class EventRecorder:
         try:
             self._caller("create", "events", lambda: self._create(body["metadata"]["namespace"], body))
             self.written += 1
-        except ApiError as err:
+        except KubeApiError as err:
             self.failed += 1
             log.debug("event not written: %s", err)
         except Exception:  # best effort: the drain thread must outlive any one event

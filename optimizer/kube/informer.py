@@ -11,20 +11,14 @@ them even before their watch event arrives (read-your-writes: the actuation's cr
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import urllib3
-from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
-
-from optimizer.kube.api import REQUEST_TIMEOUT, ApiCaller, raw_json
+from optimizer.kube.api import ApiCaller, Collection, WatchStream, watch_error
+from optimizer.kube.errors import Gone, KubeApiError
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -51,16 +45,15 @@ class Informer:
 
     def __init__(
         self,
-        resource: str,
-        list_call: Callable[..., Any],
+        collection: Collection,
         caller: ApiCaller,
         *,
         keep: Callable[[Obj], bool] = lambda _: True,
         watch_timeout_s: int = 300,
         error_backoff_s: float = 1.0,
     ) -> None:
-        self.resource = resource
-        self._list_call = list_call
+        self.resource = collection.resource
+        self._collection = collection
         self._caller = caller
         self._keep = keep
         self._watch_timeout_s = watch_timeout_s
@@ -69,7 +62,7 @@ class Informer:
         self._lock = threading.Lock()
         self._synced = threading.Event()
         self._stop = threading.Event()
-        self._response: Any = None
+        self._stream: WatchStream | None = None
         self._thread: threading.Thread | None = None
         self.resource_version: str | None = None
         self.relists = 0
@@ -105,15 +98,11 @@ class Informer:
         self._thread.start()
 
     def stop(self, wait: bool = True) -> None:
-        """End the watch now: shutting the socket down wakes the thread blocked reading it."""
+        """End the watch now, waking the thread blocked reading it."""
         self._stop.set()
-        response = self._response
-        if response is not None:
-            with contextlib.suppress(Exception):  # a socket another thread reads may fail any way it likes
-                sock = getattr(getattr(response, "connection", None), "sock", None)
-                if sock is not None:
-                    sock.shutdown(socket.SHUT_RDWR)
-                response.close()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
         if wait and self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -129,13 +118,13 @@ class Informer:
                 if self.resource_version is None:
                     self._relist()
                 self._watch()
-            except ApiException as err:
-                if err.status == 410:
-                    log.info("resource=%s watch expired (410): relisting", self.resource)
-                    self.resource_version = None
-                    continue
-                self._pause(f"{err.status} {err.reason}")
-            except (urllib3.exceptions.HTTPError, OSError, ValueError) as err:
+            except Gone:
+                log.info("resource=%s watch expired (410): relisting", self.resource)
+                self.resource_version = None
+                continue
+            except KubeApiError as err:  # before ValueError: it is one (a MigoptError)
+                self._pause(f"{err.status} {err.reason}" if err.status else err.detail)
+            except ValueError as err:  # a line that is not JSON
                 self._pause(str(err).splitlines()[0] if str(err) else type(err).__name__)
             except Exception as err:  # the cache must outlive any single bad response
                 if not self._stop.is_set():  # closing the stream from `stop` ends the read any way it likes
@@ -155,7 +144,7 @@ class Informer:
 
     def _relist(self) -> None:
         self._caller.count("list", self.resource)
-        body = raw_json(self._list_call(_preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+        body = self._collection.list()
         fresh = {object_key(o): o for o in body.get("items") or [] if self._keep(o)}
         with self._lock:
             self._objects = fresh
@@ -166,31 +155,18 @@ class Informer:
 
     def _watch(self) -> None:
         self._caller.count("watch", self.resource)
-        response = self._list_call(
-            watch=True,
-            resource_version=self.resource_version,
-            timeout_seconds=self._watch_timeout_s,
-            allow_watch_bookmarks=True,
-            _preload_content=False,
-            # the server ends the watch after timeout_seconds; a read silent for longer means a dead connection
-            _request_timeout=(REQUEST_TIMEOUT[0], self._watch_timeout_s + 30),
-        )
-        self._response = response
-        try:
-            for line in iter_resp_lines(response):
-                if self._stop.is_set():
-                    return
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                self._recovered()
-                if event.get("type") == "ERROR":
-                    status = event.get("object") or {}
-                    raise ApiException(status=int(status.get("code") or 500), reason=str(status.get("reason", "")))
-                self._handle(event)
-        finally:
-            self._response = None
-            response.release_conn()
+        with self._collection.watch(self.resource_version, self._watch_timeout_s) as stream:
+            self._stream = stream
+            try:
+                for event in stream:
+                    if self._stop.is_set():
+                        return
+                    self._recovered()
+                    if event.get("type") == "ERROR":
+                        raise watch_error(self.resource, event)
+                    self._handle(event)
+            finally:
+                self._stream = None
 
     def _recovered(self) -> None:
         if self._failures:

@@ -18,11 +18,10 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, Field, model_validator
 
-from optimizer.kube.api import REQUEST_TIMEOUT, ApiCaller, ApiError
+from optimizer.kube.api import ApiCaller, ApiClient, KubeApi
+from optimizer.kube.errors import Conflict, KubeApiError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ class LeaderElector:
 
     def __init__(
         self,
-        api_client: client.ApiClient,
+        api: KubeApi | ApiClient,
         settings: LeaderSettings,
         identity: str,
         caller: ApiCaller,
@@ -61,7 +60,7 @@ class LeaderElector:
     ) -> None:
         self.settings = settings
         self.identity = identity
-        self._api = client.CoordinationV1Api(api_client)
+        self._api = KubeApi.of(api)
         self._caller = caller
         self._clock = clock
         self._on_change = on_change
@@ -85,7 +84,7 @@ class LeaderElector:
         started = self._clock()  # the renewTime written is taken before the request: measure from here too
         try:
             leads = self._try()
-        except ApiError as err:
+        except KubeApiError as err:
             if str(err) != self._last_error:  # once per distinct failure, not every retry period
                 log.warning("lease=%s renew failed: %s", self.settings.lease_name, err)
             self._last_error = str(err)
@@ -116,10 +115,7 @@ class LeaderElector:
                 "metadata": {"name": s.lease_name, "namespace": s.lease_namespace},
                 "spec": self._spec(now_text, now_text, 0),
             }
-            return self._write(
-                "create",
-                lambda: self._api.create_namespaced_lease(s.lease_namespace, body, _request_timeout=REQUEST_TIMEOUT),
-            )
+            return self._write("create", lambda: self._api.create_lease(s.lease_namespace, body))
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         record = (holder, str(spec.get("renewTime") or ""))
@@ -134,7 +130,7 @@ class LeaderElector:
         if holder != self.identity:
             transitions, acquired = transitions + 1, now_text
         lease["spec"] = self._spec(acquired, now_text, transitions)
-        return self._write("update", lambda: self._api.replace_namespaced_lease(s.lease_name, s.lease_namespace, lease))
+        return self._write("update", lambda: self._replace(lease))
 
     def _spec(self, acquired: str, renewed: str, transitions: int) -> dict[str, Any]:
         return {
@@ -147,20 +143,16 @@ class LeaderElector:
 
     def _read(self) -> dict[str, Any] | None:
         s = self.settings
-        return self._caller.read_or_none(
-            "leases", partial(self._api.read_namespaced_lease, s.lease_name, s.lease_namespace)
-        )
+        return self._caller.read_or_none("leases", partial(self._api.read_lease, s.lease_name, s.lease_namespace))
 
-    def _replace(self, lease: dict[str, Any]) -> Any:
+    def _replace(self, lease: dict[str, Any]) -> None:
         s = self.settings
-        return self._api.replace_namespaced_lease(
-            s.lease_name, s.lease_namespace, lease, _request_timeout=REQUEST_TIMEOUT
-        )
+        self._api.replace_lease(s.lease_name, s.lease_namespace, lease)
 
     def _write(self, verb: str, call: Callable[[], Any]) -> bool:
         try:
             self._caller(verb, "leases", call, allow=(409,))
-        except ApiException:
+        except Conflict:
             return False  # another candidate wrote first
         return True
 
@@ -176,7 +168,7 @@ class LeaderElector:
                 return
             lease["spec"] = {**lease["spec"], "holderIdentity": None, "leaseDurationSeconds": 1}
             self._write("update", lambda: self._replace(lease))
-        except ApiError as err:
+        except KubeApiError as err:
             log.warning("lease=%s release failed: %s", s.lease_name, err)
 
     def start(self) -> None:

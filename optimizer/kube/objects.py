@@ -8,11 +8,11 @@ never allowed to spoil the snapshot of everyone else.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from collections.abc import Set as AbstractSet
 from typing import Any
 
 from pydantic import ValidationError
 
+from optimizer.controller.eviction import EvictionCandidate, eviction_verdict
 from solver.errors import MigoptError
 from solver.profiles import MIG_RESOURCE_PREFIX
 from solver.snapshot import (
@@ -26,8 +26,6 @@ from solver.snapshot import (
 )
 
 Obj = Mapping[str, Any]
-NOT_EVICTABLE_ANNOTATION = "migopt.io/evictable"  # "false": never evict this pod to reconfigure a GPU
-MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 
 
 def pod_key(pod: Obj) -> str:
@@ -128,19 +126,26 @@ def owner_kinds(pod: Obj) -> set[str]:
     return {ref.get("kind", "") for ref in (pod.get("metadata") or {}).get("ownerReferences") or []}
 
 
-def running_pod(pod: Obj, unevictable: AbstractSet[str] = frozenset()) -> RunningPod:
-    """What evicting a pod would cost. DaemonSet and static (mirror) pods are never evicted: their controller
-    would put them straight back on the same node; nor are pods that opt out or whose budget allows no disruption."""
+def eviction_candidate(pod: Obj, blocking_budget: str | None = None) -> EvictionCandidate:
+    """What the eviction rules read of a pod object: owners' kinds and annotations (values as strings, so a
+    malformed object cannot fail the snapshot), plus the budget that blocks it, if the caller knows one."""
     meta = pod.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    name = pod_key(pod)
-    evictable = (
-        "DaemonSet" not in owner_kinds(pod)
-        and MIRROR_ANNOTATION not in annotations
-        and annotations.get(NOT_EVICTABLE_ANNOTATION, "true").lower() != "false"
-        and name not in unevictable
+    return EvictionCandidate(
+        name=pod_key(pod),
+        owner_kinds=frozenset(owner_kinds(pod)),
+        annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
+        blocking_budget=blocking_budget,
     )
-    return RunningPod(name=name, priority=int((pod.get("spec") or {}).get("priority") or 0), evictable=evictable)
+
+
+def running_pod(pod: Obj, blocking_budgets: Mapping[str, str] | None = None) -> RunningPod:
+    """What evicting a pod would cost, and why it may not be evicted (`optimizer.controller.eviction`'s rules);
+    `blocking_budgets` is `pods_without_disruption_budget`'s answer."""
+    name = pod_key(pod)
+    verdict = eviction_verdict(eviction_candidate(pod, (blocking_budgets or {}).get(name)))
+    return RunningPod(
+        name=name, priority=int((pod.get("spec") or {}).get("priority") or 0), protection=verdict.protection
+    )
 
 
 def node_taints(node: Obj) -> list[Taint]:
@@ -178,18 +183,19 @@ def selector_matches(selector: Obj | None, labels: Mapping[str, str]) -> bool:
     return True
 
 
-def pods_without_disruption_budget(pdbs: Iterable[Obj], pods: Iterable[Obj]) -> set[str]:
-    """Pods covered by a PodDisruptionBudget whose status allows no disruption now: planning around them is cheaper
-    than a drain the Eviction API would refuse until the deadline."""
+def pods_without_disruption_budget(pdbs: Iterable[Obj], pods: Iterable[Obj]) -> dict[str, str]:
+    """Pods covered by a PodDisruptionBudget whose status allows no disruption now, each with that budget's
+    `namespace/name` (the first such budget, in listing order): planning around them is cheaper than a drain
+    the Eviction API would refuse until the deadline."""
     blocked_budgets = [pdb for pdb in pdbs if (pdb.get("status") or {}).get("disruptionsAllowed", 1) == 0]
     if not blocked_budgets:
-        return set()
-    result = set()
+        return {}
+    result: dict[str, str] = {}
     for pod in pods:
         meta = pod.get("metadata") or {}
         for pdb in blocked_budgets:
             selector = (pdb.get("spec") or {}).get("selector")
             same_namespace = (pdb["metadata"].get("namespace") or "default") == (meta.get("namespace") or "default")
             if selector is not None and same_namespace and selector_matches(selector, meta.get("labels") or {}):
-                result.add(pod_key(pod))
+                result.setdefault(pod_key(pod), pod_key(pdb))
     return result

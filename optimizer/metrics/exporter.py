@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -21,13 +21,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from nvidia_protocol.labels import MIG_CONFIG_LABEL, MIG_STATE_LABEL
-from nvidia_protocol.migparted import config_name, node_entry
-from optimizer.actuators.mig_manager import ACTIVE, PHASE, Phase
+from optimizer.controller.actuator import ActuationStatus, Phase
+from optimizer.controller.reasons import EventReason
 from optimizer.metrics.http_serve import Response, RunningServer, serve_routes
 from optimizer.usage.rightsizing import Recommendation
-from solver.catalog import load_catalog
 from solver.errors import MigoptError
 from solver.plan import Plan, PlanStatus
+from solver.protection import Protection
 from solver.snapshot import ClusterSnapshot, PendingPod, split_single_product
 
 Labels = tuple[str, ...]
@@ -36,6 +36,10 @@ Series = list[tuple[Labels, float]]
 # name -> (help, label names): every gauge the state collector serves
 _GAUGES: dict[str, tuple[str, Labels]] = {
     "migopt_pending_pods": ("Pending pods with a MIG request in the latest snapshot.", ()),
+    "migopt_protected_pods": (
+        "Running GPU pods in the latest snapshot that may never be evicted, by reason.",
+        ("reason",),
+    ),
     "migopt_pending_demand_devices": ("MIG devices pending pods ask for, by profile.", ("profile",)),
     "migopt_gpu_geometry_info": (
         "A GPU's MIG devices map (devices label, profile=count), current or as the last plan wants it.",
@@ -51,7 +55,7 @@ _GAUGES: dict[str, tuple[str, Labels]] = {
     ),
     "migopt_nodes": ("Nodes with MIG GPUs in the latest snapshot.", ()),
     "migopt_node_actuation_phase": (
-        "1 for the node's current actuation phase (annotation migopt.io/phase), 0 for the others.",
+        "1 for the node's current actuation phase (as its actuator records it), 0 for the others.",
         ("node", "phase"),
     ),
     "migopt_nodes_actuating": ("Nodes in the middle of a MIG change.", ()),
@@ -85,20 +89,17 @@ _GAUGES: dict[str, tuple[str, Labels]] = {
     "migopt_leader": ("1 when this replica holds the leader lease and may act.", ()),
 }
 
-STATUSES: tuple[PlanStatus, ...] = ("optimal", "feasible", "greedy", "greedy-fallback", "empty")
-REASONS = (
-    "MigPlanned", "MigUnplaced", "MigEvicted", "MigEvictionBlocked", "MigReconfigurationStarted",
-    "MigReconfigurationPhase", "MigReconfigured", "MigReconfigurationFailed", "MigReconfigurationRetry",
-    "MigReconfigurationAbandoned",
-)  # fmt: skip
-_RECONFIGURATION_OUTCOMES = {
-    "MigReconfigurationStarted": "started",
-    "MigReconfigured": "succeeded",
-    "MigReconfigurationFailed": "failed",
-    "MigReconfigurationRetry": "retried",
-    "MigReconfigurationAbandoned": "abandoned",
+STATUSES: tuple[PlanStatus, ...] = tuple(PlanStatus)
+REASONS = tuple(r for r in EventReason if r is not EventReason.INVALID_REQUEST)
+"""The reasons the controller records through its port (a malformed request is reported by the adapter)."""
+RECONFIGURATION_OUTCOMES = {
+    EventReason.RECONFIGURATION_STARTED: "started",
+    EventReason.RECONFIGURED: "succeeded",
+    EventReason.RECONFIGURATION_FAILED: "failed",
+    EventReason.RECONFIGURATION_RETRY: "retried",
+    EventReason.RECONFIGURATION_ABANDONED: "abandoned",
 }
-_EVICTION_OUTCOMES = {"MigEvicted": "evicted", "MigEvictionBlocked": "blocked"}
+EVICTION_OUTCOMES = {EventReason.EVICTED: "evicted", EventReason.EVICTION_BLOCKED: "blocked"}
 
 
 class _StateCollector(Collector):
@@ -142,6 +143,13 @@ def pod_profiles(pod: PendingPod) -> dict[str, int]:
     return pod.mig_requests
 
 
+def protected_series(snapshot: ClusterSnapshot) -> Series:
+    """Running pods with a `Protection`, one series per reason (zeros included, so every series always exists);
+    pods kept only by the plan policy's priority floor are not counted: that is the policy's, not the pod's."""
+    counts = Tally(p.protection for p in snapshot.running if p.protection is not None)
+    return [((reason.value,), float(counts[reason])) for reason in Protection]
+
+
 class MetricsObserver:
     """The metrics exporter: a `ControllerObserver` with its own registry (`registry`), plus the setters the
     runner calls for what the controller does not see (usage availability, right-sizing, leadership)."""
@@ -155,6 +163,7 @@ class MetricsObserver:
         self._current: dict[tuple[str, int], tuple[str, dict[str, int]]] = {}
         self._snapshot: ClusterSnapshot | None = None
         self._plan: Plan | None = None
+        self._targets: dict[str, str] = {}
         self._current_series: tuple[Series, Series, Series] = ([], [], [])
         r = self.registry
         self.plans = Counter("migopt_plans", "Plans made, by solver status.", ["status"], registry=r)
@@ -174,9 +183,9 @@ class MetricsObserver:
         )  # fmt: skip
         for status in STATUSES:
             self.plans.labels(status)
-        for outcome in _EVICTION_OUTCOMES.values():
+        for outcome in EVICTION_OUTCOMES.values():
             self.evictions.labels(outcome)
-        for outcome in _RECONFIGURATION_OUTCOMES.values():
+        for outcome in RECONFIGURATION_OUTCOMES.values():
             self.reconfigurations.labels(outcome)
         for reason in REASONS:
             self.events.labels(reason)
@@ -184,7 +193,7 @@ class MetricsObserver:
 
     # ---- ControllerObserver -----------------------------------------------------------------------------
 
-    def snapshot_taken(self, snapshot: ClusterSnapshot, now: float) -> None:
+    def snapshot_taken(self, snapshot: ClusterSnapshot, now: float, statuses: Mapping[str, ActuationStatus]) -> None:
         demand: Tally[str] = Tally()
         for pod in snapshot.pods:
             demand.update(pod_profiles(pod))
@@ -205,19 +214,20 @@ class MetricsObserver:
                 geometry.append(((node.name, str(gpu.index), gpu.gpu_model.key, "current", devices_text(devices)), 1))
             instances += [((node.name, p, "current"), float(c)) for p, c in sorted(counts.items())]
             configs.append(((node.name, "current", node.labels.get(MIG_CONFIG_LABEL, "")), 1))
-            phase = node.annotations.get(PHASE)
-            if phase in {p.value for p in Phase}:
-                phases += [((node.name, p.value), float(p.value == phase)) for p in Phase]
+            status = statuses.get(node.name)
+            if status is not None:
+                phases += [((node.name, p.value), float(p is status.phase)) for p in Phase]
             if MIG_STATE_LABEL in node.labels:
                 failed.append(((node.name,), float(node.labels[MIG_STATE_LABEL] == "failed")))
         with self._lock:
             self._current, self._snapshot = current, snapshot
             self._current_series = (geometry, configs, instances)
             planned = self._planned_series()
-        actuating = sum(1 for n in snapshot.nodes if n.annotations.get(PHASE) in {p.value for p in ACTIVE})
+        actuating = sum(1 for s in statuses.values() if s.active)
         self._state.update(
             {
                 "migopt_pending_pods": [((), float(len(snapshot.pods)))],
+                "migopt_protected_pods": protected_series(snapshot),
                 "migopt_pending_demand_devices": [((p,), float(c)) for p, c in sorted(demand.items())],
                 "migopt_nodes": [((), float(len({n for n, _ in current})))],
                 "migopt_node_actuation_phase": phases,
@@ -231,7 +241,7 @@ class MetricsObserver:
             }
         )
 
-    def plan_made(self, plan: Plan, snapshot: ClusterSnapshot, plan_id: str) -> None:
+    def plan_made(self, plan: Plan, snapshot: ClusterSnapshot, plan_id: str, targets: Mapping[str, str]) -> None:
         o = plan.objectives
         self.plans.labels(plan.status).inc()
         self.planned_evictions.inc(len(plan.evictions))
@@ -239,6 +249,7 @@ class MetricsObserver:
         self.solve_seconds.observe(plan.solve_seconds)
         with self._lock:
             self._plan = plan
+            self._targets = dict(targets)
             self._snapshot = snapshot
             planned = self._planned_series()
             geometry, configs, instances = self._current_series
@@ -262,12 +273,12 @@ class MetricsObserver:
             }
         )
 
-    def event_recorded(self, kind: Literal["Pod", "Node"], name: str, reason: str, message: str) -> None:
+    def event_recorded(self, kind: Literal["Pod", "Node"], name: str, reason: EventReason, message: str) -> None:
         self.events.labels(reason).inc()
-        if reason in _EVICTION_OUTCOMES:
-            self.evictions.labels(_EVICTION_OUTCOMES[reason]).inc()
-        elif reason in _RECONFIGURATION_OUTCOMES:
-            self.reconfigurations.labels(_RECONFIGURATION_OUTCOMES[reason]).inc()
+        if reason in EVICTION_OUTCOMES:
+            self.evictions.labels(EVICTION_OUTCOMES[reason]).inc()
+        elif reason in RECONFIGURATION_OUTCOMES:
+            self.reconfigurations.labels(RECONFIGURATION_OUTCOMES[reason]).inc()
 
     # ---- what the runner sets ---------------------------------------------------------------------------
 
@@ -309,7 +320,6 @@ class MetricsObserver:
         if plan is None or self._snapshot is None:
             return out
         targets = {(g.node, g.index): g for g in plan.gpus}
-        catalog = load_catalog()
         by_node: dict[str, list[tuple[int, str, dict[str, int]]]] = {}
         for (node, index), (model, devices) in sorted(self._current.items()):
             gpu_plan = targets.get((node, index))
@@ -322,13 +332,7 @@ class MetricsObserver:
             for _, _, target in gpus:
                 counts.update(target)
             out["instances"] += [((node, p, "planned"), float(c)) for p, c in sorted(counts.items()) if c]
-            changes = any(targets[(node, i)].reconfigure for i, _, _ in gpus if (node, i) in targets)
-            config = labels.get(node, "")
-            if changes:
-                try:
-                    config = config_name(node_entry([(i, catalog.model(m), t) for i, m, t in gpus]))
-                except MigoptError:
-                    config = "unknown"
+            config = self._targets.get(node, labels.get(node, ""))
             out["configs"].append(((node, "planned", config), 1.0))
         return out
 

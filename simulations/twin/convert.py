@@ -16,6 +16,7 @@ from simulations.twin.device_plugin import DevicePlugin
 from simulations.twin.state import DeviceRef, PodSpec, TwinGpu, TwinInstance, TwinNode
 from simulations.twin.workload import PodStore, as_pending
 from solver.profiles import MIG_RESOURCE_PREFIX, resource_name
+from solver.protection import Protection
 from solver.snapshot import (
     GPU_RESOURCE,
     PRODUCT_LABEL,
@@ -88,7 +89,10 @@ def load_pods(snapshot: ClusterSnapshot, nodes: Mapping[str, TwinNode], store: P
     for name, (node_name, devices) in sorted(_holdings(nodes).items()):
         info = snapshot.running_pod(name)
         requests, selector = _replacement_request(nodes[node_name], devices)
-        spec = PodSpec(requests=requests, node_selector=selector, priority=info.priority, evictable=info.evictable)
+        spec = PodSpec(
+            requests=requests, node_selector=selector, priority=info.priority, evictable=info.evictable,
+            protection=info.protection,
+        )  # fmt: skip
         store.adopt_running(name, spec, node_name, devices)
     for pod in snapshot.pods:
         spec = PodSpec(
@@ -121,6 +125,14 @@ def _gpu_states(node: TwinNode, cache: GpuCache) -> list[GpuState]:
     return cached[1]
 
 
+def _protection(spec: PodSpec) -> Protection | None:
+    """The pod's reason, when it has one; a pod only flagged not evictable (`Twin.add_pod(evictable=False)`) gets
+    the snapshot's `unspecified`."""
+    if spec.evictable:
+        return None
+    return spec.protection or Protection.UNSPECIFIED
+
+
 def to_snapshot(
     nodes: Mapping[str, TwinNode], plugins: Mapping[str, DevicePlugin], store: PodStore, cache: GpuCache | None = None
 ) -> ClusterSnapshot:
@@ -135,7 +147,7 @@ def to_snapshot(
         for node in nodes.values()
     ]  # fmt: skip
     running = [
-        RunningPod(name=p.name, priority=p.spec.priority, evictable=p.spec.evictable)
+        RunningPod(name=p.name, priority=p.spec.priority, protection=_protection(p.spec))
         for p in sorted(store.running(), key=lambda p: p.name)
         if p.devices
     ]

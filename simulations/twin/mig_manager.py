@@ -21,7 +21,6 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from nvidia_protocol.labels import CLIENT_DEPLOY_LABEL, DEPLOY_LABELS, MIG_CONFIG_LABEL, MIG_STATE_LABEL, PAUSED
-from nvidia_protocol.migparted import MigConfigEntry
 from simulations.twin.clock import SimClock
 from simulations.twin.mig_parted import (
     MigPartedError,
@@ -33,6 +32,7 @@ from simulations.twin.mig_parted import (
     select_config,
     walk,
 )
+from simulations.twin.mig_parted_reader import Entry
 from simulations.twin.state import MigRun, TwinGpu, TwinNode
 
 WAITING = f"Waiting for change to '{MIG_CONFIG_LABEL}' label"
@@ -71,7 +71,7 @@ class MigManagerHost(Protocol):
     def log(self, node: str, message: str) -> None: ...
 
 
-_Item = tuple[Literal["mode", "config"], MigConfigEntry, TwinGpu]
+_Item = tuple[Literal["mode", "config"], Entry, TwinGpu]
 
 
 @dataclass
@@ -80,7 +80,7 @@ class _Run:
     started_at: float
     saved: dict[str, str | None]
     went_pending: bool = False
-    entries: list[MigConfigEntry] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
     queue: list[_Item] = field(default_factory=list)
 
 

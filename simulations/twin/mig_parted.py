@@ -4,6 +4,9 @@ It follows spec §2.2 (which GPUs an entry matches), §2.4 (mode phase, then per
 untouched, otherwise clear and create in mig-parted's orderings with the driver's placement), §2.5 (assert)
 and §2.6 (a profile unknown to every GPU of the node clears the GPU and succeeds; known only to another
 model it fails). Destroying an instance a pod holds fails with NVML's "In use by another client".
+
+Files are read with the twin's own reader (`mig_parted_reader`), never the controller's parser: a format bug
+the controller makes must fail here as it would on a real node, not be accepted by both sides.
 """
 
 from __future__ import annotations
@@ -14,12 +17,10 @@ from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict
 
-from nvidia_protocol.migparted import MigConfigEntry, MigPartedConfig, entry_applies, parse_config
 from simulations.placement import ALL_ORDERINGS_FAILED, apply_map
+from simulations.twin.mig_parted_reader import Entry, MigPartedFile, ReadError, parse_profile, read
 from simulations.twin.state import TwinGpu, TwinInstance, TwinNode
 from solver.catalog import GpuModel
-from solver.errors import MigoptError
-from solver.profiles import parse_profile
 
 IN_USE = "In use by another client"
 ORDERINGS_FAILED = f"error setting MIGConfig: {ALL_ORDERINGS_FAILED}"
@@ -29,50 +30,50 @@ class MigPartedError(Exception):
     """A mig-parted invocation failed; the message is what mig-manager logs after "Error: "."""
 
 
-Pair = tuple[MigConfigEntry, TwinGpu]
+Pair = tuple[Entry, TwinGpu]
 
 
 @lru_cache(maxsize=8)
-def _parsed(text: str) -> MigPartedConfig:
-    """The file is re-read at every run but rarely changes: parse each distinct text once."""
-    return parse_config(text)
+def _parsed(text: str) -> MigPartedFile:
+    """The file is re-read at every run but rarely changes: read each distinct text once."""
+    return read(text)
 
 
-def select_config(text: str | None, name: str) -> list[MigConfigEntry]:
+def select_config(text: str | None, name: str) -> list[Entry]:
     """`assert --valid-config -c NAME`: the file parses and names the config (an empty name only if it has one)."""
     if text is None:
         raise MigPartedError("error parsing config file: the mig-parted ConfigMap does not exist")
     try:
         config = _parsed(text)
-    except MigoptError as err:
+    except ReadError as err:
         raise MigPartedError(f"error parsing config file: {err}") from None
-    if not name:
-        if len(config.mig_configs) == 1:
-            return next(iter(config.mig_configs.values()))
-        raise MigPartedError("missing required flag 'selected-config' when more than one config available")
-    if name not in config.mig_configs:
-        raise MigPartedError(f"selected mig-config not present: {name}")
-    return config.mig_configs[name]
+    try:
+        return list(config.select(name))
+    except ReadError as err:
+        raise MigPartedError(str(err)) from None
 
 
-def walk(entries: Sequence[MigConfigEntry], node: TwinNode) -> list[Pair]:
+def walk(entries: Sequence[Entry], node: TwinNode) -> list[Pair]:
     """(entry, GPU) pairs in mig-parted's visiting order: entries in file order, GPUs in index order."""
     pairs: list[Pair] = []
     gpus = sorted(node.gpus, key=lambda g: g.index)
     for entry in entries:
         for gpu in gpus:
-            if entry_applies(entry, gpu.index, gpu.gpu_model):
+            if entry.applies_to(gpu.index, gpu.gpu_model):
                 pairs.append((entry, gpu))
     return pairs
 
 
 def resolve(model: GpuModel, name: str) -> str | None:
-    """The catalog name of `name` on this model (drifted names and `1c.1g.5gb` spellings included), or None."""
+    """The catalog name of `name` on this model (drifted names and `1c.1g.5gb` spellings included), or None.
+
+    Other spellings match as go-nvlib's `Matches` does: on C, G, GB and the attribute sets (so `01g.5gb` is
+    `1g.5gb`, and `4c.2g.10gb`, though valid in a file, matches nothing)."""
     if model.has_profile(name):
         return model.profile(name).name
     try:
         wanted = parse_profile(name)
-    except MigoptError:
+    except ReadError:
         return None
     return next((p.name for p in model.profiles if parse_profile(p.name) == wanted), None)
 
@@ -85,7 +86,7 @@ class _Desired(BaseModel):
     missing_here: str | None  # a name this GPU lacks but another GPU of the node has
 
 
-def _desired(entry: MigConfigEntry, gpu: TwinGpu, node: TwinNode) -> _Desired:
+def _desired(entry: Entry, gpu: TwinGpu, node: TwinNode) -> _Desired:
     names = entry.mig_devices or {}
     for name in names:
         if all(resolve(g.gpu_model, name) is None for g in node.gpus):
@@ -101,21 +102,21 @@ def _desired(entry: MigConfigEntry, gpu: TwinGpu, node: TwinNode) -> _Desired:
     return _Desired(counts=dict(counts), unknown_to_node=None, missing_here=missing)
 
 
-def _map_equals(entry: MigConfigEntry, gpu: TwinGpu, node: TwinNode) -> bool:
+def _map_equals(entry: Entry, gpu: TwinGpu, node: TwinNode) -> bool:
     desired = _desired(entry, gpu, node)
     if desired.unknown_to_node or desired.missing_here:
         return False
     return desired.counts == gpu.mig_devices
 
 
-def pair_applied(entry: MigConfigEntry, gpu: TwinGpu, node: TwinNode) -> bool:
+def pair_applied(entry: Entry, gpu: TwinGpu, node: TwinNode) -> bool:
     """This entry's mode, and for MIG-enabled entries its exact map, hold on this GPU."""
     if gpu.mig_enabled != entry.mig_enabled:
         return False
     return not entry.mig_enabled or _map_equals(entry, gpu, node)
 
 
-def is_applied(entries: Sequence[MigConfigEntry], node: TwinNode) -> bool:
+def is_applied(entries: Sequence[Entry], node: TwinNode) -> bool:
     """`assert`: every GPU of the node matched by some entry, and every matched pair applied."""
     pairs = walk(entries, node)
     if {g.index for _, g in pairs} != {g.index for g in node.gpus}:
@@ -137,7 +138,7 @@ def _in_use(gpu: TwinGpu) -> str | None:
     )
 
 
-def apply_mode(entry: MigConfigEntry, gpu: TwinGpu) -> None:
+def apply_mode(entry: Entry, gpu: TwinGpu) -> None:
     """Phase A for one matched GPU: clear it if MIG is on, then set the entry's mode (raises when busy)."""
     if gpu.mig_enabled:
         problem = _in_use(gpu)
@@ -147,12 +148,12 @@ def apply_mode(entry: MigConfigEntry, gpu: TwinGpu) -> None:
     gpu.mig_enabled = entry.mig_enabled
 
 
-def needs_config(entry: MigConfigEntry, gpu: TwinGpu, node: TwinNode) -> bool:
+def needs_config(entry: Entry, gpu: TwinGpu, node: TwinNode) -> bool:
     """Phase B does work on this GPU (its map differs); otherwise the GPU is skipped untouched."""
     return entry.mig_enabled and gpu.mig_enabled and not _map_equals(entry, gpu, node)
 
 
-def apply_config(entry: MigConfigEntry, gpu: TwinGpu, node: TwinNode) -> list[str]:
+def apply_config(entry: Entry, gpu: TwinGpu, node: TwinNode) -> list[str]:
     """Phase B for one pair: returns the log lines; raises `MigPartedError` when the GPU could not be set."""
     if not entry.mig_enabled:
         if gpu.mig_enabled:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from optimizer.controller.port import EvictionOutcome
 from solver.catalog import GpuModel, load_catalog
+from solver.protection import Protection
 from solver.snapshot import NodeSelectorTerm, Taint, Toleration
 
 Strategy = Literal["mixed", "single"]
@@ -97,6 +98,7 @@ class PodSpec(_Record):
     tolerations: list[Toleration] = []
     duration_s: float | None = Field(default=None, ge=0, description="run time once bound; None: forever")
     evictable: bool = Field(default=True, description="what the snapshot tells the planner")
+    protection: Protection | None = Field(default=None, description="why not evictable (None: no reason given)")
     ignores_eviction: bool = Field(default=False, description="keeps running until the grace period ends")
     owned: bool = Field(default=True, description="a controller re-creates it when it is evicted")
 

@@ -22,7 +22,9 @@ from kubefacade.errors import ApiError, invalid, not_found
 from kubefacade.objects import PDBS, min_available, namespace_object
 from kubefacade.selectors import match_labels_selector
 from kubefacade.store import ObjectStore, Stored
+from optimizer.controller.eviction import EvictionVerdict, eviction_verdict
 from optimizer.controller.port import EvictionOutcome
+from optimizer.kube.objects import eviction_candidate
 from simulations.twin.api.render import (
     DURATION_ANNOTATION,
     IGNORES_EVICTION_ANNOTATION,
@@ -90,6 +92,13 @@ def pod_requests(name: str, spec: Mapping[str, Any]) -> dict[str, int]:
             if resource.startswith("nvidia.com/"):
                 total[resource] = total.get(resource, 0) + _quantity("Pod", name, resource, value)
     return total
+
+
+def _rules_verdict(namespace: str, name: str, annotations: Any, owners: Any) -> EvictionVerdict:
+    """The eviction rules the Kubernetes adapter applies, on a pod's API metadata, for the twin's own snapshot.
+    Budgets are left to the twin: it refuses such an eviction when asked (429), as the API does."""
+    meta = {"namespace": namespace, "name": name, "annotations": annotations, "ownerReferences": owners}
+    return eviction_verdict(eviction_candidate({"metadata": meta}))
 
 
 class TwinBridge:
@@ -310,16 +319,18 @@ class TwinBridge:
         except (ValidationError, ValueError, TypeError, AttributeError) as err:
             raise invalid("Pod", name, f"spec: {str(err).splitlines()[0]}") from None
         twin_name = f"{namespace}/{name}"
+        verdict = _rules_verdict(namespace, name, annotations, owners)
         try:
-            self.twin.add_pod(
+            pod = self.twin.add_pod(
                 twin_name, pod_requests(name, spec), priority=priority, node_selector=node_selector,
-                node_affinity=terms, tolerations=tolerations, duration_s=duration_s,
-                evictable=not any(o.get("kind") == "DaemonSet" for o in owners),
+                node_affinity=terms, tolerations=tolerations, duration_s=duration_s, evictable=verdict.allowed,
                 ignores_eviction=annotations.get(IGNORES_EVICTION_ANNOTATION) == "true",
                 owned=any(o.get("controller") for o in owners),
             )  # fmt: skip
         except MigoptError as err:
             raise invalid("Pod", name, str(err)) from None
+        if not verdict.allowed:
+            pod.spec = pod.spec.model_copy(update={"protection": verdict.protection})
         client_spec = {k: v for k, v in spec.items() if k not in ("nodeName", "priority")}
         self._meta[twin_name] = PodMeta(
             labels=dict(meta.get("labels") or {}), annotations=annotations, owner_references=owners, spec=client_spec
@@ -347,9 +358,15 @@ class TwinBridge:
             owner_references=list(new_meta.get("ownerReferences") or old["metadata"].get("ownerReferences") or []),
             spec=spec,
         )  # fmt: skip
+        written = self._meta[twin_name]
+        old_meta = old["metadata"]
+        before = _rules_verdict(namespace, name, old_meta.get("annotations"), old_meta.get("ownerReferences"))
+        after = _rules_verdict(namespace, name, written.annotations, written.owner_references)
+        if after != before:  # only what the rules decide changes: a reason the twin was given otherwise stays
+            pod.spec = pod.spec.model_copy(update={"evictable": after.allowed, "protection": after.protection})
         same = all(
             (new_meta.get(k) or {}) == (old["metadata"].get(k) or {}) for k in ("labels", "annotations")
-        ) and self._meta[twin_name].owner_references == (old["metadata"].get("ownerReferences") or [])
+        ) and written.owner_references == (old["metadata"].get("ownerReferences") or [])
         return current if same else self._render_pod(pod)
 
     def delete_pod(self, namespace: str, name: str) -> Stored:

@@ -1,0 +1,98 @@
+"""The Actuator seam: how a planned node change is carried out, whatever the mechanism.
+
+The reconcile loop decides *what* each node must become (a `NodeChange`); an actuator makes it so and reports
+where each node stands as an `ActuationStatus` value. The loop and the metrics read those values, never the
+actuator's own records (the mig-manager label protocol keeps them in node annotations; another backend, such as
+NVIDIA's DRA driver, would keep them elsewhere). An actuator is stateless between calls: everything it needs to
+resume after a restart is in what it recorded on the cluster, so each call takes the port it acts through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from optimizer.controller.port import ClusterPort
+from solver.plan import GpuPlan
+from solver.snapshot import ClusterSnapshot, NodeState
+
+
+class Phase(StrEnum):
+    """Where a node's change stands: five active phases, then one of three ends."""
+
+    CORDONING = "cordoning"
+    EVICTING = "evicting"
+    LABELLING = "labelling"
+    APPLYING = "applying"
+    VERIFYING = "verifying"
+    DONE = "done"
+    ABANDONED = "abandoned"
+    FAILED = "failed"
+
+
+ACTIVE = frozenset({Phase.CORDONING, Phase.EVICTING, Phase.LABELLING, Phase.APPLYING, Phase.VERIFYING})
+
+
+class ActuationSettings(BaseModel):
+    eviction_timeout_s: float = Field(default=600.0, gt=0, description="give up on a node's drain after this")
+    eviction_backoff_s: float = Field(default=10.0, gt=0, description="first wait after a 429, doubled each time")
+    apply_timeout_s: float = Field(default=900.0, gt=0, description="a mig-manager run stuck longer than this fails")
+    max_retries: int = Field(default=2, ge=0, description="relabel retries after mig-manager reports failed")
+    config_propagation_s: float = Field(
+        default=90.0,
+        ge=0,
+        description="wait this long after writing a new config entry before a label names it: mig-manager reads "
+        "the ConfigMap through a volume that kubelet refreshes only every sync period plus cache TTL (spec §1.7)",
+    )
+
+
+class NodeChange(BaseModel):
+    """One node's part of a plan, in the planner's terms: the GPUs with their targets, who to evict, and the
+    resources the node must advertise once done."""
+
+    node: str
+    plan_id: str
+    gpus: list[GpuPlan]
+    evict: list[str]
+    expected: dict[str, int]  # MIG resource -> allocatable count once applied
+
+
+class ActuationStatus(BaseModel):
+    """A node's change as its actuator last recorded it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    node: str
+    plan_id: str
+    phase: Phase
+    target: str = Field(description="what the node is moving to, in the actuator's terms (a mig-parted config name)")
+    evict: tuple[str, ...] = ()
+    evicted: tuple[str, ...] = ()
+    attempts: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.phase in ACTIVE
+
+
+class Actuator(Protocol):
+    def status(self, node: NodeState) -> ActuationStatus | None:
+        """The node's change as recorded, or None when no change was ever recorded (or the record is unreadable)."""
+        ...
+
+    def target(self, snapshot: ClusterSnapshot, change: NodeChange) -> str:
+        """What the node would move to, in the actuator's terms (a mig-parted config name): for reports."""
+        ...
+
+    def start(
+        self, port: ClusterPort, snapshot: ClusterSnapshot, changes: Sequence[NodeChange], may_act: Callable[[], bool]
+    ) -> None:
+        """Begin these changes (one plan's); `may_act` is asked before each node's start."""
+        ...
+
+    def advance(self, port: ClusterPort, node: NodeState) -> Phase | None:
+        """Take an active node's change one step further, as far as it can go now; returns its phase afterwards."""
+        ...

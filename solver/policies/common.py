@@ -1,0 +1,27 @@
+"""What every planning policy shares: how plans are ranked, and the check each plan passes before it is returned."""
+
+from __future__ import annotations
+
+from solver.errors import MigoptError
+from solver.plan import Plan, PlanPolicy
+from solver.snapshot import ClusterSnapshot
+from solver.validate import plan_problems
+
+
+def rank(plan: Plan) -> tuple[int, ...]:
+    """Lexicographic objective as a sortable key: higher is better."""
+    o = plan.objectives
+    return (o.served_weight, -o.evicted_weight, -o.reconfigured_gpus, -o.touched_nodes, -o.fragmentation)
+
+
+def checked(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> Plan:
+    """The plan, once validated: an invalid one is a bug, reported as such rather than acted on."""
+    problems = plan_problems(snapshot, plan, policy)
+    if problems:
+        raise MigoptError(f"internal error: the {plan.policy} plan is invalid: {problems[0]}")
+    return plan
+
+
+def no_model_built(why: str) -> MigoptError:
+    """The error for a CP-SAT model asked for (to dump it) where the plan builds none."""
+    return MigoptError(f"no CP-SAT model was built: {why}")
