@@ -35,7 +35,7 @@ def main() -> None:
             feasible_maps(model)
 
         def whole_command(model=model) -> None:  # type: ignore[no-untyped-def]
-            cmd = [sys.executable, "-m", "optimizer", "geometries", "--gpu", model.key, "-o", "json"]
+            cmd = [sys.executable, "-m", "migopt", "geometries", "--gpu", model.key, "-o", "json"]
             subprocess.run(cmd, check=True, capture_output=True)
 
         rows.append(

@@ -23,7 +23,6 @@ from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
 from solver.geometry import explain_map, feasible_maps, find_layout, maximal_maps
 from solver.plan import PlanPolicy
-from solver.policies import get_planner
 
 app = typer.Typer(
     name="migopt",
@@ -175,6 +174,8 @@ def plan(
     ] = None,
 ) -> None:
     """Plan the MIG geometry of every GPU for the pending pods of a snapshot."""
+    from solver.policies import get_planner  # OR-Tools loads only for the commands that plan
+
     planner = get_planner(policy)
     if time_limit <= 0 or (max_evictions is not None and max_evictions < 0):
         raise MigoptError("--time-limit must be positive and --max-evictions non-negative")
