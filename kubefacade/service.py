@@ -135,7 +135,19 @@ class ApiService:
         return current
 
     def evict(self, namespace: str, name: str, body: bytes) -> None:
-        parse_body(body)
+        """policy/v1 Eviction; a UID precondition that does not match the pod is a 409, as the API server says."""
+        eviction = parse_body(body)
+        options = eviction.get("deleteOptions") or {}
+        wanted = ((options.get("preconditions") or {}) if isinstance(options, dict) else {}).get("uid")
+        current = self.store.get("pods", namespace, name)
+        if wanted and current is not None and current.obj["metadata"].get("uid") != wanted:
+            actual = current.obj["metadata"].get("uid")
+            raise ApiError(
+                409,
+                f"Operation cannot be fulfilled on Pod {name!r}: Precondition failed: UID in precondition: "
+                f"{wanted}, UID in object meta: {actual}",
+                reason="Conflict",
+            )
         self.backend.evict(namespace, name)
 
     def _after_write(self, res: Resource, namespace: str, name: str, stored: Stored | None) -> None:

@@ -52,6 +52,7 @@ class Runner:
             caller=self.caller,
             holders=self._holders if self.usage else None,
             instance=settings.identity,
+            on_report_rejected=self.metrics.report_rejected,
         )
         self.elector = LeaderElector(
             api_client, settings.leader, settings.identity, self.caller, on_change=self.metrics.set_leader
@@ -66,6 +67,7 @@ class Runner:
         )
         self.passes = 0
         self.failed_passes = 0
+        self.failed_in_a_row = 0
         self._rightsized_at: float | None = None
         self.last_pass_at = time.monotonic()
         self._server: RunningServer | None = None
@@ -78,8 +80,10 @@ class Runner:
         return [DeviceHolder(node=d.node, gpu=d.gpu, profile=d.profile, pod=d.pod) for d in devices]
 
     def healthy(self) -> bool:
-        """Alive: a pass finished recently (a wedged loop gets the pod restarted)."""
-        return time.monotonic() - self.last_pass_at < max(60.0, 10 * self.settings.interval_s)
+        """Alive: a pass finished recently (a wedged loop gets the pod restarted), and the last
+        `unhealthy_after_failed_passes` passes did not all fail (nor does a loop that only fails look alive)."""
+        recent = time.monotonic() - self.last_pass_at < max(60.0, 10 * self.settings.interval_s)
+        return recent and self.failed_in_a_row < self.settings.unhealthy_after_failed_passes
 
     def ready(self) -> bool:
         return self.port.synced
@@ -99,19 +103,22 @@ class Runner:
         )
 
     def run_pass(self) -> None:
+        ok = False
         try:
             plan = self.controller.tick()
             if plan is not None:
                 self._log_sources()
             if self.elector.is_leader():
                 self.refresh_rightsizing()
+            ok = True
         except MigoptError as err:
-            self.failed_passes += 1
             log.error("reconcile pass failed: %s", err)
         except Exception:  # an object shape nobody foresaw must not crash-loop the controller: log, count, go on
-            self.failed_passes += 1
             log.exception("reconcile pass failed unexpectedly")
         self.passes += 1
+        self.failed_passes += not ok
+        self.failed_in_a_row = 0 if ok else self.failed_in_a_row + 1
+        self.metrics.pass_finished(ok)
         self.last_pass_at = time.monotonic()
 
     def refresh_rightsizing(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from contextvars import ContextVar
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from nvidia_protocol.safe_yaml import read_yaml_file
 from optimizer.controller.reconcile import ControllerSettings
 from optimizer.kube.adapter import KubeSettings
 from optimizer.kube.leader import LeaderSettings
@@ -43,6 +45,9 @@ class RunSettings(BaseSettings):
     kubeconfig: str | None = Field(default=None, description="in-cluster configuration when unset")
     context: str | None = None
     interval_s: float = Field(default=5.0, gt=0, description="seconds between reconcile passes")
+    unhealthy_after_failed_passes: int = Field(
+        default=5, ge=1, description="/healthz fails once this many reconcile passes in a row have failed"
+    )
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 disables")
     prometheus_url: str | None = Field(default=None, description="dcgm-exporter series, for usage and pod mapping")
     rightsizing_interval_s: float = Field(default=300.0, gt=0, description="how often right-sizing is recomputed")
@@ -66,8 +71,20 @@ class RunSettings(BaseSettings):
         path = _settings_file.get()
         sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
         if path is not None:
-            sources += (YamlConfigSettingsSource(settings_cls, yaml_file=path),)
+            sources += (_SafeYamlSource(settings_cls, yaml_file=path),)
         return sources
+
+
+class _SafeYamlSource(YamlConfigSettingsSource):
+    """The settings file read through `read_yaml_file`: not UTF-8, not YAML or nested too deeply is one line."""
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        data = read_yaml_file(Path(str(file_path)), f"settings file {file_path}")
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise MigoptError(f"settings file {file_path}: expected a mapping of settings")
+        return data
 
 
 def load_settings(file: Path | None = None, **flags: Any) -> RunSettings:
@@ -80,6 +97,8 @@ def load_settings(file: Path | None = None, **flags: Any) -> RunSettings:
     except ValidationError as err:
         where, message = first_problem(err, "settings")
         raise MigoptError(f"settings: {where}: {message}") from None
+    except MigoptError:
+        raise
     except (ValueError, yaml.YAMLError) as err:  # a YAML file that does not parse
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

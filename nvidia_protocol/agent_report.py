@@ -3,13 +3,18 @@
 It is the most precise source of a node's MIG truth (exact placements, which device runs processes, which pod
 holds which device), so the adapter prefers it over every other source. The JSON is compact (short, stable
 field names, no nulls) because it lives in a node annotation, which every node watcher receives.
+
+`observed_at` is when the agent read NVML, in RFC 3339 UTC (whole seconds; a Unix number is read too). The
+agent re-publishes at least every half of the controller's maximum age even when nothing changed, so a report
+whose time is too old tells the reader its agent stopped; the reader compares it with its own wall clock.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from solver.errors import MigoptError, first_problem
 
@@ -52,10 +57,18 @@ class NodeGpuReport(_Report):
     driver: str | None = None
     error: str | None = None
     pod_resources: bool = Field(default=False, description="whether pods were mapped to devices")
+    observed_at: AwareDatetime | None = Field(
+        default=None, description="when NVML was read (absent in reports of agents before it existed)"
+    )
     gpus: list[ReportedGpu] = []
 
     def to_annotation(self) -> str:
         return json.dumps(self.model_dump(mode="json", exclude_none=True), separators=(",", ":"), sort_keys=True)
+
+
+def observed_time(unix_s: float) -> datetime:
+    """A wall-clock time as a report's `observed_at`: UTC, whole seconds (so the annotation stays short)."""
+    return datetime.fromtimestamp(int(unix_s), UTC)
 
 
 def parse_report(text: str, node: str) -> NodeGpuReport:

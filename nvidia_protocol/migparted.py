@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
+from nvidia_protocol.safe_yaml import BoundedLoader, load_yaml
 from solver.catalog import GpuModel
 from solver.errors import MigoptError
 from solver.geometry import explain_map, find_layout, normalise_map
@@ -52,7 +53,13 @@ these strings, so the renderer must quote them itself)."""
 
 def _text(value: object) -> str:
     """A YAML scalar as JSON would spell it (mig-parted converts YAML to JSON), kept on one line."""
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, default=str)
+        except (TypeError, ValueError):  # keys JSON cannot spell (YAML dates, say)
+            text = str(value)
     return text.replace("\n", "\\n")
 
 
@@ -190,8 +197,8 @@ class MigPartedConfig(BaseModel):
         return {"version": VERSION, "mig-configs": named}
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: a second `migopt-…:` would silently win otherwise."""
+class _UniqueKeyLoader(BoundedLoader):
+    """SafeLoader (nesting bounded) that refuses duplicate keys: a second `migopt-…:` would silently win otherwise."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: set[object] = set()
@@ -214,18 +221,14 @@ def _where(loc: tuple[int | str, ...]) -> str:
 
 
 def parse_config(text: str) -> MigPartedConfig:
-    """Parse and validate a mig-parted file; every failure is one `MigoptError` line."""
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None)
-        raise MigoptError(
-            f"invalid mig-parted config: not valid YAML{where}" + (f": {problem}" if problem else "")
-        ) from None
+    """Parse and validate a mig-parted file; every failure is one `MigoptError` line (bad YAML, nesting deeper
+    than `safe_yaml.MAX_DEPTH`, text that is not Unicode included), so a hostile owned ConfigMap is reported as
+    invalid and rewritten, never a crash of the pass that reads it."""
+    data = load_yaml(text, "invalid mig-parted config: the file", loader=_UniqueKeyLoader)
     try:
         return MigPartedConfig.model_validate(data, context={"file": True})
+    except (TypeError, RecursionError) as err:  # whatever a hostile value trips on is still "invalid", not a crash
+        raise MigoptError(f"invalid mig-parted config: cannot be read ({type(err).__name__})") from None
     except ValidationError as err:
         first = err.errors()[0]
         cause = first.get("ctx", {}).get("error")

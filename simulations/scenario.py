@@ -9,24 +9,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from nvidia_protocol.safe_yaml import read_yaml_file
 from simulations.policies import check_simulation_policy
 from simulations.workloads import GpuMilliMapping, SyntheticWorkload
 from solver.catalog import load_catalog
 from solver.errors import MigoptError, first_problem
+from solver.snapshot import MAX_GPUS_PER_NODE
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_NODES = 100_000
+"""Nodes a scenario's cluster may have: 20 times the largest benchmark, and a bound on what a typo can allocate."""
+
+
 class ClusterShape(_Strict):
     """Nodes of one or more GPU models, all starting from one standard MIG config."""
 
-    nodes: int = Field(default=8, ge=1)
-    gpus_per_node: int = Field(default=8, ge=1)
+    nodes: int = Field(default=8, ge=1, le=MAX_NODES)
+    gpus_per_node: int = Field(default=8, ge=1, le=MAX_GPUS_PER_NODE)
     models: list[str] = Field(default=["A100-80GB"], min_length=1)
     strategy: Literal["mixed", "single"] = "mixed"
     initial_config: str = "all-balanced"
@@ -98,12 +103,7 @@ def default_scenario() -> Scenario:
 
 def load_scenario(path: Path) -> Scenario:
     """A scenario file, validated; a bad one is a one-line `MigoptError` naming the field."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise MigoptError(f"cannot read scenario {str(path)!r}: {err.strerror}") from None
-    except yaml.YAMLError:
-        raise MigoptError(f"scenario {str(path)!r} is not valid YAML") from None
+    data = read_yaml_file(path, f"scenario {str(path)!r}")
     try:
         return Scenario.model_validate(data)
     except ValidationError as err:

@@ -13,7 +13,7 @@ from solver.catalog import load_catalog
 from solver.demand import Demand, rejection
 from solver.plan import PlanPolicy
 from solver.protection import Protection
-from solver.snapshot import ClusterSnapshot, GpuState, NodeState, RunningPod
+from solver.snapshot import MAX_DEVICES_PER_REQUEST, ClusterSnapshot, GpuState, NodeState, RunningPod
 
 _FILTER_WORDS = {
     "selector": "fail its node selector",
@@ -35,6 +35,28 @@ def _breakdown(protections: Counter[str]) -> str:
         return ""
     ranked = sorted(protections.items(), key=lambda kv: (-kv[1], _ORDER[kv[0]]))
     return ": " + ", ".join(f"{reason} {count}" for reason, count in ranked)
+
+
+def _most_devices(node: NodeState, key: str) -> int:
+    """The most devices of resource key `key` the node could ever offer, every GPU split for it alone."""
+    profile = key.rsplit(":", 1)[-1]
+    model_key = key.split(":")[1] if key.startswith("single:") else None
+    return sum(
+        g.gpu_model.profile(profile).max_count
+        for g in node.gpus
+        if g.gpu_model.has_profile(profile) and model_key in (None, g.gpu_model.key)
+    )
+
+
+def _too_many(wanted: str, demand: Demand, capable: list[NodeState]) -> str:
+    """A request no node could ever hold, however its GPUs were split (a pod's devices are all on one node)."""
+    reason = f"asks for {wanted} on one node: more than any node in the cluster can hold"
+    if len(demand.resources) == 1:
+        key = demand.resources[0][0]
+        reason += f" (at most {max(_most_devices(n, key) for n in capable)})"
+    if any(c >= MAX_DEVICES_PER_REQUEST for _, c in demand.resources):
+        reason += f"; counts above {MAX_DEVICES_PER_REQUEST} are read as {MAX_DEVICES_PER_REQUEST}"
+    return reason
 
 
 class Explainer:
@@ -84,6 +106,8 @@ class Explainer:
                 return f"no node has GPUs offering all of {wanted}; a pod's devices must all be on one node"
             models = [m.key for m in load_catalog().models if any(m.has_profile(p) for p in profiles)]
             return f"no GPU in the cluster offers {wanted} (GPU models with it: {', '.join(models)})"
+        if not any(all(c <= _most_devices(n, k) for k, c in demand.resources) for n in capable):
+            return _too_many(wanted, demand, capable)
         verdicts = {n.name: rejection(n, demand) for n in capable}
         eligible = [n for n in capable if verdicts[n.name] is None]
         if not eligible:

@@ -23,6 +23,20 @@ GPU_RESOURCE = "nvidia.com/gpu"
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 STRATEGY_LABEL = "nvidia.com/mig.strategy"
 
+MAX_GPUS_PER_NODE = 128
+"""GPUs one node may have (8 on a DGX/HGX board today): a snapshot file's node with more is an error."""
+MAX_DEVICES_PER_REQUEST = 1024
+"""Devices of one resource a pending pod's request is read as, at most: a larger count (however large) is
+clamped to this, which is still more than any node can hold (`MAX_GPUS_PER_NODE` GPUs of at most 7 instances
+each), so the pod stays pending as unplaceable, its reason saying why, and the solver's coefficients stay far
+inside the 64-bit integers CP-SAT accepts."""
+PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
+"""Kubernetes priorities are int32; a priority beyond is clamped into this range (which keeps their order)."""
+
+
+def clamp_priority(priority: int) -> int:
+    return max(PRIORITY_MIN, min(PRIORITY_MAX, priority))
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -100,7 +114,7 @@ class NodeState(_Strict):
     allocatable: dict[str, int] = {}
     taints: list[Taint] = []
     unschedulable: bool = False
-    gpus: list[GpuState] = []
+    gpus: list[GpuState] = Field(default=[], max_length=MAX_GPUS_PER_NODE)
 
     @property
     def strategy(self) -> Literal["mixed", "single"]:
@@ -120,6 +134,12 @@ class RunningPod(_Strict):
     priority: int = 0
     evictable: bool = True
     protection: Protection | None = None
+    uid: str | None = Field(default=None, description="the API's metadata.uid: which incarnation of the name")
+
+    @field_validator("priority")
+    @classmethod
+    def _int32_priority(cls, priority: int) -> int:
+        return clamp_priority(priority)
 
     @model_validator(mode="after")
     def _flag_agrees_with_reason(self) -> RunningPod:
@@ -144,10 +164,16 @@ class PendingPod(_Strict):
     @field_validator("requests")
     @classmethod
     def _counts_positive(cls, requests: dict[str, int]) -> dict[str, int]:
+        """Zero counts dropped, negative ones refused, huge ones clamped to `MAX_DEVICES_PER_REQUEST`."""
         for resource, count in requests.items():
             if count < 0:
                 raise ValueError(f"negative count {count} for {resource}")
-        return {r: c for r, c in requests.items() if c > 0}
+        return {r: min(c, MAX_DEVICES_PER_REQUEST) for r, c in requests.items() if c > 0}
+
+    @field_validator("priority")
+    @classmethod
+    def _int32_priority(cls, priority: int) -> int:
+        return clamp_priority(priority)
 
     @property
     def mig_requests(self) -> dict[str, int]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from optimizer.actuators.mig_manager import ATTEMPTS, EVICT, PHASE, PLAN, TARGET, MigManagerActuator, recorded_status
+from optimizer.actuators.mig_manager import MigManagerActuator
+from optimizer.actuators.node_record import PHASE, PLAN, ChangeRecord, parse_record
 from optimizer.controller.actuator import ActuationStatus, NodeChange, Phase
 from optimizer.controller.enactment import node_changes
 from optimizer.controller.port import ClusterPort
@@ -22,10 +23,10 @@ class RecordingActuator:
     def __init__(self) -> None:
         self.started: list[NodeChange] = []
         self.advanced: list[str] = []
-        self.statuses: dict[str, ActuationStatus] = {}
+        self.recorded: dict[str, ActuationStatus] = {}
 
-    def status(self, node: NodeState) -> ActuationStatus | None:
-        return self.statuses.get(node.name)
+    def statuses(self, port: ClusterPort, snapshot: ClusterSnapshot) -> dict[str, ActuationStatus]:
+        return dict(self.recorded)
 
     def target(self, snapshot: ClusterSnapshot, change: NodeChange) -> str:
         return f"target-of-{change.node}"
@@ -35,13 +36,18 @@ class RecordingActuator:
     ) -> None:
         self.started += changes
         for change in changes:
-            self.statuses[change.node] = ActuationStatus(
-                node=change.node, plan_id=change.plan_id, phase=Phase.EVICTING, target="t", evict=tuple(change.evict)
+            self.recorded[change.node] = ActuationStatus(
+                node=change.node,
+                plan_id=change.plan_id,
+                phase=Phase.EVICTING,
+                target="t",
+                evict=tuple(change.evict),
+                serves=tuple(change.serves),
             )
 
-    def advance(self, port: ClusterPort, node: NodeState) -> Phase | None:
+    def advance(self, port: ClusterPort, snapshot: ClusterSnapshot, node: NodeState) -> Phase | None:
         self.advanced.append(node.name)
-        return self.statuses[node.name].phase
+        return self.recorded[node.name].phase
 
 
 def _enforce() -> ControllerSettings:
@@ -66,17 +72,26 @@ def test_the_loop_hands_the_plans_changes_to_its_actuator_and_touches_nothing_it
     assert {n.name: (dict(n.labels), dict(n.annotations)) for n in twin.snapshot().nodes} == before
 
 
-def test_an_active_status_is_the_plan_barrier_and_is_advanced_every_tick() -> None:
+def test_an_active_status_freezes_its_node_and_a_failed_one_quarantines_it() -> None:
     twin = _busy_twin()
     actuator = RecordingActuator()
     controller = Controller(twin, _enforce(), actuator=actuator)
-    assert controller.tick() is not None
+    first = controller.tick()
+    assert first is not None and actuator.recorded["n0"].serves == ("high/big",)
     twin.add_pod("high/other", {"nvidia.com/mig-7g.40gb": 1}, priority=100)
-    for _ in range(3):
-        assert controller.tick() is None  # a node is mid-change: no new plan
+    plans = [controller.tick() for _ in range(3)]
     assert actuator.advanced == ["n0"] * 3
-    actuator.statuses["n0"] = actuator.statuses["n0"].model_copy(update={"phase": Phase.DONE})
-    assert controller.tick() is not None  # the change ended: planning resumes
+    made = [p for p in plans if p is not None]
+    assert made and all(not p.gpus and "high/big" not in {u.pod for u in p.unplaced} for p in made)
+    failed = actuator.recorded["n0"].model_copy(
+        update={"phase": Phase.FAILED, "finished_at": twin.now(), "failures": 1}
+    )
+    actuator.recorded["n0"] = failed
+    twin.add_pod("high/third", {"nvidia.com/mig-1g.5gb": 1}, priority=100)
+    plan = controller.tick()
+    assert plan is not None and not plan.gpus  # quarantined: still left alone, its pods unplaced elsewhere
+    assert "high/big" in {u.pod for u in plan.unplaced}  # no longer spoken for: planned (here: nowhere to go)
+    assert [e.reason for e in twin.events].count("MigNodeQuarantined") == 1
 
 
 def test_metrics_show_the_actuators_statuses_and_its_targets() -> None:
@@ -103,14 +118,29 @@ def test_node_changes_list_every_gpu_of_a_changing_node_only() -> None:
 
 
 def test_the_mig_manager_record_is_read_defensively() -> None:
-    def node(annotations: dict[str, str]) -> NodeState:
-        return NodeState(name="n", annotations=annotations)
+    assert parse_record("{not json") is None
+    assert parse_record('{"plan_id": "p", "phase": "exploding"}') is None  # an unknown phase is no change of ours
+    record = ChangeRecord(plan_id="plan-3", phase=Phase.APPLYING, target="cfg", evict={"a/b": "u1"}, expected={},
+                          deadline=10.0)  # fmt: skip
+    parsed = parse_record(record.model_dump_json())
+    assert parsed == record and parsed.status("n").active and parsed.status("n").evict == ("a/b",)
 
-    assert recorded_status(node({})) is None
-    assert recorded_status(node({PHASE: "exploding"})) is None  # an unknown phase is no change of ours
-    status = recorded_status(node({PHASE: "applying", PLAN: "plan-3", TARGET: "cfg", EVICT: "a/b,,c/d", ATTEMPTS: "x"}))
-    assert status is not None and status.active and status.phase is Phase.APPLYING
-    assert status.evict == ("a/b", "c/d") and status.attempts == 0 and status.target == "cfg"
-    assert MigManagerActuator().status(node({PHASE: "done"})) == ActuationStatus(
-        node="n", plan_id="", phase=Phase.DONE, target=""
-    )
+
+def test_forged_annotations_are_ignored_reported_once_and_evict_nothing() -> None:
+    """Issue case 1: annotations on a node claiming a change migopt never recorded are no instruction."""
+    twin = cluster(gpus=2, holders={(0, 0): "low/a", (0, 1): "low/b"})  # no pending pods, no plan
+    node = twin.node("n0")
+    pods = sorted({pod for gpu in twin.snapshot().nodes[0].gpus for pod in gpu.holders})
+    node.annotations.update(
+        {PLAN: "forged", PHASE: "cordoning", "migopt.io/target-config": "all-disabled",
+         "migopt.io/evict": ",".join(pods), "migopt.io/evicted": "", "migopt.io/attempts": "0",
+         "migopt.io/expected-resources": "{}", "migopt.io/deadline": str(twin.now() + 600)}
+    )  # fmt: skip
+    controller = Controller(twin, _enforce(), actuator=MigManagerActuator())
+    label = node.labels.get("nvidia.com/mig.config")
+    for _ in range(5):
+        controller.tick()
+        twin.advance(5)
+    assert twin.evictions == [] and twin.node("n0").labels.get("nvidia.com/mig.config") == label
+    assert not twin.node("n0").unschedulable
+    assert [e.reason for e in twin.events].count("MigAnnotationsIgnored") == 1

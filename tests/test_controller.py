@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from nvidia_protocol.labels import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from nvidia_protocol.migparted import parse_config
-from optimizer.actuators.mig_manager import CORDONED, PHASE, is_active
-from optimizer.controller.actuator import ActuationSettings, Phase
+from optimizer.actuators.node_record import PHASE, load_records
+from optimizer.controller.actuator import ACTIVE, ActuationSettings, Phase
 from optimizer.controller.port import EvictionOutcome
 from optimizer.controller.reconcile import Controller, ControllerSettings
 from simulations.twin import Twin
@@ -68,9 +68,10 @@ def run(twin: Twin, make: Callable[[], Controller], seconds: float, step: float 
 
 def converged(twin: Twin) -> None:
     snapshot = twin.snapshot()
-    assert not any(is_active(n) for n in snapshot.nodes)
+    records = load_records(twin).values()
+    assert not any(r.phase in ACTIVE for r in records)
     assert not any(n.unschedulable for n in snapshot.nodes)
-    assert not any(CORDONED in n.annotations for n in snapshot.nodes)
+    assert not any(r.cordoned for r in records)
 
 
 def test_enforce_reconfigures_a_node_and_serves_the_pod() -> None:
@@ -129,10 +130,13 @@ def test_stuck_pending_fails_after_the_deadline_and_uncordons() -> None:
     twin.stuck_pending.add("n0")
     twin.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1})
     controller = mig_controller(twin, settings(apply_timeout_s=200))
-    run(twin, lambda: controller, 600)
+    run(twin, lambda: controller, 450)
     assert twin.node("n0").annotations[PHASE] == Phase.FAILED
     assert twin.node("n0").labels[MIG_STATE_LABEL] == "pending"
+    assert [e.reason for e in twin.events].count("MigNodeQuarantined") == 1  # not planned again for a while
     converged(twin)
+    run(twin, lambda: controller, 300)  # the quarantine (300 s after a first failure) ends: it is tried again
+    assert twin.node("n0").annotations[PHASE] != Phase.FAILED
 
 
 def test_mig_manager_failure_is_retried_by_relabelling() -> None:
@@ -167,20 +171,25 @@ def test_a_controller_restarted_at_every_step_converges_without_double_evictions
     converged(twin)
 
 
-def test_no_new_plan_while_a_node_is_mid_change() -> None:
+def test_a_node_mid_change_is_frozen_out_and_the_rest_keeps_planning() -> None:
+    """No global barrier: while n0 is rebuilt for team/one, a second pod is planned on n1 at once, and no plan
+    touches n0 or plans team/one a second time."""
     twin = cluster(nodes=2)
     twin.add_pod("team/one", {"nvidia.com/mig-7g.40gb": 1})
     controller = mig_controller(twin, settings())
-    controller.tick()
-    assert controller.plans_made == 1
+    first = controller.tick()
+    assert first is not None and {g.node for g in first.gpus if g.reconfigure} == {"n0"}
     twin.add_pod("team/two", {"nvidia.com/mig-7g.40gb": 1})
-    plans_during_change = []
-    while any(is_active(n) for n in twin.snapshot().nodes):
+    later = []
+    while any(r.phase in ACTIVE for r in load_records(twin).values()):
         twin.advance(5)
-        controller.tick()
-        plans_during_change.append(controller.plans_made)
-    assert plans_during_change[:-1] == [1] * (len(plans_during_change) - 1)
+        if (plan := controller.tick()) is not None:
+            later.append(plan)
+    assert later, "the second pod waited for the first change to finish"
+    assert all(g.node != "n0" for plan in later for g in plan.gpus)
+    assert all(p.pod != "team/one" for plan in later for p in plan.placements)
     run(twin, lambda: controller, 900)
+    assert {twin.pod(p).node for p in ("team/one", "team/two")} == {"n0", "n1"}
     assert twin.pod("team/two").phase == PodPhase.RUNNING
     converged(twin)
 

@@ -48,6 +48,13 @@ VARIANTS = {
 }
 K8S_VERSION = "1.30"  # the oldest Kubernetes the manifests target (ValidatingAdmissionPolicy-era clusters)
 NOT_CORE = {"ServiceMonitor", "SecurityContextConstraints"}  # CRD / OpenShift kinds: no schema in the validator
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",  # base/agent-admission.yaml
+    "ValidatingAdmissionPolicyBinding",
+}
 IMAGE = "ghcr.io/migopt/migopt:0.1.0"
 CONTROLLER_SA = ("migopt-system", "migopt-controller")
 AGENT_SA = ("migopt-system", "migopt-agent")
@@ -107,7 +114,7 @@ def test_renders_and_core_objects_pass_the_kubernetes_schemas(variant: str) -> N
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as err:
             pytest.fail(f"{where}: {err.message} at {list(err.path)}")
-        namespaced = obj["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding")
+        namespaced = obj["kind"] not in CLUSTER_SCOPED
         assert ("namespace" in obj["metadata"]) == namespaced, where
         if namespaced:  # only the ConfigMap Role leaves migopt's namespace
             expected = "gpu-operator" if obj["metadata"]["name"] == "migopt-mig-config" else "migopt-system"
@@ -490,7 +497,8 @@ def test_rbac_grants_exactly_what_the_controller_and_agent_request(
         assert not unused, f"{phase}: grants no request needed: {unused}"
         assert {(g.group, g.resource, g.verb) for g in grants} == {(r.group, r.resource, r.verb) for r in made}
     controller = requests_log.by_client["controller"]
-    assert {r.namespace for r in controller if r.resource == "configmaps"} == {settings.kube.mig_config_namespace}
+    configmap_namespaces = {settings.kube.mig_config_namespace, settings.kube.records_namespace}
+    assert {r.namespace for r in controller if r.resource == "configmaps"} == configmap_namespaces
     assert {r.namespace for r in controller if r.resource == "leases"} == {settings.leader.lease_namespace}
     assert {r.namespace for r in controller if r.resource == "events"} >= {"team-b", "default"}
     assert {(r.verb, r.resource, r.name) for r in requests_log.by_client["agent"]} == {("patch", "nodes", "node-a")}

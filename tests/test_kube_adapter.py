@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from optimizer.actuators.mig_manager import PHASE
+from optimizer.actuators.node_record import PHASE
 from optimizer.controller.actuator import Phase
 from optimizer.kube.adapter import KubeClusterPort
 from simulations.twin.api import FaultRule, TwinApiServer

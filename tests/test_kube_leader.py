@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from optimizer.actuators.mig_manager import PHASE
+from optimizer.actuators.node_record import PHASE
 from optimizer.kube.api import ApiCaller
 from optimizer.kube.leader import LeaderElector, LeaderSettings
 from simulations.twin.api import FaultRule, TwinApiServer

@@ -7,17 +7,18 @@
 A plan's changes start with one write of the owned mig-parted ConfigMap (an entry per changing node, covering
 every GPU of it: spec §2.2), then each node is recorded and driven through the phases above.
 
-Every step is recorded in the node's annotations *before* the action it announces, so a controller killed at
-any point and restarted resumes from the annotations alone: it never evicts a pod twice (a pod is marked before
-its eviction is asked for), never evicts a pod the plan did not name (the list is written when the node's
-change starts), and never leaves a node cordoned (it records that it cordoned before cordoning, and every end
-state uncordons what it cordoned). `advance` is idempotent: call it on every reconcile tick. The annotations are
-this module's private record: the rest of the controller reads them only through `recorded_status`.
+Every step is saved in the node's record (`node_record`: the controller's own object, never the node) *before*
+the action it announces, so a controller killed at any point and restarted resumes from the records alone. It
+never evicts a pod the plan did not name (the list, with each pod's UID, is recorded when the change starts),
+never evicts a successor of a planned pod (every request carries the planned UID as a precondition, so a pod
+asked but not confirmed, after a failed request or a restart, is simply asked again, with backoff, until the
+deadline), never takes an earlier mig-manager run's state for this change's (the state label is removed in the
+same patch that names the config), and never leaves a node cordoned (it records that it cordoned before
+cordoning, and every end uncordons what it cordoned). `advance` is idempotent: call it on every reconcile tick.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 
@@ -34,6 +35,7 @@ from nvidia_protocol.migparted import (
     with_entry,
 )
 from nvidia_protocol.standard_configs import standard_config
+from optimizer.actuators.node_record import ChangeRecord, MirrorCheck, load_records, parse_record, save
 from optimizer.controller.actuator import ACTIVE, ActuationSettings, ActuationStatus, NodeChange, Phase
 from optimizer.controller.port import ClusterPort, EvictionOutcome
 from optimizer.controller.reasons import EventReason
@@ -43,57 +45,19 @@ from solver.snapshot import GPU_RESOURCE, ClusterSnapshot, NodeState
 
 log = logging.getLogger(__name__)
 
-PREFIX = "migopt.io/"
-PLAN = PREFIX + "plan-id"
-PHASE = PREFIX + "phase"
-DEADLINE = PREFIX + "deadline"
-TARGET = PREFIX + "target-config"
-EVICT = PREFIX + "evict"
-EVICTED = PREFIX + "evicted"
-CORDONED = PREFIX + "cordoned-by-migopt"
-ATTEMPTS = PREFIX + "attempts"
-EXPECTED = PREFIX + "expected-resources"
-RETRY_AT = PREFIX + "retry-at"
-LABEL_AFTER = PREFIX + "label-after"
-
-
-_PHASES = {p.value: p for p in Phase}
-
-
-def phase_of(node: NodeState) -> Phase | None:
-    return _PHASES.get(node.annotations.get(PHASE, ""))
-
-
-def is_active(node: NodeState) -> bool:
-    return phase_of(node) in ACTIVE
-
-
-def recorded_status(node: NodeState) -> ActuationStatus | None:
-    """The node's change as its annotations record it; None when there is none (or its phase is unknown)."""
-    phase = phase_of(node)
-    if phase is None:
-        return None
-    a = node.annotations
-    attempts = a.get(ATTEMPTS, "")
-    return ActuationStatus(
-        node=node.name,
-        plan_id=a.get(PLAN, ""),
-        phase=phase,
-        target=a.get(TARGET, ""),
-        evict=tuple(_listed(a.get(EVICT, ""))),
-        evicted=tuple(_listed(a.get(EVICTED, ""))),
-        attempts=int(attempts) if attempts.isdigit() else 0,
-    )
-
 
 class MigManagerActuator:
     """The `Actuator` of the mig-manager label protocol (`optimizer.controller.actuator`)."""
 
     def __init__(self, settings: ActuationSettings | None = None) -> None:
         self.settings = settings or ActuationSettings()
+        self._mirrors = MirrorCheck()
 
-    def status(self, node: NodeState) -> ActuationStatus | None:
-        return recorded_status(node)
+    def statuses(self, port: ClusterPort, snapshot: ClusterSnapshot) -> dict[str, ActuationStatus]:
+        records = load_records(port)
+        for node in snapshot.nodes:
+            self._mirrors.check(port, node, records.get(node.name))
+        return {name: record.status(name) for name, record in records.items()}
 
     def target(self, snapshot: ClusterSnapshot, change: NodeChange) -> str:
         return config_name(_entries(snapshot, change))
@@ -104,6 +68,7 @@ class MigManagerActuator:
         """Write the config entries the changing nodes need (before any label names one), then start each node."""
         if not changes:
             return
+        records = load_records(port)
         config = _read_config(port)
         existing = set(config.mig_configs)  # entries mig-manager may already have; new ones need time to reach it
         named: list[tuple[NodeChange, str, bool]] = []
@@ -113,16 +78,27 @@ class MigManagerActuator:
             config = with_entry(config, label, entries)
             named.append((change, label, label not in existing))
         in_use = {n.labels[MIG_CONFIG_LABEL] for n in snapshot.nodes if MIG_CONFIG_LABEL in n.labels}
+        in_flight = {r.target for r in records.values() if r.phase in ACTIVE}  # labels about to be set
         config = _restore_standard_names(config, in_use, snapshot)
-        config = garbage_collect(config, in_use | {label for _, label, _ in named})
+        config = garbage_collect(config, in_use | in_flight | {label for _, label, _ in named})
         port.write_mig_config(render_config(config))
         for change, label, new_entry in named:
             if not may_act():
                 return
-            _start_node(port, change, label, new_entry, self.settings)
+            previous = records.get(change.node)
+            _start_node(port, snapshot, change, label, new_entry, previous, self.settings)
 
-    def advance(self, port: ClusterPort, node: NodeState) -> Phase | None:
-        return advance(port, node, self.settings)
+    def advance(self, port: ClusterPort, snapshot: ClusterSnapshot, node: NodeState) -> Phase | None:
+        record = load_records(port).get(node.name)
+        if record is None or record.phase not in ACTIVE:
+            return None if record is None else record.phase
+        return _Step(port, snapshot, node, record, self.settings).run()
+
+
+def read_status(node: str, text: str) -> ActuationStatus | None:
+    """One stored record as a status (for the adapter, which holds the records' cache itself)."""
+    record = parse_record(text)
+    return None if record is None else record.status(node)
 
 
 def _entries(snapshot: ClusterSnapshot, change: NodeChange) -> list[MigConfigEntry]:
@@ -158,154 +134,189 @@ def _restore_standard_names(config: MigPartedConfig, in_use: set[str], snapshot:
 
 
 def _start_node(
-    port: ClusterPort, change: NodeChange, label: str, new_entry: bool, settings: ActuationSettings
+    port: ClusterPort,
+    snapshot: ClusterSnapshot,
+    change: NodeChange,
+    label: str,
+    new_entry: bool,
+    previous: ChangeRecord | None,
+    settings: ActuationSettings,
 ) -> None:
-    """Record the change on the node (the list of pods to evict included), then begin cordoning."""
-    port.patch_node(
-        change.node,
-        annotations={
-            PLAN: change.plan_id,
-            PHASE: Phase.CORDONING,
-            TARGET: label,
-            EVICT: ",".join(sorted(change.evict)),
-            EVICTED: "",
-            ATTEMPTS: "0",
-            EXPECTED: json.dumps(change.expected, sort_keys=True),
-            DEADLINE: str(port.now() + settings.eviction_timeout_s),
-            RETRY_AT: None,
-            LABEL_AFTER: str(port.now() + settings.config_propagation_s) if new_entry else None,
-        },
+    """Record the change (the pods to evict with their UIDs included), then begin cordoning."""
+    now = port.now()
+    uids = {p.name: p.uid for p in snapshot.running}
+    failures = previous.failures if previous is not None and previous.phase in FAILED_ENDS else 0
+    record = ChangeRecord(
+        plan_id=change.plan_id,
+        phase=Phase.CORDONING,
+        target=label,
+        evict={pod: uids.get(pod) for pod in sorted(change.evict)},
+        expected=change.expected,
+        serves=sorted(change.serves),
+        deadline=now + settings.eviction_timeout_s,
+        label_after=now + settings.config_propagation_s if new_entry else None,
+        failures=failures,
     )
+    save(port, change.node, record)
     port.record_event("Node", change.node, EventReason.RECONFIGURATION_STARTED, f"plan {change.plan_id}: {label}")
 
 
-def advance(port: ClusterPort, node: NodeState, settings: ActuationSettings) -> Phase | None:
-    """Take the node one step further (as far as it can go now); returns its phase afterwards."""
-    phase = phase_of(node)
-    if phase is None or phase not in ACTIVE:
+FAILED_ENDS = frozenset({Phase.FAILED, Phase.ABANDONED})
+
+
+class _Step:
+    """One node taken as far as it can go now; every change to the record is saved before the action."""
+
+    def __init__(
+        self, port: ClusterPort, snapshot: ClusterSnapshot, node: NodeState, record: ChangeRecord, s: ActuationSettings
+    ) -> None:
+        self.port, self.snapshot, self.node, self.record, self.settings = port, snapshot, node, record, s
+        self.now = port.now()
+
+    def run(self) -> Phase:
+        phase = self.record.phase
+        if phase is Phase.CORDONING:
+            return self._cordon()
+        if phase is Phase.EVICTING:
+            return self._evict()
+        if phase is Phase.LABELLING:
+            return self._label()
+        if phase is Phase.APPLYING:
+            return self._apply()
+        return self._verify()
+
+    def _save(self, **changes: object) -> None:
+        self.record = save(self.port, self.node, self.record.model_copy(update=changes))
+
+    def _enter(self, phase: Phase, deadline: float) -> Phase:
+        self._save(phase=phase, deadline=deadline, retry_at=None)
+        self.port.record_event("Node", self.node.name, EventReason.RECONFIGURATION_PHASE, f"phase {phase}")
+        log.info("node=%s phase=%s", self.node.name, phase)
         return phase
-    now = port.now()
-    a = node.annotations
-    if phase is Phase.CORDONING:
-        if not node.unschedulable and CORDONED not in a:
-            port.patch_node(node.name, annotations={CORDONED: "true"})
-        port.set_unschedulable(node.name, True)
-        return _enter(port, node.name, Phase.EVICTING, now + settings.eviction_timeout_s)
-    if phase is Phase.EVICTING:
-        return _evict_step(port, node, settings, now)
-    if phase is Phase.LABELLING:
-        if now < float(a.get(LABEL_AFTER) or 0):
-            return Phase.LABELLING  # the new entry may not be in mig-manager's copy of the ConfigMap yet
-        port.patch_node(node.name, labels={MIG_CONFIG_LABEL: a[TARGET]}, annotations={LABEL_AFTER: None})
-        return _enter(port, node.name, Phase.APPLYING, now + settings.apply_timeout_s)
-    if phase is Phase.APPLYING:
-        return _apply_step(port, node, settings, now)
-    return _verify_step(port, node, now)
 
+    def _cordon(self) -> Phase:
+        if not self.node.unschedulable and not self.record.cordoned:
+            self._save(cordoned=True)
+        self.port.set_unschedulable(self.node.name, True)
+        return self._enter(Phase.EVICTING, self.now + self.settings.eviction_timeout_s)
 
-def _enter(port: ClusterPort, node: str, phase: Phase, deadline: float) -> Phase:
-    port.patch_node(node, annotations={PHASE: phase, DEADLINE: str(deadline), RETRY_AT: None})
-    port.record_event("Node", node, EventReason.RECONFIGURATION_PHASE, f"phase {phase}")
-    log.info("node=%s phase=%s", node, phase)
-    return phase
+    # ---- evicting: each planned pod, by the UID it had when planned, asked again after a failure ---------------
 
+    def _remaining(self) -> list[str]:
+        """Planned pods still holding a device here as the same pod (a new pod under the name is not ours)."""
+        holding = {pod for gpu in self.node.gpus for pod in gpu.holders}
+        uids = {p.name: p.uid for p in self.snapshot.running}
+        return [
+            pod
+            for pod, uid in self.record.evict.items()
+            if pod in holding and (uid is None or uids.get(pod) in (None, uid))
+        ]
 
-def _listed(value: str) -> list[str]:
-    return [item for item in value.split(",") if item]
-
-
-def _evict_step(port: ClusterPort, node: NodeState, settings: ActuationSettings, now: float) -> Phase:
-    a = node.annotations
-    holding = {pod for gpu in node.gpus for pod in gpu.holders}
-    evicted = set(_listed(a.get(EVICTED, "")))
-    remaining = [p for p in _listed(a.get(EVICT, "")) if p in holding]
-    if not remaining:
-        return _enter(port, node.name, Phase.LABELLING, now + settings.apply_timeout_s)
-    if now >= float(a[DEADLINE]):
-        return _finish(port, node, Phase.ABANDONED, f"pods {', '.join(remaining)} could not be evicted in time")
-    if now < float(a.get(RETRY_AT) or 0):
+    def _evict(self) -> Phase:
+        remaining = self._remaining()
+        if not remaining:
+            return self._enter(Phase.LABELLING, self.now + self.settings.apply_timeout_s)
+        if self.now >= self.record.deadline:
+            return self._finish(Phase.ABANDONED, f"pods {', '.join(remaining)} could not be evicted in time")
+        if self.now < (self.record.retry_at or 0):
+            return Phase.EVICTING
+        blocked = False
+        for pod in remaining:
+            if pod in self.record.evicted:
+                continue  # accepted: it is terminating; wait for it to go
+            try:
+                blocked |= self._evict_once(pod) is EvictionOutcome.BLOCKED
+            except Exception:
+                self._back_off()  # the request failed: the pod stays asked-not-evicted and is asked again later
+                raise
+        if blocked:
+            self._back_off()
         return Phase.EVICTING
-    blocked = 0
-    for pod in remaining:
-        if pod in evicted:
-            continue  # asked once already (perhaps before a restart): never ask twice, wait for it to go
-        outcome = _evict_once(port, node.name, pod, evicted)
-        blocked += outcome is EvictionOutcome.BLOCKED
-    if blocked:
-        attempts = int(a.get(ATTEMPTS) or 0) + 1
-        wait = settings.eviction_backoff_s * 2 ** min(attempts - 1, 6)
-        port.patch_node(node.name, annotations={ATTEMPTS: str(attempts), RETRY_AT: str(now + wait)})
-    return Phase.EVICTING
 
+    def _evict_once(self, pod: str) -> EvictionOutcome:
+        """Mark, then ask, with the pod's UID as a precondition: asking again never touches a successor."""
+        if pod not in self.record.asked:
+            self._save(asked=sorted({*self.record.asked, pod}))
+        outcome = self.port.evict(pod, self.record.evict[pod])
+        if outcome is EvictionOutcome.BLOCKED:
+            reason, message = EventReason.EVICTION_BLOCKED, "a PodDisruptionBudget refused the eviction; will retry"
+            self.port.record_event("Pod", pod, reason, message)
+            return outcome
+        self._save(evicted=sorted({*self.record.evicted, pod}))
+        message = f"evicted to reconfigure the MIG layout of node {self.node.name}"
+        self.port.record_event("Pod", pod, EventReason.EVICTED, message)
+        return outcome
 
-def _evict_once(port: ClusterPort, node: str, pod: str, evicted: set[str]) -> EvictionOutcome:
-    """Mark, then ask. A 429 unmarks the pod (the API refused, nothing happened) so it is asked again later."""
-    port.patch_node(node, annotations={EVICTED: ",".join(sorted(evicted | {pod}))})
-    outcome = port.evict(pod)
-    if outcome is EvictionOutcome.BLOCKED:
-        port.patch_node(node, annotations={EVICTED: ",".join(sorted(evicted))})
-        port.record_event(
-            "Pod", pod, EventReason.EVICTION_BLOCKED, "a PodDisruptionBudget refused the eviction; will retry"
-        )
-    else:
-        evicted.add(pod)
-        port.record_event("Pod", pod, EventReason.EVICTED, f"evicted to reconfigure the MIG layout of node {node}")
-    return outcome
+    def _back_off(self) -> None:
+        attempts = self.record.eviction_attempts + 1
+        wait = self.settings.eviction_backoff_s * 2 ** min(attempts - 1, 6)
+        self._save(eviction_attempts=attempts, retry_at=self.now + wait)
 
+    # ---- labelling and applying: a state label counts only if mig-manager wrote it after migopt's label --------
 
-def _apply_step(port: ClusterPort, node: NodeState, settings: ActuationSettings, now: float) -> Phase:
-    a = node.annotations
-    state = node.labels.get(MIG_STATE_LABEL)
-    if node.labels.get(MIG_CONFIG_LABEL) != a[TARGET]:
-        port.patch_node(node.name, labels={MIG_CONFIG_LABEL: a[TARGET]})
+    def _relabel(self, clear_config: bool = False) -> None:
+        """Remove any earlier run's state with the same patch that names the config, so the next `success` or
+        `failed` is mig-manager's answer to this label (its `pending` and its "already applied" shortcut both come
+        after it reads the label: spec §1.3). A retry removes the config label first (spec §1.2)."""
+        if clear_config:
+            self.port.patch_node(self.node.name, labels={MIG_CONFIG_LABEL: None, MIG_STATE_LABEL: None})
+        self.port.patch_node(self.node.name, labels={MIG_STATE_LABEL: None, MIG_CONFIG_LABEL: self.record.target})
+
+    def _label(self) -> Phase:
+        if self.now < (self.record.label_after or 0):
+            return Phase.LABELLING  # the new entry may not be in mig-manager's copy of the ConfigMap yet
+        if self.node.labels.get(MIG_CONFIG_LABEL) != self.record.target:
+            self._relabel()
+        # else: labelled before a restart; mig-manager's answer to it may already be there
+        return self._enter(Phase.APPLYING, self.now + self.settings.apply_timeout_s)
+
+    def _apply(self) -> Phase:
+        state = self.node.labels.get(MIG_STATE_LABEL)
+        if self.node.labels.get(MIG_CONFIG_LABEL) != self.record.target:
+            self._relabel()  # someone changed the label under us
+            return Phase.APPLYING
+        if state == "success" and _advertises(self.node, self.record.expected):
+            return self._enter(Phase.VERIFYING, self.now + self.settings.apply_timeout_s)
+        if state == "failed":
+            runs = self.record.failed_runs + 1
+            if runs > self.settings.max_retries:
+                return self._finish(Phase.FAILED, f"mig-manager failed {runs} times on {self.record.target}")
+            self._save(failed_runs=runs, deadline=self.now + self.settings.apply_timeout_s)
+            self._relabel(clear_config=True)
+            message = f"mig-manager failed; retry {runs}"
+            self.port.record_event("Node", self.node.name, EventReason.RECONFIGURATION_RETRY, message)
+            return Phase.APPLYING
+        if self.now >= self.record.deadline:
+            target = self.record.target
+            return self._finish(Phase.FAILED, f"mig-manager did not finish {target} in time (state {state})")
         return Phase.APPLYING
-    if state == "success" and _advertises(node, a):
-        return _enter(port, node.name, Phase.VERIFYING, now + settings.apply_timeout_s)
-    if state == "failed":
-        attempts = int(a.get(ATTEMPTS) or 0)
-        if attempts >= settings.max_retries:
-            return _finish(port, node, Phase.FAILED, f"mig-manager failed {attempts + 1} times on {a[TARGET]}")
-        # a same-value relabel does nothing (spec §1.2): remove the label, then set it again
-        port.patch_node(
-            node.name, annotations={ATTEMPTS: str(attempts + 1), DEADLINE: str(now + settings.apply_timeout_s)}
+
+    def _verify(self) -> Phase:
+        if _advertises(self.node, self.record.expected):
+            return self._finish(Phase.DONE, "MIG layout applied and advertised")
+        if self.now >= self.record.deadline:
+            return self._finish(Phase.FAILED, "the node does not advertise the planned MIG devices")
+        return Phase.VERIFYING
+
+    def _finish(self, phase: Phase, message: str) -> Phase:
+        """End the change: record the outcome, then uncordon if (and only if) migopt cordoned it."""
+        failures = self.record.failures + 1 if phase in FAILED_ENDS else 0
+        cordoned = self.record.cordoned
+        self._save(phase=phase, retry_at=None, finished_at=self.now, failures=failures, cordoned=False)
+        if cordoned:
+            self.port.set_unschedulable(self.node.name, False)
+        reason = {Phase.DONE: EventReason.RECONFIGURED, Phase.ABANDONED: EventReason.RECONFIGURATION_ABANDONED}.get(
+            phase, EventReason.RECONFIGURATION_FAILED
         )
-        port.patch_node(node.name, labels={MIG_CONFIG_LABEL: None})
-        port.patch_node(node.name, labels={MIG_CONFIG_LABEL: a[TARGET]})
-        port.record_event(
-            "Node", node.name, EventReason.RECONFIGURATION_RETRY, f"mig-manager failed; retry {attempts + 1}"
-        )
-        return Phase.APPLYING
-    if now >= float(a[DEADLINE]):
-        return _finish(port, node, Phase.FAILED, f"mig-manager did not finish {a[TARGET]} in time (state {state})")
-    return Phase.APPLYING
+        self.port.record_event("Node", self.node.name, reason, message)
+        log.info("node=%s phase=%s message=%r", self.node.name, phase, message)
+        return phase
 
 
-def _advertises(node: NodeState, a: dict[str, str]) -> bool:
+def _advertises(node: NodeState, expected: dict[str, int]) -> bool:
     """The node's MIG resources are what the plan expects (stale zero-count keys ignored)."""
-    expected = {k: v for k, v in json.loads(a.get(EXPECTED) or "{}").items() if v}
+    wanted = {k: v for k, v in expected.items() if v}
     actual = {
         k: v for k, v in node.allocatable.items() if v and (k.startswith(MIG_RESOURCE_PREFIX) or k == GPU_RESOURCE)
     }
-    return actual == expected
-
-
-def _verify_step(port: ClusterPort, node: NodeState, now: float) -> Phase:
-    if _advertises(node, node.annotations):
-        return _finish(port, node, Phase.DONE, "MIG layout applied and advertised")
-    if now >= float(node.annotations[DEADLINE]):
-        return _finish(port, node, Phase.FAILED, "the node does not advertise the planned MIG devices")
-    return Phase.VERIFYING
-
-
-def _finish(port: ClusterPort, node: NodeState, phase: Phase, message: str) -> Phase:
-    """End the node's change: record the outcome, then uncordon if (and only if) migopt cordoned it."""
-    port.patch_node(node.name, annotations={PHASE: phase, RETRY_AT: None})
-    if node.annotations.get(CORDONED) == "true":
-        port.set_unschedulable(node.name, False)
-        port.patch_node(node.name, annotations={CORDONED: None})
-    reason = {Phase.DONE: EventReason.RECONFIGURED, Phase.ABANDONED: EventReason.RECONFIGURATION_ABANDONED}.get(
-        phase, EventReason.RECONFIGURATION_FAILED
-    )
-    port.record_event("Node", node.name, reason, message)
-    log.info("node=%s phase=%s message=%r", node.name, phase, message)
-    return phase
+    return actual == wanted

@@ -2,9 +2,11 @@
 
 Runs as a DaemonSet on MIG-capable nodes. Every interval it reads NVML (read-only: `Get`/query calls only; it
 never changes MIG mode, creates or destroys instances, or resets anything), maps MIG devices to pods through
-the kubelet pod-resources socket when one is mounted, and patches `migopt.io/gpu-report` on its own node only
-when the text changed, so node watchers are not woken every 30 s for nothing. A missing driver or an NVML error
-becomes a report with `error` set, logged once, and the loop goes on.
+the kubelet pod-resources socket when one is mounted, and patches `migopt.io/gpu-report` on its own node when
+what it saw changed, so node watchers are not woken every 30 s for nothing, and otherwise every `heartbeat`
+seconds: each report carries the time it was observed, and the controller does not trust a report older than
+its `kube.report_max_age_s` (default 600 s; the heartbeat, default 300 s, must be at most half of it). A
+missing driver or an NVML error becomes a report with `error` set, logged once, and the loop goes on.
 
 This module imports neither `kubernetes` (the writer goes through `optimizer.kube.api`, imported when a writer is
 made) nor `grpc` at module level, nor anything that pulls in OR-Tools, so
@@ -19,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION, NodeGpuReport
+from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION, NodeGpuReport, observed_time
 from optimizer.agent.nvml_common import load_nvml
 from optimizer.agent.nvml_layout import read_layout
 from solver.errors import MigoptError
@@ -34,6 +37,7 @@ from solver.errors import MigoptError
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"  # pod_resources.DEFAULT_SOCKET, without grpc
+DEFAULT_HEARTBEAT_S = 300.0  # half the controller's default kube.report_max_age_s
 
 Writer = Callable[[str], None]
 """Publishes one annotation value; raises MigoptError when it could not."""
@@ -82,27 +86,48 @@ def read_report(nvml: Any, pod_owners: PodOwners | None) -> tuple[NodeGpuReport,
 
 
 class NodeAgent:
-    """Holds what was last published and what was last complained about, so both happen only on change."""
+    """Holds what was last published, when, and what was last complained about: a report is published when what
+    it says changed or `heartbeat_s` after the last one (so its reader can tell it is alive), and complaints are
+    logged when they change. `clock` is the wall clock the reports are stamped with."""
 
-    def __init__(self, nvml: Any, write: Writer, pod_owners: PodOwners | None = None) -> None:
+    def __init__(
+        self,
+        nvml: Any,
+        write: Writer,
+        pod_owners: PodOwners | None = None,
+        *,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._nvml = nvml
         self._write = write
         self._pod_owners = pod_owners
-        self._published: str | None = None
+        self._heartbeat_s = heartbeat_s
+        self._clock = clock
+        self._published: str | None = None  # what the last published report said, without its time
+        self._published_at: float | None = None
         self._complaints: set[str] = set()
 
     def step(self) -> StepResult:
         report, problems = read_report(self._nvml, self._pod_owners)
+        now = self._clock()
+        report = report.model_copy(update={"observed_at": observed_time(now)})
         if report.error:
             problems.insert(0, f"report error: {report.error}")
-        text = report.to_annotation()
+        content = report.model_copy(update={"observed_at": None}).to_annotation()
+        changed = content != self._published
+        due = self._published_at is None or now - self._published_at >= self._heartbeat_s
         written = failed = False
-        if text != self._published:
+        if changed or due:
             try:
-                self._write(text)
-                self._published = text
+                self._write(report.to_annotation())
+                self._published, self._published_at = content, now
                 written = True
-                log.info("event=report-published gpus=%d error=%s", len(report.gpus), report.error is not None)
+                log.log(
+                    logging.INFO if changed else logging.DEBUG,
+                    "event=report-published gpus=%d error=%s heartbeat=%s",
+                    len(report.gpus), report.error is not None, not changed,
+                )  # fmt: skip
             except MigoptError as err:
                 problems.append(_one_line(err))
                 failed = True
@@ -180,6 +205,15 @@ def agent(
         str | None, typer.Option("--node", envvar="NODE_NAME", help="This node's name (default: $NODE_NAME).")
     ] = None,
     interval: Annotated[float, typer.Option("--interval", min=1.0, help="Seconds between reads.")] = 30.0,
+    heartbeat: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat",
+            min=1.0,
+            help="Re-publish an unchanged report after this many seconds (at most half the controller's "
+            "kube.report_max_age_s, default 600).",
+        ),
+    ] = DEFAULT_HEARTBEAT_S,
     once: Annotated[bool, typer.Option("--once", help="Read and publish once, then exit (1 on error).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the annotation instead of patching.")] = False,
     pod_resources_socket: Annotated[
@@ -200,8 +234,8 @@ def agent(
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    node_agent = NodeAgent(load_nvml(), write, socket_owners(pod_resources_socket))
-    log.info("event=agent-started node=%s interval=%s dry_run=%s", node, interval, dry_run)
+    node_agent = NodeAgent(load_nvml(), write, socket_owners(pod_resources_socket), heartbeat_s=heartbeat)
+    log.info("event=agent-started node=%s interval=%s heartbeat=%s dry_run=%s", node, interval, heartbeat, dry_run)
     result = run_loop(node_agent, interval, once, stop.wait)
     if once and result.failed:
         raise typer.Exit(1)

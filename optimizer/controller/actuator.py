@@ -58,6 +58,7 @@ class NodeChange(BaseModel):
     gpus: list[GpuPlan]
     evict: list[str]
     expected: dict[str, int]  # MIG resource -> allocatable count once applied
+    serves: list[str] = []  # the pending pods the plan places on this node
 
 
 class ActuationStatus(BaseModel):
@@ -72,6 +73,9 @@ class ActuationStatus(BaseModel):
     evict: tuple[str, ...] = ()
     evicted: tuple[str, ...] = ()
     attempts: int = 0
+    serves: tuple[str, ...] = Field(default=(), description="the pending pods the change is for")
+    finished_at: float | None = Field(default=None, description="when it ended (cluster clock)")
+    failures: int = Field(default=0, description="consecutive changes of this node that failed or were abandoned")
 
     @property
     def active(self) -> bool:
@@ -79,8 +83,8 @@ class ActuationStatus(BaseModel):
 
 
 class Actuator(Protocol):
-    def status(self, node: NodeState) -> ActuationStatus | None:
-        """The node's change as recorded, or None when no change was ever recorded (or the record is unreadable)."""
+    def statuses(self, port: ClusterPort, snapshot: ClusterSnapshot) -> dict[str, ActuationStatus]:
+        """Every node's change as recorded, by node; a node with none (or an unreadable one) is absent."""
         ...
 
     def target(self, snapshot: ClusterSnapshot, change: NodeChange) -> str:
@@ -93,6 +97,6 @@ class Actuator(Protocol):
         """Begin these changes (one plan's); `may_act` is asked before each node's start."""
         ...
 
-    def advance(self, port: ClusterPort, node: NodeState) -> Phase | None:
+    def advance(self, port: ClusterPort, snapshot: ClusterSnapshot, node: NodeState) -> Phase | None:
         """Take an active node's change one step further, as far as it can go now; returns its phase afterwards."""
         ...

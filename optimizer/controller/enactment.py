@@ -32,6 +32,7 @@ def node_changes(snapshot: ClusterSnapshot, plan: Plan, plan_id: str) -> list[No
                 gpus=sorted(gpus, key=lambda g: g.index),
                 evict=sorted({pod for g in gpus for pod in g.evict}),
                 expected=_expected(nodes[name], gpus),
+                serves=sorted(p.pod for p in plan.placements if p.node == name),
             )
         )
     return changes

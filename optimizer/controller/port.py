@@ -19,7 +19,7 @@ class EvictionOutcome(StrEnum):
 
     EVICTED = "evicted"  # 201: the pod is being deleted
     BLOCKED = "blocked"  # 429: a PodDisruptionBudget does not allow it now; retry later
-    GONE = "gone"  # 404: the pod no longer exists
+    GONE = "gone"  # 404: the pod no longer exists (409 on its UID precondition: a new pod has its name)
 
 
 class ClusterPort(Protocol):
@@ -37,8 +37,19 @@ class ClusterPort(Protocol):
         """Cordon or uncordon."""
         ...
 
-    def evict(self, pod: str) -> EvictionOutcome:
-        """Ask the Eviction API to evict `namespace/name`."""
+    def evict(self, pod: str, uid: str | None = None) -> EvictionOutcome:
+        """Ask the Eviction API to evict `namespace/name`; with `uid`, only that incarnation of the pod (a UID
+        precondition: a pod re-created under the same name is never evicted by a request meant for its
+        predecessor)."""
+        ...
+
+    def read_records(self) -> dict[str, str]:
+        """The controller's own records of node changes (text, by node name), from an object only the controller
+        may write; {} when there are none."""
+        ...
+
+    def write_record(self, node: str, text: str | None) -> None:
+        """Create or replace one node's record (None deletes it); returns once the write is confirmed."""
         ...
 
     def read_mig_config(self) -> str | None:

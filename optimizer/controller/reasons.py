@@ -18,6 +18,9 @@ class EventReason(StrEnum):
     RECONFIGURED = "MigReconfigured"
     RECONFIGURATION_FAILED = "MigReconfigurationFailed"
     RECONFIGURATION_ABANDONED = "MigReconfigurationAbandoned"
+    REPORT_REJECTED = "MigReportRejected"  # a node agent report failed verification (the adapter records it)
+    ANNOTATIONS_IGNORED = "MigAnnotationsIgnored"
+    NODE_QUARANTINED = "MigNodeQuarantined"
 
 
 WARNING_REASONS = frozenset(
@@ -27,6 +30,9 @@ WARNING_REASONS = frozenset(
         EventReason.RECONFIGURATION_FAILED,
         EventReason.RECONFIGURATION_ABANDONED,
         EventReason.INVALID_REQUEST,
+        EventReason.REPORT_REJECTED,
+        EventReason.ANNOTATIONS_IGNORED,
+        EventReason.NODE_QUARANTINED,
     }
 )
 """Recorded as `type: Warning`; every other reason is `Normal`."""

@@ -3,8 +3,9 @@
 One `tick` is one pass; the runner (the Deployment's main loop, or the simulation engine) calls it every few
 seconds. Nothing here is specific to a real cluster or the twin: both are a `ClusterPort`.
 
-- Actuation first: every node mid-change (as its actuator reports) is advanced one step. While any is, no new
-  plan is made (the plan barrier), so plans never race each other or a half-done change.
+- Actuation first: every node mid-change (as its actuator reports) is advanced one step.
+- Per-node isolation (`isolation.py`): nodes mid-change are frozen out of new plans and the pods their changes
+  are for are spoken for; nodes whose change failed are quarantined with backoff. The rest keeps planning.
 - Batching: a window opens with the first pending pod and closes after `batch_idle_s` without new pending
   pods or `batch_timeout_s` after it opened, so a burst of pods is planned together.
 - A new plan is made only when the pending pods or the cluster's layouts changed since the last one.
@@ -20,7 +21,9 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from optimizer.controller.actuator import ActuationSettings, ActuationStatus, Actuator
 from optimizer.controller.enactment import node_changes
-from optimizer.controller.observer import ControllerObserver, ObservedPort
+from optimizer.controller.guard import GuardedPort, LeadershipLost
+from optimizer.controller.isolation import Isolation, IsolationSettings, isolation, plannable
+from optimizer.controller.observer import ControllerObserver
 from optimizer.controller.port import ClusterPort
 from optimizer.controller.reasons import EventReason
 from solver.plan import Plan, PlanPolicy
@@ -40,6 +43,7 @@ class ControllerSettings(BaseModel):
     batch_timeout_s: float = Field(default=60.0, ge=0)
     policy: PlanPolicy = PlanPolicy()
     actuation: ActuationSettings = ActuationSettings()
+    isolation: IsolationSettings = IsolationSettings()
 
 
 class Controller:
@@ -59,7 +63,7 @@ class Controller:
         (leader election: a replica that lost its lease stops at the next step)."""
         self.actuator = actuator
         self.observer = observer
-        self.port: ClusterPort = ObservedPort(port, observer) if observer else port
+        self.port: ClusterPort = GuardedPort(port, may_act, observer)
         self.may_act = may_act
         self.settings = settings or ControllerSettings()
         self.last_plan: Plan | None = None
@@ -67,50 +71,68 @@ class Controller:
         self._window_opened: float | None = None
         self._last_arrival = 0.0
         self._seen: set[str] = set()
-        self._planned_for: tuple[frozenset[str], tuple[tuple[str, str], ...]] | None = None
+        self._planned_for: tuple[object, ...] | None = None
+        self._quarantine_reported: set[tuple[str, str]] = set()
 
     def tick(self) -> Plan | None:
         """One reconcile pass; returns the plan made in this pass, if any."""
         if not self.may_act():
             return None
-        snapshot = self.port.snapshot()
-        statuses = self._statuses(snapshot)
-        if self.observer:
-            self.observer.snapshot_taken(snapshot, self.port.now(), statuses)
-        active = [n for n in snapshot.nodes if n.name in statuses and statuses[n.name].active]
-        for node in active:
-            if not self.may_act():
-                return None
-            self.actuator.advance(self.port, node)
-        if active:
-            return None  # plan barrier
-        if not self._window_closed(snapshot):
+        try:
+            return self._pass()
+        except LeadershipLost as err:
+            log.warning("%s; stopping this pass", err)
             return None
-        situation = (frozenset(p.name for p in snapshot.pods), _layouts(snapshot))
+
+    def _pass(self) -> Plan | None:
+        snapshot = self.port.snapshot()
+        now = self.port.now()
+        statuses = self.actuator.statuses(self.port, snapshot)
+        if self.observer:
+            self.observer.snapshot_taken(snapshot, now, statuses)
+        for node in snapshot.nodes:
+            status = statuses.get(node.name)
+            if status is not None and status.active:
+                self.actuator.advance(self.port, snapshot, node)
+        held = isolation(statuses, now, self.settings.isolation)
+        self._report_quarantine(held, statuses)
+        if self.observer:
+            self.observer.isolation_changed(held)
+        seen = plannable(snapshot, held)
+        if not self._window_closed(seen):
+            return None
+        situation = (frozenset(p.name for p in seen.pods), _layouts(seen), held.held)
         if situation == self._planned_for:
             return None
-        self._planned_for = situation
-        plan = make_plan(snapshot, self.settings.policy, self.settings.planner)
+        plan = make_plan(seen, self.settings.policy, self.settings.planner)
+        self._planned_for = situation  # only once a plan exists: a planning error is tried again next pass
         self.plans_made += 1
         self.last_plan = plan
         plan_id = f"plan-{self.plans_made}"
         self._publish(plan, plan_id)
-        changes = node_changes(snapshot, plan, plan_id)
+        changes = node_changes(seen, plan, plan_id)
         if self.observer:
-            targets = {change.node: self.actuator.target(snapshot, change) for change in changes}
-            self.observer.plan_made(plan, snapshot, plan_id, targets)
-        if self.settings.mode == "enforce" and self.may_act():
+            targets = {change.node: self.actuator.target(seen, change) for change in changes}
+            self.observer.plan_made(plan, seen, plan_id, targets)
+        if self.settings.mode == "enforce":
             try:
-                self.actuator.start(self.port, snapshot, changes, self.may_act)
+                self.actuator.start(self.port, seen, changes, self.may_act)
             except Exception:
                 self._planned_for = None  # not carried out: the next pass plans again
                 raise
         return plan
 
-    def _statuses(self, snapshot: ClusterSnapshot) -> dict[str, ActuationStatus]:
-        """Every node's recorded change, as the actuator reads it."""
-        found = ((n.name, self.actuator.status(n)) for n in snapshot.nodes)
-        return {name: status for name, status in found if status is not None}
+    def _report_quarantine(self, held: Isolation, statuses: dict[str, ActuationStatus]) -> None:
+        """One Event and log line per failed change that put its node in quarantine."""
+        for node, until in sorted(held.quarantined.items()):
+            key = (node, statuses[node].plan_id)
+            if key in self._quarantine_reported:
+                continue
+            self._quarantine_reported.add(key)
+            failures = statuses[node].failures
+            message = f"{failures} failed change(s) in a row: not planned until t={until:.0f}; its pods go elsewhere"
+            log.warning("node=%s quarantined: %s", node, message)
+            self.port.record_event("Node", node, EventReason.NODE_QUARANTINED, message)
 
     def _window_closed(self, snapshot: ClusterSnapshot) -> bool:
         now = self.port.now()

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION
 from nvidia_protocol.labels import MIG_CAPABLE_LABEL
 from nvidia_protocol.migparted import MigPartedConfig, parse_config
-from optimizer.actuators.mig_manager import recorded_status
+from optimizer.actuators.mig_manager import read_status
 from optimizer.controller.actuator import Phase
 from optimizer.controller.port import ClusterPort, EvictionOutcome
 from optimizer.controller.reasons import EventReason
@@ -33,6 +33,8 @@ from optimizer.kube.layouts import (
     DeviceHolder,
     HeldDevices,
     LayoutSource,
+    ReportChecks,
+    ReportRejected,
     resolve_layout,
 )
 from optimizer.kube.objects import (
@@ -59,9 +61,26 @@ class KubeSettings(BaseModel):
     mig_config_namespace: str = Field(default="gpu-operator", description="namespace of the owned mig-parted ConfigMap")
     mig_config_name: str = Field(default="migopt-mig-config", description="= ClusterPolicy migManager.config.name")
     mig_config_key: str = Field(default="config.yaml", description="the key mig-manager reads")
+    records_namespace: str = Field(
+        default="migopt-system", description="namespace of the controller's records of node changes"
+    )
+    records_name: str = Field(
+        default="migopt-node-changes",
+        description="ConfigMap holding them, one key per node; only the controller's "
+        "ServiceAccount may write it (deploy/base/controller-rbac.yaml)",
+    )
     watch_timeout_s: int = Field(default=300, ge=1)
     event_qps: float = Field(default=10.0, ge=0)
     sync_timeout_s: float = Field(default=60.0, gt=0)
+    report_max_age_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="a node agent report observed longer ago (by this process's wall clock) is stale and not "
+        "trusted; the agent's --heartbeat must be at most half of this",
+    )
+    report_max_skew_s: float = Field(
+        default=60.0, ge=0, description="how far in the future a report's observed_at may be (node clocks ahead)"
+    )
 
 
 def _uses_gpus(pod: Mapping[str, Any]) -> bool:
@@ -90,6 +109,7 @@ class KubeClusterPort:
         caller: ApiCaller | None = None,
         holders: Callable[[], Sequence[DeviceHolder] | None] | None = None,
         instance: str = "migopt",
+        on_report_rejected: Callable[[str, str], None] | None = None,
     ) -> None:
         self.settings = settings or KubeSettings()
         self.caller = caller or ApiCaller()
@@ -101,7 +121,9 @@ class KubeClusterPort:
         self.pdbs = Informer(self.api.pod_disruption_budgets(), self.caller, watch_timeout_s=timeout)
         owned_config = self.api.config_map_collection(s.mig_config_name, s.mig_config_namespace)
         self.configmaps = Informer(owned_config, self.caller, watch_timeout_s=timeout)
-        self.informers = [self.nodes, self.pods, self.pdbs, self.configmaps]
+        records = self.api.config_map_collection(s.records_name, s.records_namespace)
+        self.records = Informer(records, self.caller, watch_timeout_s=timeout)
+        self.informers = [self.nodes, self.pods, self.pdbs, self.configmaps, self.records]
         self.events = EventRecorder(
             self.api.create_event,
             self.caller,
@@ -111,6 +133,9 @@ class KubeClusterPort:
         self._holders = holders
         self._parsed: tuple[str, MigPartedConfig | None] | None = None
         self._reported: set[tuple[str, str]] = set()
+        self._on_report_rejected = on_report_rejected  # (node, reason): the metrics exporter counts them
+        self._rejected: dict[str, str] = {}  # node -> reason its report is rejected for now
+        self._advertised: dict[str, tuple[object, float | None]] = {}  # node -> (GPU resources, seen changing at)
         self.sources: dict[str, str] = {}
         self.skipped_pods: dict[str, str] = {}
 
@@ -195,13 +220,21 @@ class KubeClusterPort:
             unschedulable=bool((raw.get("spec") or {}).get("unschedulable")),
         )
         on_node = [h for h in holders or [] if h.node == name] if holders is not None else None
+        rejected: list[ReportRejected] = []
+        checks = self._report_checks(name, raw, base.allocatable)
         try:
-            layout = resolve_layout(name, labels, annotations, config, held, on_node)
+            layout = resolve_layout(
+                name, labels, annotations, config, held, on_node, checks=checks, on_reject=rejected.append
+            )
         except MigoptError as err:
+            self._report_rejection(name, rejected)
             self._report_once(name, str(err))
-            if (status := recorded_status(base)) is not None and status.phase is Phase.EVICTING:
+            record = self.read_records().get(name)
+            status = read_status(name, record) if record is not None else None
+            if status is not None and status.phase is Phase.EVICTING:
                 return None, f"waiting: {err}", {}  # a drain needs to know who holds what: wait for it
             return base, f"not planned: {err}", {}
+        self._report_rejection(name, rejected)
         extra = {
             pod: RunningPod(name=pod, priority=UNATTRIBUTED_PRIORITY, protection=Protection.UNATTRIBUTED)
             for pod in layout.unattributed
@@ -222,6 +255,41 @@ class KubeClusterPort:
                 parsed = None
             self._parsed = (text, parsed)
         return self._parsed[1]
+
+    def _report_checks(self, name: str, raw: Mapping[str, Any], allocatable: dict[str, int]) -> ReportChecks:
+        """What the node's report is verified against: this process's wall clock, the node's GPU resources, and
+        when they were last seen to change (None: not since this process started watching)."""
+        capacity = node_allocatable({"status": {"allocatable": (raw.get("status") or {}).get("capacity")}})
+        now = self.now()
+        resources = (sorted(allocatable.items()), sorted(capacity.items()))
+        seen = self._advertised.get(name)
+        since = None if seen is None else seen[1] if seen[0] == resources else now
+        self._advertised[name] = (resources, since)
+        s = self.settings
+        return ReportChecks(
+            now=now,
+            max_age_s=s.report_max_age_s,
+            max_skew_s=s.report_max_skew_s,
+            allocatable=allocatable,
+            capacity=capacity,
+            advertised_since=since,
+        )
+
+    def _report_rejection(self, name: str, rejected: list[ReportRejected]) -> None:
+        """A node's report starting to fail a check (or another one): one log line, one Event on the node, one
+        count. While it keeps failing for the same reason, nothing more; once it passes, the next failure counts."""
+        if not rejected:
+            self._rejected.pop(name, None)
+            return
+        rejection = rejected[0]
+        if self._rejected.get(name) == rejection.reason:
+            return
+        self._rejected[name] = rejection.reason
+        log.warning("node=%s report_rejected reason=%s: %s; falling back to the next source", name,
+                    rejection.reason, rejection)  # fmt: skip
+        self.events.record("Node", name, EventReason.REPORT_REJECTED, f"{rejection}; using the next source")
+        if self._on_report_rejected is not None:
+            self._on_report_rejected(name, str(rejection.reason))
 
     def _report_once(self, subject: str, message: str) -> None:
         if (subject, message) not in self._reported:
@@ -264,18 +332,19 @@ class KubeClusterPort:
         patched = self.caller("patch", "nodes", lambda: self.api.patch_node(node, body), idempotent=True)
         self.nodes.apply(patched)
 
-    def evict(self, pod: str) -> EvictionOutcome:
-        """policy/v1 Eviction: 201 evicted, 429 a budget refuses (nothing happened; ask again later), 404 gone."""
+    def evict(self, pod: str, uid: str | None = None) -> EvictionOutcome:
+        """policy/v1 Eviction: 201 evicted, 429 a budget refuses (nothing happened; ask again later), 404 gone,
+        409 on the UID precondition (the name now belongs to another pod: the one meant is gone)."""
         namespace, _, name = pod.rpartition("/")
         try:
             self.caller(
                 "create",
                 "pods/eviction",
-                lambda: self.api.evict(name, namespace or "default"),
-                allow=(404, 429),
+                lambda: self.api.evict(name, namespace or "default", uid),
+                allow=(404, 409, 429),
                 idempotent=True,
             )
-        except NotFound:
+        except (NotFound, Conflict):
             return EvictionOutcome.GONE
         except TooManyRequests:  # allowed: not retried here; the controller asks again on a later pass
             return EvictionOutcome.BLOCKED
@@ -284,43 +353,48 @@ class KubeClusterPort:
     def write_mig_config(self, text: str) -> None:
         """Create or update the owned ConfigMap's key, keeping its other keys; a 409 re-reads and retries."""
         s = self.settings
+        self._write_key(self.configmaps, s.mig_config_namespace, s.mig_config_name, s.mig_config_key, text)
+
+    def read_records(self) -> dict[str, str]:
+        cm = self.records.get(f"{self.settings.records_namespace}/{self.settings.records_name}")
+        return {str(k): str(v) for k, v in ((cm or {}).get("data") or {}).items()}
+
+    def write_record(self, node: str, text: str | None) -> None:
+        s = self.settings
+        self._write_key(self.records, s.records_namespace, s.records_name, node, text)
+
+    def _write_key(self, informer: Informer, namespace: str, name: str, key: str, text: str | None) -> None:
+        """Set (None: remove) one key of a ConfigMap migopt owns, keeping the others: a read, then a create or a
+        resourceVersion-guarded update; a 409 reads again and retries. The cache sees the write at once."""
         for _ in range(5):
-            current = self._read_config_map()
+            current = self.caller.read_or_none("configmaps", partial(self.api.read_config_map, name, namespace))
+            data = {**((current or {}).get("data") or {}), key: text}
+            data = {k: v for k, v in data.items() if v is not None}
             if current is None:
-                body = {
+                body: dict[str, Any] = {
                     "apiVersion": "v1",
                     "kind": "ConfigMap",
                     "metadata": {
-                        "name": s.mig_config_name,
-                        "namespace": s.mig_config_namespace,
+                        "name": name,
+                        "namespace": namespace,
                         "labels": {"app.kubernetes.io/managed-by": "migopt"},
                     },
-                    "data": {s.mig_config_key: text},
+                    "data": data,
                 }
-                call = partial(self.api.create_config_map, s.mig_config_namespace, body)
+                call = partial(self.api.create_config_map, namespace, body)
                 verb = "create"
             else:
-                body = dict(current)
-                body["data"] = {**(current.get("data") or {}), s.mig_config_key: text}
-                call = partial(self.api.replace_config_map, s.mig_config_name, s.mig_config_namespace, body)
+                body = {**current, "data": data}
+                call = partial(self.api.replace_config_map, name, namespace, body)
                 verb = "update"
             try:
                 written = self.caller(verb, "configmaps", call, allow=(409,))
             except Conflict:
                 continue  # someone else wrote it first: read again
-            self.configmaps.apply(written)
+            informer.apply(written)
             return
         raise Conflict(
-            f"configmap {s.mig_config_namespace}/{s.mig_config_name}: conflicts kept winning",
-            status=409,
-            verb="update",
-            resource="configmaps",
-        )
-
-    def _read_config_map(self) -> dict[str, Any] | None:
-        s = self.settings
-        return self.caller.read_or_none(
-            "configmaps", partial(self.api.read_config_map, s.mig_config_name, s.mig_config_namespace)
+            f"configmap {namespace}/{name}: conflicts kept winning", status=409, verb="update", resource="configmaps"
         )
 
     def record_event(self, kind: Literal["Pod", "Node"], name: str, reason: EventReason, message: str) -> None:

@@ -249,9 +249,11 @@ class KubeApi:
         )
         return node
 
-    def evict(self, name: str, namespace: str) -> None:
-        """A policy/v1 Eviction of a pod (429: a disruption budget refuses; 404: the pod is gone)."""
-        body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace))
+    def evict(self, name: str, namespace: str, uid: str | None = None) -> None:
+        """A policy/v1 Eviction of a pod (429: a disruption budget refuses; 404: the pod is gone; 409: `uid`, a
+        precondition, no longer names the pod under that name)."""
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)) if uid else None
+        body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace), delete_options=options)
         _request(
             "create",
             "pods/eviction",

@@ -7,7 +7,9 @@ never allowed to spoil the snapshot of everyone else.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,12 +19,14 @@ from solver.errors import MigoptError
 from solver.profiles import MIG_RESOURCE_PREFIX
 from solver.snapshot import (
     GPU_RESOURCE,
+    MAX_DEVICES_PER_REQUEST,
     NodeSelectorTerm,
     PendingPod,
     RunningPod,
     Taint,
     Toleration,
     check_pending_pod,
+    clamp_priority,
 )
 
 Obj = Mapping[str, Any]
@@ -33,10 +37,52 @@ def pod_key(pod: Obj) -> str:
     return f"{meta.get('namespace') or 'default'}/{meta['name']}"
 
 
+_SUFFIXES = {"": Decimal(1), "m": Decimal("0.001"), "u": Decimal("0.000001"), "n": Decimal("0.000000001")}
+_SUFFIXES |= {s: Decimal(1000**i) for i, s in enumerate("kMGTPE", 1)}
+_SUFFIXES |= {f"{s}i": Decimal(1024**i) for i, s in enumerate("KMGTPE", 1)}
+_QUANTITY = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:(Ki|Mi|Gi|Ti|Pi|Ei|[munkMGTPE])|[eE]([+-]?[0-9]+))?")
+
+
 def _quantity(value: object) -> int:
-    """Extended resources are integers; anything else (a `500m`) counts as 0 rather than crashing."""
+    """A device count from a resource quantity as the API spells it (`2`, or canonically `1k`, `100E`),
+    clamped to `MAX_DEVICES_PER_REQUEST` (a larger request is still more than any node holds). Extended
+    resources are whole and non-negative; anything else (a `500m`, `-1`, garbage) counts as 0 rather than
+    crashing."""
+    match = _QUANTITY.fullmatch(str(value).strip())
+    if match is None:
+        return 0
+    number, suffix, exponent = match.groups()
+    amount = Decimal(number)
+    if amount <= 0:
+        return 0
+    digits = (exponent or "").lstrip("+-").lstrip("0")
+    if not digits:
+        power = 0
+    elif len(digits) < 20:
+        power = int(exponent)
+    else:  # beyond any range: only its sign matters
+        power = -(10**20) if exponent.startswith("-") else 10**20
+    magnitude = amount.adjusted() + power  # the power of ten of its leading digit, known before computing it
+    if magnitude < -40:
+        return 0
+    if magnitude > 40:
+        return MAX_DEVICES_PER_REQUEST
     try:
-        return int(str(value))
+        amount = amount.scaleb(power) * _SUFFIXES[suffix or ""]
+    except ArithmeticError:  # megabytes of digits cancelled by an exponent as long: beyond decimal's range
+        return 0
+    if amount >= MAX_DEVICES_PER_REQUEST:
+        return MAX_DEVICES_PER_REQUEST
+    return int(amount) if amount == amount.to_integral_value() else 0
+
+
+def _priority(value: object) -> int:
+    """`spec.priority`, an int32 in the API: clamped into that range, and 0 when not a number, rather than
+    failing the snapshot."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return clamp_priority(value)
+    try:
+        return clamp_priority(int(str(value).strip()))
     except ValueError:
         return 0
 
@@ -62,7 +108,7 @@ def pod_requests(pod: Obj) -> dict[str, int]:
     for container in spec.get("initContainers") or []:
         for k, v in of(container).items():
             total[k] = max(total.get(k, 0), v)
-    return {k: v for k, v in total.items() if v > 0}
+    return {k: min(v, MAX_DEVICES_PER_REQUEST) for k, v in total.items() if v > 0}
 
 
 def is_unschedulable(pod: Obj) -> bool:
@@ -102,7 +148,7 @@ def pending_pod(pod: Obj) -> PendingPod:
         result = PendingPod(
             name=name,
             requests=pod_requests(pod),
-            priority=int(spec.get("priority") or 0),
+            priority=_priority(spec.get("priority")),
             node_selector=dict(spec.get("nodeSelector") or {}),
             node_affinity=_affinity_terms(spec),
             tolerations=[_toleration(t) for t in spec.get("tolerations") or []],
@@ -143,8 +189,12 @@ def running_pod(pod: Obj, blocking_budgets: Mapping[str, str] | None = None) -> 
     `blocking_budgets` is `pods_without_disruption_budget`'s answer."""
     name = pod_key(pod)
     verdict = eviction_verdict(eviction_candidate(pod, (blocking_budgets or {}).get(name)))
+    uid = (pod.get("metadata") or {}).get("uid")
     return RunningPod(
-        name=name, priority=int((pod.get("spec") or {}).get("priority") or 0), protection=verdict.protection
+        name=name,
+        priority=_priority((pod.get("spec") or {}).get("priority")),
+        protection=verdict.protection,
+        uid=str(uid) if uid else None,
     )
 
 

@@ -22,7 +22,9 @@ from prometheus_client.registry import Collector
 
 from nvidia_protocol.labels import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from optimizer.controller.actuator import ActuationStatus, Phase
+from optimizer.controller.isolation import Isolation
 from optimizer.controller.reasons import EventReason
+from optimizer.kube.layouts import RejectReason
 from optimizer.metrics.http_serve import Response, RunningServer, serve_routes
 from optimizer.usage.rightsizing import Recommendation
 from solver.errors import MigoptError
@@ -59,6 +61,11 @@ _GAUGES: dict[str, tuple[str, Labels]] = {
         ("node", "phase"),
     ),
     "migopt_nodes_actuating": ("Nodes in the middle of a MIG change.", ()),
+    "migopt_node_quarantined_until_seconds": (
+        "For a node whose last MIG change failed: until when (cluster clock) new plans leave it alone.",
+        ("node",),
+    ),
+    "migopt_nodes_quarantined": ("Nodes left out of planning after a failed MIG change.", ()),
     "migopt_node_mig_config_failed": (
         "1 when mig-manager reports nvidia.com/mig.config.state=failed on the node.",
         ("node",),
@@ -90,8 +97,9 @@ _GAUGES: dict[str, tuple[str, Labels]] = {
 }
 
 STATUSES: tuple[PlanStatus, ...] = tuple(PlanStatus)
-REASONS = tuple(r for r in EventReason if r is not EventReason.INVALID_REQUEST)
-"""The reasons the controller records through its port (a malformed request is reported by the adapter)."""
+REASONS = tuple(r for r in EventReason if r not in (EventReason.INVALID_REQUEST, EventReason.REPORT_REJECTED))
+"""The reasons the controller records through its port (a malformed request or a rejected node report is
+reported by the adapter)."""
 RECONFIGURATION_OUTCOMES = {
     EventReason.RECONFIGURATION_STARTED: "started",
     EventReason.RECONFIGURED: "succeeded",
@@ -100,6 +108,7 @@ RECONFIGURATION_OUTCOMES = {
     EventReason.RECONFIGURATION_ABANDONED: "abandoned",
 }
 EVICTION_OUTCOMES = {EventReason.EVICTED: "evicted", EventReason.EVICTION_BLOCKED: "blocked"}
+PASS_RESULTS = ("ok", "failed")
 
 
 class _StateCollector(Collector):
@@ -177,6 +186,16 @@ class MetricsObserver:
         )
         self.events = Counter("migopt_events", "Kubernetes Events the controller recorded.", ["reason"], registry=r)
         self.usage_failures = Counter("migopt_usage_query_failures", "Usage query rounds that failed.", registry=r)
+        self.passes = Counter(
+            "migopt_reconcile_passes", "Reconcile passes by result: ok or failed.", ["result"], registry=r
+        )
+        self.reports_rejected = Counter(
+            "migopt_layout_source_rejected",
+            "Node agent reports not trusted, by the check they failed; counted when a node's report starts "
+            "failing it (the node then uses the next source).",
+            ["reason"],
+            registry=r,
+        )
         self.solve_seconds = Histogram(
             "migopt_solver_duration_seconds", "Wall time of each solve.", registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
@@ -189,6 +208,10 @@ class MetricsObserver:
             self.reconfigurations.labels(outcome)
         for reason in REASONS:
             self.events.labels(reason)
+        for result in PASS_RESULTS:
+            self.passes.labels(result)
+        for rejected in RejectReason:
+            self.reports_rejected.labels(rejected)
         self._state.update({"migopt_usage_available": [((), 0.0)], "migopt_leader": [((), 0.0)]})
 
     # ---- ControllerObserver -----------------------------------------------------------------------------
@@ -273,6 +296,15 @@ class MetricsObserver:
             }
         )
 
+    def isolation_changed(self, held: Isolation) -> None:
+        quarantined = sorted(held.quarantined.items())
+        self._state.update(
+            {
+                "migopt_node_quarantined_until_seconds": [((node,), until) for node, until in quarantined],
+                "migopt_nodes_quarantined": [((), float(len(quarantined)))],
+            }
+        )
+
     def event_recorded(self, kind: Literal["Pod", "Node"], name: str, reason: EventReason, message: str) -> None:
         self.events.labels(reason).inc()
         if reason in EVICTION_OUTCOMES:
@@ -287,6 +319,14 @@ class MetricsObserver:
         if not available:
             self.usage_failures.inc()
         self._state.update({"migopt_usage_available": [((), float(available))]})
+
+    def report_rejected(self, node: str, reason: str) -> None:
+        """The Kubernetes adapter's listener (`KubeClusterPort(on_report_rejected=...)`)."""
+        self.reports_rejected.labels(reason).inc()
+
+    def pass_finished(self, ok: bool) -> None:
+        """The runner's reconcile pass ended: `ok`, or failed (an exception it logged)."""
+        self.passes.labels(PASS_RESULTS[0] if ok else PASS_RESULTS[1]).inc()
 
     def set_leader(self, leader: bool) -> None:
         self._state.update({"migopt_leader": [((), float(leader))]})

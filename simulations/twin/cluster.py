@@ -103,6 +103,7 @@ class Twin:
         self._removed_nodes: dict[str, TwinNode] = {}  # gone from the cluster; their pending callbacks do nothing
         self._scheduled_at: tuple[int, ...] | None = None  # the state the last scheduling pass saw
         self._config_text = mig_config_text
+        self.records: dict[str, str] = {}  # the controller's records of node changes (its own object's data)
         self._config_writes: list[tuple[float, str | None]] = [(-math.inf, mig_config_text)]
         self._gpu_cache: GpuCache = {}
         self._nodes: dict[str, TwinNode] = {}
@@ -178,7 +179,9 @@ class Twin:
         self._touch_node(node)
         self.reschedule()
 
-    def evict(self, pod: str) -> EvictionOutcome:
+    def evict(self, pod: str, uid: str | None = None) -> EvictionOutcome:
+        """The Eviction API. The twin never reuses a pod name, so a name is one incarnation and `uid` (a
+        precondition for a real API server) has nothing to add here."""
         target = self._pods.active(pod)
         outcome = eviction_outcome(target, self._pods.running(), self._pdbs.values())
         if outcome is EvictionOutcome.EVICTED and target is not None and not target.terminating:
@@ -194,6 +197,15 @@ class Twin:
 
     def read_mig_config(self) -> str | None:
         return self._config_text
+
+    def read_records(self) -> dict[str, str]:
+        return dict(self.records)
+
+    def write_record(self, node: str, text: str | None) -> None:
+        if text is None:
+            self.records.pop(node, None)
+        else:
+            self.records[node] = text
 
     def write_mig_config(self, text: str) -> None:
         self._set_config(text)

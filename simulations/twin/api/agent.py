@@ -3,13 +3,14 @@
 Per GPU: its instances with profile, NVML profile id (catalog), GPU-instance id (`start + 1`: deterministic
 and stable while the instance exists), placement start and size, `busy` when a pod holds it and `pod` the
 holder as `namespace/name`. UUIDs are derived from the node name and positions, so they are stable too.
+`observed_at` is the wall-clock time the bridge renders the report at (see `TwinBridge`), not simulated time.
 """
 
 from __future__ import annotations
 
 import uuid
 
-from nvidia_protocol.agent_report import NodeGpuReport, ReportedGpu, ReportedInstance
+from nvidia_protocol.agent_report import NodeGpuReport, ReportedGpu, ReportedInstance, observed_time
 from simulations.twin.state import TwinNode
 
 DRIVER = "550.54.15"
@@ -21,7 +22,8 @@ def qualified_pod(name: str) -> str:
     return name if "/" in name else f"default/{name}"
 
 
-def node_report(node: TwinNode) -> NodeGpuReport:
+def node_report(node: TwinNode, observed_at: float | None = None) -> NodeGpuReport:
+    """The report; `observed_at` (wall-clock Unix seconds) stamps it, as the agent stamps its NVML read."""
     gpus = []
     for gpu in node.gpus:
         model = gpu.gpu_model
@@ -44,4 +46,5 @@ def node_report(node: TwinNode) -> NodeGpuReport:
                 mig_pending=gpu.mig_enabled, instances=instances,
             )
         )  # fmt: skip
-    return NodeGpuReport(driver=DRIVER, pod_resources=True, gpus=gpus)
+    stamp = observed_time(observed_at) if observed_at is not None else None
+    return NodeGpuReport(driver=DRIVER, pod_resources=True, observed_at=stamp, gpus=gpus)

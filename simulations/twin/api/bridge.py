@@ -5,6 +5,13 @@ termination or deletion did; new twin pods are found past the last one seen (the
 creation order). Writes go to the twin first (`patch_node`, `set_unschedulable`, `add_pod`, `evict`, ...), then
 a sync makes the store (and so every watcher) see the twin's answer, so the twin's mig-manager, operands and
 scheduler react exactly as they do in-process. The owned mig-parted ConfigMap is bridged both ways.
+
+Node agent reports are stamped with the wall clock (`wall_clock`), not simulated time: the agent they stand
+for stamps its reads with its own clock, and a controller compares them with its wall clock, which simulated
+time at `speed` != 1 would run ahead of or behind. Like the agent's heartbeat, a node whose report is
+`report_refresh_s` wall seconds old is rendered again on the next sync, changed or not (the server's clock
+thread syncs at least every second; with `speed=0`, `advance()` and every API write, such as a controller's
+lease renewals and Events, do).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import copy
 import itertools
 import math
 import re
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,8 +45,9 @@ from simulations.twin.api.render import (
 from simulations.twin.cluster import Twin
 from simulations.twin.state import PodPhase, TwinPod
 from solver.errors import MigoptError
-from solver.snapshot import NodeSelectorTerm, Taint, Toleration
+from solver.snapshot import MAX_DEVICES_PER_REQUEST, NodeSelectorTerm, Taint, Toleration
 
+REPORT_REFRESH_S = 60.0  # wall seconds: well within any sane report_max_age_s (the adapter's default is 600)
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _PodKey = tuple[object, ...]
 
@@ -79,11 +88,12 @@ def _quantity(kind: str, name: str, resource: str, value: Any) -> int:
         raise invalid(kind, name, f"spec.containers.resources: Invalid value: {value!r} for {resource}") from None
     if not math.isfinite(number) or number != int(number) or number < 0:
         raise invalid(kind, name, f"spec.containers.resources: {resource} must be a non-negative whole number")
-    return int(number)
+    return min(int(number), MAX_DEVICES_PER_REQUEST)  # the API stores any size; the twin reads this many at most
 
 
 def pod_requests(name: str, spec: Mapping[str, Any]) -> dict[str, int]:
-    """The `nvidia.com/*` devices the pod's containers ask for (limits, else requests), summed."""
+    """The `nvidia.com/*` devices the pod's containers ask for (limits, else requests), summed; a count beyond
+    `MAX_DEVICES_PER_REQUEST` (more than any node holds) is read as that many, as the planner reads it."""
     total: dict[str, int] = {}
     for container in spec.get("containers") or []:
         resources = container.get("resources") or {}
@@ -91,7 +101,7 @@ def pod_requests(name: str, spec: Mapping[str, Any]) -> dict[str, int]:
         for resource, value in asked.items():
             if resource.startswith("nvidia.com/"):
                 total[resource] = total.get(resource, 0) + _quantity("Pod", name, resource, value)
-    return total
+    return {resource: min(count, MAX_DEVICES_PER_REQUEST) for resource, count in total.items()}
 
 
 def _rules_verdict(namespace: str, name: str, annotations: Any, owners: Any) -> EvictionVerdict:
@@ -106,7 +116,8 @@ class TwinBridge:
 
     def __init__(
         self, twin: Twin, store: ObjectStore, *, agent_annotations: bool, mig_config: ConfigMapRef,
-        timestamp: Callable[[float], str],
+        timestamp: Callable[[float], str], report_refresh_s: float = REPORT_REFRESH_S,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         self.twin = twin
         self.store = store
@@ -114,6 +125,9 @@ class TwinBridge:
         self.mig_config = mig_config
         self._timestamp = timestamp
         self._node_versions: dict[str, tuple[object, ...]] = {}
+        self.report_refresh_s = report_refresh_s
+        self.wall_clock = wall_clock
+        self._reported_at: dict[str, float] = {}  # wall time each node's agent report was rendered at
         self._node_index: dict[str, int] = {}
         self._pods_seen = 0
         self._live: dict[str, _PodKey | None] = {}  # twin pods that may still change, by twin name
@@ -135,15 +149,19 @@ class TwinBridge:
         self._sync_budget_status()
 
     def _sync_nodes(self) -> None:
+        now = self.wall_clock()
         for name, node in self.twin.nodes.items():
             version = self.twin.node_version(name)
-            if self._node_versions.get(name) == version:
+            due = self.agent and now - self._reported_at.get(name, -math.inf) >= self.report_refresh_s
+            if self._node_versions.get(name) == version and not due:
                 continue
             index = self._node_index.setdefault(name, len(self._node_index))
-            self.store.put("nodes", node_object(self.twin, node, index, self._timestamp, self.agent))
+            self.store.put("nodes", node_object(self.twin, node, index, self._timestamp, self.agent, now))
             self._node_versions[name] = version
+            self._reported_at[name] = now
         for name in [n for n in self._node_versions if n not in self.twin.nodes]:
             del self._node_versions[name]
+            self._reported_at.pop(name, None)
             self.store.delete("nodes", "", name)
 
     def _sync_pods(self) -> None:
@@ -232,6 +250,12 @@ class TwinBridge:
         if resource == "configmaps" and self.is_mig_config(namespace, name):
             self.config_written(obj)
             self.sync()
+        elif self.agent and self._reports_due():
+            self.sync()  # any write (a lease renewal, an Event) re-stamps the reports due, even at speed 0
+
+    def _reports_due(self) -> bool:
+        now = self.wall_clock()
+        return any(now - self._reported_at.get(n, -math.inf) >= self.report_refresh_s for n in self.twin.nodes)
 
     def is_mig_config(self, namespace: str, name: str) -> bool:
         return (namespace, name) == (self.mig_config.namespace, self.mig_config.name)

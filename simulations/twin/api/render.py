@@ -3,7 +3,7 @@
 Nodes: the twin's labels (GFD's and mig-manager's included) and annotations, cordon and taints (a cordoned
 node also carries the `node.kubernetes.io/unschedulable` taint, as the node controller adds it), the device
 plugin's capacity/allocatable as quantity strings next to cpu/memory/pods defaults, Ready, nodeInfo and
-addresses; with agent annotations, the node agent's `migopt.io/gpu-report`.
+addresses; with agent annotations, the node agent's `migopt.io/gpu-report` stamped `observed_at` (wall clock).
 
 Pods: metadata the client gave at create (or, for pods the twin made, `migopt.io/twin-lineage` = the first
 pod's name in its lineage and `migopt.io/twin-app` = that name without a trailing `-<number>`, plus a
@@ -57,13 +57,15 @@ def label_value(text: str) -> str:
     return value.strip("._-")
 
 
-def node_object(twin: Twin, node: TwinNode, index: int, timestamp: Timestamp, agent: bool) -> dict[str, Any]:
+def node_object(
+    twin: Twin, node: TwinNode, index: int, timestamp: Timestamp, agent: bool, observed_at: float | None = None
+) -> dict[str, Any]:
     labels = {
         "kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
     } | node.labels  # fmt: skip
     annotations = dict(node.annotations)
     if agent:
-        annotations[GPU_REPORT_ANNOTATION] = node_report(node).to_annotation()
+        annotations[GPU_REPORT_ANNOTATION] = node_report(node, observed_at).to_annotation()
     taints = [t.model_dump() for t in node.taints]
     spec: dict[str, Any] = {"podCIDR": f"10.244.{index % 256}.0/24"}
     if node.unschedulable:
