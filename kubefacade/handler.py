@@ -1,5 +1,6 @@
 """The HTTP side: one handler thread per connection, routing to discovery, the verbs, watch streams, and the
-twin's test endpoints (`/migopt-twin/faults`, `/migopt-twin/state`). Every request is counted by verb and
+twin's test endpoints (`/migopt-twin/faults`, `/migopt-twin/state`, and any POST path in `ApiCore.endpoints`,
+each routed to the callback its server provides). Every request is counted by verb and
 resource; every failure is a Kubernetes `Status`.
 """
 
@@ -41,6 +42,9 @@ class ApiCore:
     faults: Faults
     state: Callable[[], dict[str, Any]]
     apply_faults: Callable[[FaultRequest], None]
+    endpoints: dict[str, Callable[[bytes], dict[str, Any]]] = field(default_factory=dict)
+    """More test endpoints: POST path -> callback given the request body, answering the JSON reply (an ApiError
+    it raises is the response)."""
     stopping: threading.Event = field(default_factory=threading.Event)
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     bookmark_s: float = 2.0
@@ -151,6 +155,12 @@ class ApiHandler(BaseHTTPRequestHandler):
                 raise bad_request(f"fault request: {err.errors()[0]['msg']}") from None
             self.core.apply_faults(request)
             self._send(200, dumps({"armed": [r.model_dump() for r in self.core.faults.armed]}))
+            return True
+        endpoint = self.core.endpoints.get(path)
+        if endpoint is not None:
+            if method != "POST":
+                raise ApiError(405, f"POST to {path}")
+            self._send(200, dumps(endpoint(body)))
             return True
         if method != "GET":
             if path.startswith(("/api/", "/apis/")):

@@ -280,6 +280,7 @@ class _Step:
         if state == "failed":
             runs = self.record.failed_runs + 1
             if runs > self.settings.max_retries:
+                self._save(failed_runs=runs)
                 return self._finish(Phase.FAILED, f"mig-manager failed {runs} times on {self.record.target}")
             self._save(failed_runs=runs, deadline=self.now + self.settings.apply_timeout_s)
             self._relabel(clear_config=True)

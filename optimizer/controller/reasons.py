@@ -21,6 +21,7 @@ class EventReason(StrEnum):
     REPORT_REJECTED = "MigReportRejected"  # a node agent report failed verification (the adapter records it)
     ANNOTATIONS_IGNORED = "MigAnnotationsIgnored"
     NODE_QUARANTINED = "MigNodeQuarantined"
+    NODE_SUSPECT = "MigNodeSuspect"
 
 
 WARNING_REASONS = frozenset(
@@ -33,6 +34,7 @@ WARNING_REASONS = frozenset(
         EventReason.REPORT_REJECTED,
         EventReason.ANNOTATIONS_IGNORED,
         EventReason.NODE_QUARANTINED,
+        EventReason.NODE_SUSPECT,
     }
 )
 """Recorded as `type: Warning`; every other reason is `Normal`."""

@@ -25,6 +25,7 @@ from optimizer.controller.guard import GuardedPort, LeadershipLost
 from optimizer.controller.isolation import Isolation, IsolationSettings, isolation, plannable
 from optimizer.controller.observer import ControllerObserver
 from optimizer.controller.port import ClusterPort
+from optimizer.controller.promises import PromiseSettings, PromiseWatch
 from optimizer.controller.reasons import EventReason
 from solver.plan import Plan, PlanPolicy
 from solver.planner import make_plan
@@ -44,6 +45,7 @@ class ControllerSettings(BaseModel):
     policy: PlanPolicy = PlanPolicy()
     actuation: ActuationSettings = ActuationSettings()
     isolation: IsolationSettings = IsolationSettings()
+    promises: PromiseSettings = PromiseSettings()
 
 
 class Controller:
@@ -73,6 +75,7 @@ class Controller:
         self._seen: set[str] = set()
         self._planned_for: tuple[object, ...] | None = None
         self._quarantine_reported: set[tuple[str, str]] = set()
+        self._promises = PromiseWatch(self.settings.promises)
 
     def tick(self) -> Plan | None:
         """One reconcile pass; returns the plan made in this pass, if any."""
@@ -96,6 +99,8 @@ class Controller:
                 self.actuator.advance(self.port, snapshot, node)
         held = isolation(statuses, now, self.settings.isolation)
         self._report_quarantine(held, statuses)
+        suspect = self._promises.check(self.port, snapshot, now)
+        held = held.model_copy(update={"quarantined": {**suspect, **held.quarantined}})
         if self.observer:
             self.observer.isolation_changed(held)
         seen = plannable(snapshot, held)
@@ -111,6 +116,7 @@ class Controller:
         plan_id = f"plan-{self.plans_made}"
         self._publish(plan, plan_id)
         changes = node_changes(seen, plan, plan_id)
+        self._promises.planned(plan, {c.node for c in changes}, now)
         if self.observer:
             targets = {change.node: self.actuator.target(seen, change) for change in changes}
             self.observer.plan_made(plan, seen, plan_id, targets)

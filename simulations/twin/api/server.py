@@ -17,6 +17,9 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from kubefacade.errors import bad_request
 from kubefacade.faults import FaultRequest, Faults
 from kubefacade.handler import ApiCore, ApiHttpServer
 from kubefacade.objects import namespace_object
@@ -28,6 +31,12 @@ from simulations.twin.cluster import Twin
 
 BASE_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 MIGOPT_NAMESPACE = "migopt-system"  # as `kubectl apply -k deploy` leaves it: the controller's Lease lives there
+
+
+class _MigManagerFaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stuck_pending: list[str] | None = None
 
 
 class TwinApiServer:
@@ -58,7 +67,7 @@ class TwinApiServer:
         self.core = ApiCore(
             lock=self.lock, store=self.store, service=ApiService(self.store, self.bridge), faults=self.faults,
             state=lambda: state_record(self.twin, self.store, self.core.requests, self.faults),
-            apply_faults=self.apply_faults,
+            apply_faults=self.apply_faults, endpoints={"/migopt-twin/mig-manager": self.mig_manager_faults},
         )  # fmt: skip
         with self.lock:
             for name in (*BASE_NAMESPACES, MIGOPT_NAMESPACE, mig_config.namespace):
@@ -158,6 +167,19 @@ class TwinApiServer:
                 self.store.expire_history()
             if request.close_watches:
                 self.store.close_watches()
+
+    def mig_manager_faults(self, body: bytes) -> dict[str, Any]:
+        """`POST /migopt-twin/mig-manager {"stuck_pending": ["node-1"]}`: the nodes whose mig-manager runs hang in
+        `pending` from now on (replacing the set; `[]` releases them; a run already hung stays hung until its node
+        is labelled again). Answers the set now in force."""
+        try:
+            request = _MigManagerFaults.model_validate_json(body or b"{}")
+        except ValidationError as err:
+            raise bad_request(f"mig-manager faults: {err.errors()[0]['msg']}") from None
+        with self.lock:
+            if request.stuck_pending is not None:
+                self.twin.stuck_pending = set(request.stuck_pending)
+            return {"stuck_pending": sorted(self.twin.stuck_pending)}
 
     def state(self) -> dict[str, Any]:
         """What `GET /migopt-twin/state` answers."""
