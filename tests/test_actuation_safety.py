@@ -159,3 +159,44 @@ def test_capacity_that_never_binds_makes_its_node_suspect_and_its_pod_is_planned
     run(twin, lambda: controller, 900)
     assert [e.reason for e in twin.events].count("MigNodeSuspect") == 1
     assert twin.pod("team/big").phase == PodPhase.RUNNING and twin.pod("team/big").node == "n1"
+
+
+class Intruder:
+    """The twin, with a pod the plan never saw reported on node n0's GPU 0 once `arrived` is set."""
+
+    def __init__(self, twin: Twin) -> None:
+        self.twin, self.arrived = twin, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.twin, name)
+
+    def snapshot(self) -> ClusterSnapshot:
+        truth = self.twin.snapshot()
+        if not self.arrived:
+            return truth
+        nodes = []
+        for node in truth.nodes:
+            if node.name == "n0":
+                gpu = node.gpus[0]
+                free = next(i for i, inst in enumerate(gpu.instances) if inst.pod is None)
+                instances = list(gpu.instances)
+                instances[free] = instances[free].model_copy(update={"pod": "late/intruder"})
+                node = node.model_copy(
+                    update={"gpus": [gpu.model_copy(update={"instances": instances}), *node.gpus[1:]]}
+                )
+            nodes.append(node)
+        return truth.model_copy(update={"nodes": nodes})
+
+
+def test_a_pod_bound_after_the_plan_on_a_changing_gpu_is_not_evicted_and_the_change_is_given_up() -> None:
+    twin = _busy()
+    port = Intruder(twin)
+    controller = Controller(port, settings(), actuator=MigManagerActuator(settings().actuation))  # type: ignore[arg-type]
+    controller.tick()
+    record = load_records(twin)["n0"]
+    assert record.phase is Phase.EVICTING and twin.node("n0").unschedulable  # cordoned as the change starts
+    port.arrived = True
+    controller.tick()
+    assert load_records(twin)["n0"].phase is Phase.ABANDONED
+    assert "late/intruder" not in {e.pod for e in twin.evictions}
+    assert not twin.node("n0").unschedulable

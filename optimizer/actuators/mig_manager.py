@@ -153,12 +153,15 @@ def _start_node(
         evict={pod: uids.get(pod) for pod in sorted(change.evict)},
         expected=change.expected,
         serves=sorted(change.serves),
+        changing_gpus=sorted(g.index for g in change.gpus if g.reconfigure),
         deadline=now + settings.eviction_timeout_s,
         label_after=now + settings.config_propagation_s if new_entry else None,
         failures=failures,
     )
     save(port, change.node, record)
     port.record_event("Node", change.node, EventReason.RECONFIGURATION_STARTED, f"plan {change.plan_id}: {label}")
+    node = next(n for n in snapshot.nodes if n.name == change.node)
+    _Step(port, snapshot, node, record, settings).run()  # cordon now: no pod may land on it after the plan
 
 
 FAILED_ENDS = frozenset({Phase.FAILED, Phase.ABANDONED})
@@ -212,7 +215,26 @@ class _Step:
             if pod in holding and (uid is None or uids.get(pod) in (None, uid))
         ]
 
+    def _intruders(self) -> list[str]:
+        """Pods on a GPU to be rebuilt that the plan did not name (bound after the plan was made): mig-manager
+        could not rebuild that GPU, and migopt evicts nobody the plan did not name."""
+        changing = set(self.record.changing_gpus)
+        return sorted(
+            pod
+            for gpu in self.node.gpus
+            if gpu.index in changing
+            for pod in gpu.holders
+            if pod not in self.record.evict
+        )
+
     def _evict(self) -> Phase:
+        intruders = self._intruders()
+        if intruders:
+            return self._finish(
+                Phase.ABANDONED,
+                f"pods the plan did not name now hold GPUs that must change ({', '.join(intruders)}): "
+                "they are not evicted; the change is given up and planned again",
+            )
         remaining = self._remaining()
         if not remaining:
             return self._enter(Phase.LABELLING, self.now + self.settings.apply_timeout_s)

@@ -50,6 +50,7 @@ class ChangeRecord(BaseModel):
     evicted: list[str] = Field(default=[], description="pods the Eviction API accepted (or found gone)")
     expected: dict[str, int] = Field(description="MIG resources the node must advertise once applied")
     serves: list[str] = Field(default=[], description="pending pods the change is for")
+    changing_gpus: list[int] = Field(default=[], description="indices of the GPUs to be rebuilt")
     deadline: float
     retry_at: float | None = None
     label_after: float | None = None
