@@ -304,6 +304,8 @@ def snapshot(
     """Write the live cluster as a snapshot for `migopt plan` and `migopt simulate`."""
     from migopt.settings import load_settings
     from migopt.snapshot_io import write_snapshot
+    from optimizer.actuators.mig_manager import MigManagerActuator
+    from optimizer.controller.isolation import isolation
     from optimizer.kube.adapter import KubeClusterPort
     from optimizer.kube.api import make_api_client
 
@@ -319,6 +321,12 @@ def snapshot(
     console.print(f"GPU sources: {sources or 'no GPU nodes'}")
     for pod, reason in sorted(port.skipped_pods.items()):
         console.print(f"skipped {pod}: {reason}")
+    statuses = MigManagerActuator().statuses(port, taken)
+    held = isolation(statuses, port.now(), settings.controller.isolation)
+    for node, status in sorted(statuses.items()):
+        until = held.quarantined.get(node)
+        note = f", quarantined for {until - port.now():.0f}s more" if until is not None else ""
+        console.print(f"node {node}: last change {status.plan_id} {status.phase}{note}")
 
 
 def _serve_until_interrupted(server: RunningServer) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from optimizer.actuators.node_record import ChangeRecord
+from optimizer.controller.actuator import Phase
 from tests.cli_runner import run_cli_process
 from tests.kube_fixtures import create_pod
 
@@ -180,3 +182,21 @@ def test_run_without_a_cluster_is_one_line(tmp_path: Path) -> None:
     assert result.err.strip().count("\n") == 0 and "kubeconfig" in result.err
     bad = run_cli_process("run", "--kubeconfig", str(tmp_path / "missing"), "--mode", "sometimes")
     assert bad.code == 2 and "mode" in bad.err
+
+
+def test_snapshot_shows_a_quarantined_node(facade: tuple[str, Path], tmp_path: Path) -> None:
+    url, kubeconfig = facade
+    record = ChangeRecord(
+        plan_id="plan-7", phase=Phase.FAILED, target="migopt-0123456789", evict={}, expected={}, deadline=0.0,
+        finished_at=time.time(), failures=2,
+    )  # fmt: skip
+    body = {
+        "metadata": {"name": "migopt-node-changes", "namespace": "migopt-system"},
+        "data": {"node-0": record.model_dump_json()},
+    }
+    client.CoreV1Api(client.ApiClient(client.Configuration(host=url))).create_namespaced_config_map(
+        "migopt-system", body
+    )
+    result = run_cli_process("snapshot", "--kubeconfig", str(kubeconfig), "-o", str(tmp_path / "snap.yaml"))
+    assert result.code == 0, result.err
+    assert "node node-0: last change plan-7 failed, quarantined for" in result.out
