@@ -200,3 +200,21 @@ def test_a_pod_bound_after_the_plan_on_a_changing_gpu_is_not_evicted_and_the_cha
     assert load_records(twin)["n0"].phase is Phase.ABANDONED
     assert "late/intruder" not in {e.pod for e in twin.evictions}
     assert not twin.node("n0").unschedulable
+
+
+def test_a_new_change_to_the_label_a_hung_run_left_starts_mig_manager_again() -> None:
+    """After a run hung in `pending` (the change failed, the node was quarantined), the next change may pick the
+    same config: the label already names it, so it is removed and set again, or mig-manager would never run."""
+    twin = cluster()
+    twin.stuck_pending.add("n0")
+    twin.add_pod("team/big", {"nvidia.com/mig-7g.40gb": 1})
+    controller = mig_controller(twin, settings(apply_timeout_s=200))
+    run(twin, lambda: controller, 450)
+    assert load_records(twin)["n0"].phase is Phase.FAILED
+    target = load_records(twin)["n0"].target
+    run(twin, lambda: controller, 200)  # the quarantine ends; the next change picks the same config
+    assert load_records(twin)["n0"].plan_id != "plan-1"
+    changes = [(c.key, c.new) for c in twin.label_log if c.node == "n0" and c.time > 450]
+    assert changes[:3] == [(MIG_CONFIG_LABEL, None), (MIG_STATE_LABEL, None), (MIG_CONFIG_LABEL, target)]
+    # (the twin's hung run ignores later labels for good, which real mig-manager does not after its 5-minute
+    # wait: the second change fails here too, and the node is quarantined again, longer)

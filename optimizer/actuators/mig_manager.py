@@ -287,7 +287,12 @@ class _Step:
     def _label(self) -> Phase:
         if self.now < (self.record.label_after or 0):
             return Phase.LABELLING  # the new entry may not be in mig-manager's copy of the ConfigMap yet
-        if self.node.labels.get(MIG_CONFIG_LABEL) != self.record.target:
+        if not self.record.labelled:
+            self._save(labelled=True)
+            # a node already labelled with the target (an earlier change, perhaps one whose run hung) needs the
+            # label removed and set again, or mig-manager would not run (same-value relabels are ignored)
+            self._relabel(clear_config=self.node.labels.get(MIG_CONFIG_LABEL) == self.record.target)
+        elif self.node.labels.get(MIG_CONFIG_LABEL) != self.record.target:
             self._relabel()
         # else: labelled before a restart; mig-manager's answer to it may already be there
         return self._enter(Phase.APPLYING, self.now + self.settings.apply_timeout_s)

@@ -57,6 +57,7 @@ class ChangeRecord(BaseModel):
     eviction_attempts: int = 0
     failed_runs: int = Field(default=0, description="mig-manager runs that ended `failed` for this change")
     cordoned: bool = Field(default=False, description="migopt cordoned the node (and so must uncordon it)")
+    labelled: bool = Field(default=False, description="this change has set the config label")
     finished_at: float | None = None
     failures: int = Field(default=0, description="consecutive changes of this node that failed or were abandoned")
 
