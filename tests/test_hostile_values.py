@@ -362,3 +362,15 @@ def test_the_failed_pass_bound_is_a_setting(tmp_path: Path) -> None:
     file.write_text("unhealthy_after_failed_passes: 0\n")
     with pytest.raises(MigoptError, match="unhealthy_after_failed_passes"):
         load_settings(file)
+
+
+def test_a_hostile_gpu_count_label_is_a_reason_not_a_loop() -> None:
+    from nvidia_protocol.labels import COUNT_LABEL, MIG_CONFIG_LABEL, MIG_STATE_LABEL
+    from nvidia_protocol.standard_configs import standard_config
+    from optimizer.kube.layouts import configured_maps
+    from solver.catalog import load_catalog
+
+    model = load_catalog().model("A100-40GB")
+    labels = {MIG_CONFIG_LABEL: "all-balanced", MIG_STATE_LABEL: "success", COUNT_LABEL: str(10**12)}
+    with pytest.raises(MigoptError, match="is not a GPU count"):
+        configured_maps(labels, standard_config([model]), model)

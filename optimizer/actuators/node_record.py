@@ -12,6 +12,7 @@ records alone.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -40,7 +41,7 @@ LEGACY = tuple(
 class ChangeRecord(BaseModel):
     """One node's change, as the actuator keeps it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     plan_id: str
     phase: Phase
@@ -76,8 +77,11 @@ class ChangeRecord(BaseModel):
         )
 
 
+@lru_cache(maxsize=4096)
 def parse_record(text: str) -> ChangeRecord | None:
-    """A record as stored; None (and a log line) when it is unreadable: an unreadable record is no instruction."""
+    """A record as stored; None (and a log line, once per text) when it is unreadable: an unreadable record is no
+    instruction. Memoised by text: every node's advance reads all records, and most do not change between passes
+    (records are frozen: each change is a `model_copy`)."""
     try:
         return ChangeRecord.model_validate_json(text)
     except (ValidationError, ValueError) as err:
@@ -106,7 +110,7 @@ class MirrorCheck:
     other than the controller wrote them (or an old version did), and they are ignored."""
 
     def __init__(self) -> None:
-        self._reported: set[tuple[str, str, str]] = set()
+        self._reported: dict[str, tuple[str, str]] = {}  # node -> the claim last reported (bounded by nodes)
 
     def check(self, port: ClusterPort, node: NodeState, record: ChangeRecord | None) -> None:
         phase, plan = node.annotations.get(PHASE, ""), node.annotations.get(PLAN, "")
@@ -114,10 +118,9 @@ class MirrorCheck:
             return
         if record is not None and record.plan_id == plan:
             return
-        claim = (node.name, plan, phase)
-        if claim in self._reported:
+        if self._reported.get(node.name) == (plan, phase):
             return
-        self._reported.add(claim)
+        self._reported[node.name] = (plan, phase)
         message = (
             f"annotations claim change {plan!r} in phase {phase!r} but migopt has no such record: ignored "
             "(node annotations are never instructions)"

@@ -74,7 +74,7 @@ class Controller:
         self._last_arrival = 0.0
         self._seen: set[str] = set()
         self._planned_for: tuple[object, ...] | None = None
-        self._quarantine_reported: set[tuple[str, str]] = set()
+        self._quarantine_reported: dict[str, str] = {}  # node -> the failed change already reported
         self._promises = PromiseWatch(self.settings.promises)
 
     def tick(self) -> Plan | None:
@@ -131,10 +131,10 @@ class Controller:
     def _report_quarantine(self, held: Isolation, statuses: dict[str, ActuationStatus]) -> None:
         """One Event and log line per failed change that put its node in quarantine."""
         for node, until in sorted(held.quarantined.items()):
-            key = (node, statuses[node].plan_id)
-            if key in self._quarantine_reported:
+            plan_id = statuses[node].plan_id
+            if self._quarantine_reported.get(node) == plan_id:
                 continue
-            self._quarantine_reported.add(key)
+            self._quarantine_reported[node] = plan_id
             failures = statuses[node].failures
             message = f"{failures} failed change(s) in a row: not planned until t={until:.0f}; its pods go elsewhere"
             log.warning("node=%s quarantined: %s", node, message)

@@ -43,7 +43,14 @@ from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
 from solver.geometry import Instance, check_layout, find_layout
 from solver.profiles import MIG_RESOURCE_PREFIX, profile_from_resource, resource_name
-from solver.snapshot import GPU_RESOURCE, PRODUCT_LABEL, STRATEGY_LABEL, GpuState, InstanceState
+from solver.snapshot import (
+    GPU_RESOURCE,
+    MAX_GPUS_PER_NODE,
+    PRODUCT_LABEL,
+    STRATEGY_LABEL,
+    GpuState,
+    InstanceState,
+)
 
 WHOLE_GPU_IN_USE = "a GPU has MIG disabled and a pod may use it whole"
 UNATTRIBUTED_PRIORITY = 2_000_000_000  # above every user priority: the planner never displaces such a stand-in
@@ -347,6 +354,8 @@ def configured_maps(
         count = int(labels.get(COUNT_LABEL, ""))
     except ValueError:
         raise MigoptError(f"no usable {COUNT_LABEL} label") from None
+    if not 0 <= count <= MAX_GPUS_PER_NODE:  # a label anyone with node-patch rights may write: never loop on it
+        raise MigoptError(f"{COUNT_LABEL}={count} is not a GPU count (0 to {MAX_GPUS_PER_NODE})")
     if labels.get(STRATEGY_LABEL) == "single":
         raise MigoptError("under the single strategy the GPU count needs the node agent")
     maps: dict[int, dict[str, int] | None] = {}
