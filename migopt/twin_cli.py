@@ -6,6 +6,7 @@ cluster `migopt simulate` starts from; with `--workload` the scenario's pods arr
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from functools import partial
@@ -14,6 +15,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+import yaml
 
 if TYPE_CHECKING:
     from simulations.twin.cluster import Twin
@@ -62,12 +64,21 @@ def serve(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    propagation_s = matching_config_propagation_s(config_refresh, speed)
     with TwinApiServer(twin, speed=speed, port=port, agent_annotations=agent) as server:
-        if kubeconfig is not None:
+        settings_file = None
+        if kubeconfig is not None:  # the settings first: a kubeconfig that exists tells scripts both are there
+            settings_file = write_controller_settings(kubeconfig, propagation_s)
             write_kubeconfig(kubeconfig, server.url)
         typer.echo(f"twin API (a facade of the Kubernetes API) serving {len(twin.nodes)} nodes at {server.url}")
+        typer.echo(
+            f"mig-manager sees ConfigMap writes {config_refresh:g} simulated s late: run the controller with "
+            f"MIGOPT_CONTROLLER__ACTUATION__CONFIG_PROPAGATION_S={propagation_s:g}"
+        )
         if kubeconfig is not None:
             typer.echo(f"kubeconfig: {kubeconfig}")
+        if settings_file is not None:
+            typer.echo(f"controller settings for this twin: {settings_file} (migopt run --config {settings_file})")
         exporter = serve_dcgm_exporter(twin, metrics_port, lock=server.lock) if metrics_port is not None else None
         if exporter is not None:
             typer.echo(f"dcgm-exporter-shaped metrics at {exporter.url}/metrics")
@@ -76,6 +87,28 @@ def serve(
         if exporter is not None:
             exporter.stop()
     typer.echo("stopped")
+
+
+REFRESH_MARGIN = 1.5
+"""The controller waits this multiple of the twin's refresh: the real default (90 s) over kubelet's 60 s sync."""
+
+
+def matching_config_propagation_s(config_refresh_s: float, speed: float) -> float:
+    """Wall seconds `migopt run` should wait before naming a new ConfigMap entry in a label, so that the twin's
+    mig-manager (which sees writes `config_refresh_s` simulated seconds late) has it; 0 when the twin's clock
+    is stopped (speed 0) or sees writes at once."""
+    if speed <= 0 or config_refresh_s <= 0:
+        return 0.0
+    return math.ceil(config_refresh_s / speed * REFRESH_MARGIN * 10) / 10
+
+
+def write_controller_settings(kubeconfig: Path, config_propagation_s: float) -> Path:
+    """`<kubeconfig>.migopt.yaml` beside the kubeconfig: the `--config` file for a `migopt run` against this twin."""
+    path = kubeconfig.with_name(kubeconfig.name + ".migopt.yaml")
+    document = {"controller": {"actuation": {"config_propagation_s": config_propagation_s}}}
+    header = "# written by `migopt twin serve`: the controller's wait that matches this twin's ConfigMap refresh\n"
+    path.write_text(header + yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def _arrive(twin: Twin, pod: WorkloadPod) -> None:

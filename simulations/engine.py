@@ -25,6 +25,7 @@ from simulations.policies import static_config
 from simulations.report import PodTimes, PolicyResult, Sample, percentile, time_weighted_allocation, waits
 from simulations.scenario import Scenario, SyntheticSource
 from simulations.twin.cluster import Twin
+from simulations.twin.mig_manager import MigManagerTimings
 from simulations.twin.state import PodPhase
 from simulations.workloads import WorkloadPod, default_replay, generate, inflate, load_trace, timed
 from solver.catalog import load_catalog
@@ -85,7 +86,8 @@ def run_policy(
     started = time.perf_counter()
     static = static_config(policy)
     snapshot, config_text = initial_cluster(scenario, static or scenario.cluster.initial_config)
-    twin = Twin.from_snapshot(snapshot, config_text, seed=scenario.seed)
+    timings = MigManagerTimings(config_refresh_s=scenario.twin.config_refresh_s)
+    twin = Twin.from_snapshot(snapshot, config_text, timings=timings, seed=scenario.seed)
     controller = None
     if static is None:
         knobs = scenario.controller
@@ -95,8 +97,8 @@ def run_policy(
             batch_idle_s=knobs.batch_idle_s,
             batch_timeout_s=knobs.batch_timeout_s,
             policy=PlanPolicy(time_limit_s=knobs.time_limit_s, max_evictions=knobs.max_evictions),
-            # the twin's mig-manager reads the ConfigMap as written: no volume refresh to wait for
-            actuation=ActuationSettings(config_propagation_s=0),
+            # waits for the twin's volume refresh as it waits for kubelet's on a cluster (README: Simulation)
+            actuation=_actuation(knobs.config_propagation_s),
         )
         controller = Controller(twin, settings, actuator=MigManagerActuator(settings.actuation), observer=observer)
     for pod in pods:
@@ -113,6 +115,13 @@ def run_policy(
             progress(now / scenario.horizon_s)
         now += tick
     return _result(policy, twin, pods, samples, scenario.horizon_s, controller, time.perf_counter() - started)
+
+
+def _actuation(config_propagation_s: float | None) -> ActuationSettings:
+    """The controller's actuation settings in a simulation: its defaults unless the scenario sets the wait."""
+    if config_propagation_s is None:
+        return ActuationSettings()
+    return ActuationSettings(config_propagation_s=config_propagation_s)
 
 
 def _arrival(twin: Twin, pod: WorkloadPod) -> Callable[[], None]:

@@ -64,6 +64,23 @@ class ControllerKnobs(_Strict):
     batch_timeout_s: float = Field(default=60.0, ge=0)
     time_limit_s: float = Field(default=1.0, gt=0)
     max_evictions: int | None = Field(default=None, ge=0)
+    config_propagation_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="seconds between writing a new ConfigMap entry and naming it in a label; "
+        "unset: the controller's own default, as `migopt run` uses on a cluster",
+    )
+
+
+class TwinKnobs(_Strict):
+    """How slow the simulated cluster's NVIDIA components are; the defaults are a real cluster's."""
+
+    config_refresh_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="mig-manager sees a ConfigMap write this many simulated seconds late: kubelet refreshes "
+        "the mounted volume only every sync period (spec §1.7); 0 makes simulations optimistic",
+    )
 
 
 class Scenario(_Strict):
@@ -73,6 +90,7 @@ class Scenario(_Strict):
     horizon_s: float = Field(default=6 * 3600.0, gt=0)
     policies: list[str] = Field(default=["static:all-balanced", "greedy", "optimal"], min_length=1)
     controller: ControllerKnobs = ControllerKnobs()
+    twin: TwinKnobs = TwinKnobs()
     seed: int = 0
 
     @field_validator("policies")

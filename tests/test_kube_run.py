@@ -75,14 +75,14 @@ def start_controller(kubeconfig: Path, identity: str, log: Path, metrics_port: i
         "MIGOPT_IDENTITY": identity,
         "MIGOPT_CONTROLLER__BATCH_IDLE_S": "0",
         "MIGOPT_CONTROLLER__BATCH_TIMEOUT_S": "0",
-        # twin serve's mig-manager sees a ConfigMap write 60 simulated s late, 2 s at speed 30: wait 3 s
-        "MIGOPT_CONTROLLER__ACTUATION__CONFIG_PROPAGATION_S": "3",
         "MIGOPT_LEADER__LEASE_DURATION_S": "3",
         "MIGOPT_LEADER__RENEW_DEADLINE_S": "2",
         "MIGOPT_LEADER__RETRY_PERIOD_S": "0.5",
     }
     command = [sys.executable, "-m", "migopt", "run", "--mode", "enforce", "--kubeconfig", str(kubeconfig)]
     command += ["--interval", "0.2", "--metrics-port", str(metrics_port)]
+    # twin serve wrote the wait matching its ConfigMap refresh (60 simulated s, 2 s at speed 30) beside the kubeconfig
+    command += ["--config", str(kubeconfig.with_name(kubeconfig.name + ".migopt.yaml"))]
     return subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
