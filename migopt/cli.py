@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
+import math
 import signal
 import sys
 import threading
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +18,7 @@ from migopt.snapshot_io import load_snapshot
 from migopt.twin_cli import twin_app
 from optimizer.agent.node_agent import agent as agent_command
 from optimizer.agent.nvml_discovery import compare_gpu, load_nvml, read_gpus
+from optimizer.logs import LogFormatOption, LogLevelOption, configure_logging
 from optimizer.metrics.http_serve import RunningServer
 from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
@@ -29,9 +30,24 @@ app = typer.Typer(
     help="MIG geometry optimizer for Kubernetes GPU clusters.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(twin_app, name="twin")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"migopt {package_version('migopt')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """MIG geometry optimizer for Kubernetes GPU clusters."""
 
 GpuOption = Annotated[str, typer.Option("--gpu", help="GPU model: alias, GFD product, NVML name or PCI id.")]
 
@@ -158,7 +174,7 @@ def geometries(
 
 @app.command()
 def plan(
-    snapshot: Annotated[Path, typer.Option("--snapshot", help="Cluster snapshot, YAML or JSON.")],
+    snapshot: Annotated[Path, typer.Option("--snapshot", "-f", help="Cluster snapshot, YAML or JSON.")],
     policy: Annotated[str, typer.Option("--policy", help="optimal (CP-SAT) or greedy (baseline).")] = "optimal",
     time_limit: Annotated[float, typer.Option("--time-limit", help="Solver time limit, seconds.")] = 2.0,
     max_evictions: Annotated[int | None, typer.Option("--max-evictions", help="Cap on evicted pods.")] = None,
@@ -177,8 +193,8 @@ def plan(
     from solver.policies import get_planner  # OR-Tools loads only for the commands that plan
 
     planner = get_planner(policy)
-    if time_limit <= 0 or (max_evictions is not None and max_evictions < 0):
-        raise MigoptError("--time-limit must be positive and --max-evictions non-negative")
+    if not math.isfinite(time_limit) or time_limit <= 0 or (max_evictions is not None and max_evictions < 0):
+        raise MigoptError("--time-limit must be a positive number of seconds and --max-evictions non-negative")
     if max_reconfigurations is not None and max_reconfigurations < 0:
         raise MigoptError("--max-reconfigurations must be non-negative")
     knobs = PlanPolicy(
@@ -191,7 +207,7 @@ def plan(
     if output is Output.table:
         render_plan(result)
     else:
-        emit_data(result.model_dump(mode="json"), output)
+        emit_data(result, output)  # the model: serialised in one pass
 
 
 @app.command()
@@ -204,7 +220,9 @@ def simulate(
     policies: Annotated[
         str | None, typer.Option("--policies", help="Comma-separated, e.g. static:all-balanced,optimal")
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for report.json and PNG plots.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--output-dir", "--out", help="Folder for report.json and PNG plots.")
+    ] = None,
     output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
     serve_metrics: Annotated[
         int | None, typer.Option("--serve-metrics", help="Serve /metrics here, also after the run until Ctrl-C.")
@@ -215,13 +233,17 @@ def simulate(
 
     from simulations.engine import run_scenario
     from simulations.policies import check_simulation_policy
-    from simulations.report import plot
+    from simulations.report import load_pyplot, plot
     from simulations.scenario import TraceSource, default_scenario, load_scenario
 
+    if out is not None:
+        load_pyplot()  # a missing `plots` extra fails now, not after the run
     if replay not in (None, "inflate", "timed"):
         raise MigoptError(f"unknown --replay {replay!r}: expected inflate or timed")
     if replay is not None and trace is None:
         raise MigoptError("--replay applies to a trace: give --trace CSV too")
+    if out is not None and out.exists() and not out.is_dir():
+        raise MigoptError(f"--output-dir {str(out)!r} exists and is not a folder")
     chosen = load_scenario(scenario) if scenario else default_scenario()
     update: dict[str, object] = {}
     if trace is not None:
@@ -278,17 +300,18 @@ def run(
     interval: Annotated[float | None, typer.Option("--interval", help="Seconds between reconcile passes.")] = None,
     metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="/metrics, /healthz, /readyz.")] = None,
     prometheus: Annotated[str | None, typer.Option("--prometheus", help="Prometheus URL (dcgm-exporter).")] = None,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run the controller against a cluster (a Deployment's main process), until SIGTERM."""
     from migopt.run import run as run_controller
     from migopt.settings import load_settings
 
+    configure_logging(log_level, log_format)  # a controller's log is its record of what it did: INFO by default
     settings = load_settings(
         config, mode=mode, kubeconfig=kubeconfig, context=context, interval_s=interval, metrics_port=metrics_port,
         prometheus_url=prometheus,
     )  # fmt: skip
-    if not logging.getLogger().isEnabledFor(logging.INFO) and "MIGOPT_LOG_LEVEL" not in os.environ:
-        logging.getLogger().setLevel(logging.INFO)  # a controller's log is its record of what it did
     run_controller(settings)
 
 
@@ -353,6 +376,16 @@ def recommend(
     memory_headroom: Annotated[float, typer.Option("--memory-headroom", help="Added to framebuffer.")] = 0.2,
     compute_headroom: Annotated[float, typer.Option("--compute-headroom", help="Added to slices in use.")] = 0.2,
     min_samples: Annotated[int, typer.Option("--min-samples", help="Fewer: low confidence.")] = 30,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also list devices whose recommended profile is the current one.")
+    ] = False,
+    ca_file: Annotated[Path | None, typer.Option("--ca-file", help="CA bundle for an https Prometheus.")] = None,
+    bearer_token_file: Annotated[
+        Path | None, typer.Option("--bearer-token-file", help="Send this file's token as Authorization: Bearer.")
+    ] = None,
+    insecure_skip_tls_verify: Annotated[
+        bool, typer.Option("--insecure-skip-tls-verify", help="Do not verify the server's certificate.")
+    ] = False,
     output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
 ) -> None:
     """Right-size running pods: the smallest MIG profile covering each one's usage (advice; evicts nothing)."""
@@ -363,18 +396,25 @@ def recommend(
     from optimizer.usage.rightsizing import recommend as right_size
 
     try:
-        usage_settings = UsageSettings(window=window, percentile=percentile)
+        usage_settings = UsageSettings(
+            window=window,
+            percentile=percentile,
+            tls_verify=not insecure_skip_tls_verify,
+            ca_file=str(ca_file) if ca_file else None,
+            bearer_token_file=str(bearer_token_file) if bearer_token_file else None,
+        )
         sizing = RightSizingSettings(
             memory_headroom=memory_headroom, compute_headroom=compute_headroom, min_samples=min_samples
         )
     except ValidationError as err:
         first = err.errors()[0]
         raise MigoptError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
-    report = PrometheusUsage(prometheus, usage_settings).usage()
+    report = PrometheusUsage(prometheus, usage_settings, consequence=None).usage()
     if not report.available:
-        sys.stderr.write(f"usage unavailable: {report.reason}\n")
+        sys.stderr.write(f"usage unavailable: {report.reason} ({prometheus})\n")
         raise typer.Exit(1)
-    recommendations = right_size(report, sizing)
+    every = right_size(report, sizing)
+    recommendations = every if show_all else [r for r in every if r.recommended_profile != r.current_profile]
     if output is not Output.table:
         emit_data([r.model_dump(mode="json") for r in recommendations], output)
         return
@@ -386,15 +426,16 @@ def recommend(
     ]  # fmt: skip
     columns = ["pod", "node/gpu", "current", "recommended", "slices freed", "MiB needed", "slices needed"]
     columns += ["samples", "confident"]
-    title = f"right-sizing over {window} at p{percentile * 100:g} ({len(recommendations)} devices)"
+    hidden = len(every) - len(recommendations)
+    title = f"right-sizing over {window} at p{percentile * 100:g}: {len(recommendations)} devices to change"
+    title += f" ({hidden} already right-sized: --all lists them)" if hidden else ""
     console.print(table(title, columns, rows))
 
 
 def main() -> None:
     """Console-script entry: user errors become one line on stderr and exit code 2."""
-    level = os.environ.get("MIGOPT_LOG_LEVEL", "WARNING").upper()
-    logging.basicConfig(level=level, stream=sys.stderr, format="level=%(levelname)s logger=%(name)s %(message)s")
     try:
+        configure_logging(default="WARNING")  # one-shot commands: only what went wrong
         app()
     except MigoptError as err:
         sys.stderr.write(f"error: {err}\n")

@@ -6,15 +6,18 @@ Example: `MIGOPT_CONTROLLER__BATCH_IDLE_S=5`, or in the file `controller: {plann
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import socket
+from collections.abc import Mapping
 from contextvars import ContextVar
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,6 +32,8 @@ from optimizer.kube.leader import LeaderSettings
 from optimizer.usage.prometheus import UsageSettings
 from optimizer.usage.rightsizing import RightSizingSettings
 from solver.errors import MigoptError, first_problem
+
+log = logging.getLogger(__name__)
 
 _settings_file: ContextVar[Path | None] = ContextVar("settings_file", default=None)
 
@@ -87,10 +92,39 @@ class _SafeYamlSource(YamlConfigSettingsSource):
         return data
 
 
+OTHER_VARIABLES = frozenset({"MIGOPT_LOG_LEVEL", "MIGOPT_LOG_FORMAT"})
+"""`MIGOPT_*` variables read outside the settings model (`optimizer/logs.py`)."""
+
+
+def settings_variables(model: type[BaseModel] = RunSettings, prefix: str = "MIGOPT_") -> set[str]:
+    """Every environment variable the settings read: one per field, nested models also as a whole (JSON)."""
+    names: set[str] = set()
+    for field_name, field in model.model_fields.items():
+        name = prefix + field_name.upper()
+        names.add(name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= settings_variables(annotation, name + "__")
+    return names
+
+
+def warn_unknown_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """Log (and return) each `MIGOPT_*` variable nothing reads: a misspelling would otherwise be silently
+    ignored, while the settings file rejects unknown keys."""
+    known = settings_variables() | OTHER_VARIABLES
+    unknown = sorted(name for name in environ if name.upper().startswith("MIGOPT_") and name.upper() not in known)
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper(), sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        log.warning("environment variable %s is not a migopt setting: ignored%s", name, hint)
+    return unknown
+
+
 def load_settings(file: Path | None = None, **flags: Any) -> RunSettings:
     """Settings from flags (None = not given), environment and `file`; one-line `MigoptError` when invalid."""
     if file is not None and not file.is_file():
         raise MigoptError(f"settings file {file} does not exist")
+    warn_unknown_variables()
     token = _settings_file.set(file)
     try:
         return RunSettings(**{k: v for k, v in flags.items() if v is not None})

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 import yaml
 
+from optimizer.logs import LogFormatOption, LogLevelOption, configure_logging
+from solver.errors import MigoptError
+
 if TYPE_CHECKING:
     from simulations.twin.cluster import Twin
     from simulations.workloads import WorkloadPod
@@ -41,8 +44,17 @@ def serve(
             "--config-refresh", min=0.0, help="Simulated seconds before mig-manager sees a ConfigMap write (kubelet)."
         ),
     ] = 60.0,
+    component_wait: Annotated[
+        float,
+        typer.Option("--component-wait", min=0.001, help="Simulated seconds mig-manager waits for operand pods."),
+    ] = 300.0,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Serve the scenario's initial cluster until interrupted (SIGINT or SIGTERM)."""
+    configure_logging(log_level, log_format)
+    if not 0 <= port <= 65535:
+        raise MigoptError(f"--port {port} is out of range (0-65535)")
     from simulations.engine import initial_cluster, workload_pods
     from simulations.scenario import default_scenario, load_scenario
     from simulations.twin.api import TwinApiServer, write_kubeconfig
@@ -52,7 +64,7 @@ def serve(
 
     chosen = load_scenario(scenario) if scenario else default_scenario()
     snapshot, config_text = initial_cluster(chosen, chosen.cluster.initial_config)
-    timings = MigManagerTimings(config_refresh_s=config_refresh)  # a real cluster's volume refresh (spec §1.7)
+    timings = MigManagerTimings(config_refresh_s=config_refresh, component_wait_s=component_wait)
     twin = Twin.from_snapshot(snapshot, config_text, timings=timings, seed=chosen.seed)
     if workload:
         for pod in workload_pods(chosen):
@@ -65,7 +77,12 @@ def serve(
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     propagation_s = matching_config_propagation_s(config_refresh, speed)
-    with TwinApiServer(twin, speed=speed, port=port, agent_annotations=agent) as server:
+    server = TwinApiServer(twin, speed=speed, port=port, agent_annotations=agent)
+    try:
+        server.start()
+    except OSError as err:  # the port is in use or not ours to take
+        raise MigoptError(f"cannot serve the twin on 127.0.0.1:{port}: {err.strerror or err}") from None
+    with server:
         settings_file = None
         if kubeconfig is not None:  # the settings first: a kubeconfig that exists tells scripts both are there
             settings_file = write_controller_settings(kubeconfig, propagation_s)

@@ -58,8 +58,11 @@ class PrometheusServer:
 
 
 @contextmanager
-def prometheus(targets: Mapping[str, str], workdir: Path) -> Iterator[PrometheusServer]:
-    """Run Prometheus scraping `targets` (job name → `host:port`, path `/metrics`) every second."""
+def prometheus(
+    targets: Mapping[str, str], workdir: Path, web_config: Mapping[str, Any] | None = None, ca_file: Path | None = None
+) -> Iterator[PrometheusServer]:
+    """Run Prometheus scraping `targets` (job name → `host:port`, path `/metrics`) every second; with
+    `web_config` (Prometheus' `--web.config.file`, e.g. TLS) it serves https, checked against `ca_file`."""
     if not (shutil.which(BINARY) or Path(BINARY).exists()):
         pytest.fail(f"Prometheus binary {BINARY} not found: install the `prometheus` package (CI does)")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -73,26 +76,28 @@ def prometheus(targets: Mapping[str, str], workdir: Path) -> Iterator[Prometheus
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
     port = free_port()
     log = workdir / "prometheus.log"
+    command = [
+        BINARY,
+        f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    if web_config is not None:
+        (workdir / "web.yml").write_text(yaml.safe_dump(dict(web_config)), encoding="utf-8")
+        command.append(f"--web.config.file={workdir / 'web.yml'}")
     with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                BINARY,
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    server = PrometheusServer(f"http://127.0.0.1:{port}", process, log)
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    scheme = "https" if web_config is not None else "http"
+    server = PrometheusServer(f"{scheme}://127.0.0.1:{port}", process, log)
     try:
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
                 pytest.fail(f"Prometheus exited {process.returncode}: {log.read_text(errors='replace')[-2000:]}")
             try:
-                if requests.get(f"{server.url}/-/ready", timeout=1).status_code == 200:
+                verify: str | bool = str(ca_file) if ca_file is not None else True
+                if requests.get(f"{server.url}/-/ready", timeout=1, verify=verify).status_code == 200:
                     break
             except requests.RequestException:
                 pass

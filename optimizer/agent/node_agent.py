@@ -17,7 +17,6 @@ pydantic and typer.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -32,6 +31,7 @@ import typer
 from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION, NodeGpuReport, observed_time
 from optimizer.agent.nvml_common import load_nvml
 from optimizer.agent.nvml_layout import read_layout
+from optimizer.logs import LogFormatOption, LogLevelOption, configure_logging
 from solver.errors import MigoptError
 
 log = logging.getLogger(__name__)
@@ -153,14 +153,14 @@ def run_loop(agent: NodeAgent, interval_s: float, once: bool, wait: Callable[[fl
             return result
 
 
-def kubernetes_writer(node: str, kubeconfig: Path | None) -> Writer:
+def kubernetes_writer(node: str, kubeconfig: Path | None, context: str | None = None) -> Writer:
     """Merge-patch the report annotation onto the node (RBAC: `patch` on `nodes`)."""
     try:
         from optimizer.kube.api import KubeApi, make_api_client
         from optimizer.kube.errors import KubeApiError
     except ImportError as err:  # pragma: no cover - the dependency is declared
         raise MigoptError("the kubernetes package is needed to patch the node (or use --dry-run)") from err
-    api = KubeApi(make_api_client(str(kubeconfig) if kubeconfig is not None else None))
+    api = KubeApi(make_api_client(str(kubeconfig) if kubeconfig is not None else None, context))
 
     def write(value: str) -> None:
         """One attempt, no retry policy: the next interval is the retry."""
@@ -220,17 +220,22 @@ def agent(
         str, typer.Option("--pod-resources-socket", help="kubelet pod-resources socket; skipped when absent.")
     ] = DEFAULT_SOCKET,
     kubeconfig: Annotated[
-        Path | None, typer.Option("--kubeconfig", help="Kubeconfig file (default: in-cluster config).")
+        Path | None,
+        typer.Option("--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)."),
     ] = None,
+    context: Annotated[str | None, typer.Option("--context", help="kubeconfig context.")] = None,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Publish this node's MIG layout, busy devices and pod owners as the migopt.io/gpu-report annotation."""
+    configure_logging(log_level, log_format)
     write: Writer
     if dry_run:
         write = _print
     elif not node:
         raise MigoptError("the node name is required: --node or NODE_NAME (or use --dry-run)")
     else:
-        write = kubernetes_writer(node, kubeconfig)
+        write = kubernetes_writer(node, kubeconfig, context)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -243,11 +248,12 @@ def agent(
 
 def main() -> None:
     """`python -m optimizer.agent.node_agent`: the agent alone, without the rest of the CLI's imports."""
-    level = os.environ.get("MIGOPT_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, stream=sys.stderr, format="level=%(levelname)s logger=%(name)s %(message)s")
-    app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+    app = typer.Typer(
+        pretty_exceptions_enable=False, add_completion=False, context_settings={"help_option_names": ["-h", "--help"]}
+    )
     app.command()(agent)
     try:
+        configure_logging()
         app()
     except MigoptError as err:
         sys.stderr.write(f"error: {err}\n")

@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar
 
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # (connect, read) seconds for every call but watches: a half-open connection must fail, not hang the loop.
 REQUEST_TIMEOUT = (10.0, 60.0)
+DEFAULT_KUBECONFIG = Path("~/.kube/config")
 MERGE_PATCH = "application/merge-patch+json"
 # The generated client's connection object, for signatures outside this module (which never look inside it).
 ApiClient: TypeAlias = client.ApiClient
@@ -57,18 +60,25 @@ TRANSPORT_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
 
 
 def make_api_client(kubeconfig: str | None = None, context: str | None = None) -> ApiClient:
-    """In-cluster configuration by default; a kubeconfig (and context) when given, as kubectl would use it."""
+    """The client configuration kubectl would use: `--kubeconfig`, else `$KUBECONFIG` (a colon-separated list
+    is merged), else the pod's in-cluster service account when running in one, else `~/.kube/config`."""
     configuration = client.Configuration()
-    if kubeconfig is None and context is None:
+    source = kubeconfig or os.environ.get("KUBECONFIG") or None
+    in_cluster = source is None and "KUBERNETES_SERVICE_HOST" in os.environ
+    if source is None and not in_cluster and DEFAULT_KUBECONFIG.expanduser().is_file():
+        source = str(DEFAULT_KUBECONFIG.expanduser())
+    if source is None and not in_cluster:
+        raise MigoptError("no cluster to talk to: pass --kubeconfig or set KUBECONFIG (not running in a cluster)")
+    if in_cluster and context is None:
         try:
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException as err:
-            raise MigoptError(f"not running in a cluster ({err}); pass --kubeconfig") from None
+            raise MigoptError(f"cannot use the in-cluster configuration: {err}") from None
     else:
         try:
-            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
-        except (config.ConfigException, OSError, TypeError) as err:
-            raise MigoptError(f"cannot load kubeconfig {kubeconfig or '(default)'}: {err}") from None
+            config.load_kube_config(config_file=source, context=context, client_configuration=configuration)
+        except (config.ConfigException, OSError, TypeError, ValueError) as err:
+            raise MigoptError(f"cannot load kubeconfig {source or '(default)'}: {err}") from None
     configuration.retries = False  # the policy below retries, with backoff; urllib3 must not retry on its own
     return client.ApiClient(configuration)
 

@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from solver.errors import MigoptError
+
 log = logging.getLogger(__name__)
 
 Response = tuple[int, str, bytes]
@@ -67,7 +69,12 @@ def serve_routes(port: int, routes: Mapping[str, Route], *, host: str = "127.0.0
         def log_message(self, format: str, *args: object) -> None:
             """Silent: a scrape every second must not write a log line every second."""
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    if not 0 <= port <= 65535:
+        raise MigoptError(f"port {port} is out of range (0-65535)")
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as err:  # in use, not allowed, or an address this machine does not have
+        raise MigoptError(f"cannot serve on {host}:{port}: {err.strerror or err}") from None
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name=f"http-{server.server_address[1]}", daemon=True)
     thread.start()

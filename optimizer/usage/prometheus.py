@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import requests
@@ -112,6 +113,19 @@ class UsageSettings(BaseModel):
     percentile: float = Field(default=0.95, gt=0, le=1)
     fresh: str = Field(default="2m", description="a series with no sample this recent is gone (reconfigured)")
     timeout_s: float = Field(default=10.0, gt=0, description="per query, client and server side")
+    tls_verify: bool = Field(default=True, description="verify an https server's certificate (off: tests only)")
+    ca_file: str | None = Field(default=None, description="CA bundle for the server's certificate (PEM)")
+    bearer_token_file: str | None = Field(
+        default=None,
+        description="sent as `Authorization: Bearer`, re-read every round so a rotated token is used "
+        "(OpenShift monitoring: the pod's service-account token)",
+    )
+
+
+def _tls_reason(err: requests.exceptions.SSLError) -> str:
+    """The certificate problem in a few words (urllib3 nests it several exceptions deep)."""
+    found = re.search(r"certificate verify failed: ([^(]+?)\s*\(", str(err))
+    return f"certificate verify failed: {found.group(1)}" if found else f"handshake failed ({type(err).__name__})"
 
 
 def _key(metric: dict[str, str]) -> tuple[str, int, int] | None:
@@ -140,12 +154,21 @@ class PrometheusUsage:
         settings: UsageSettings | None = None,
         *,
         on_status: StatusListener | None = None,
+        consequence: str | None = "planning goes on without usage",
     ) -> None:
+        """`consequence` ends the log line written when usage becomes unavailable (what the caller does then);
+        None: no log line, the caller reports the unavailable report itself."""
         self.settings = settings or UsageSettings()
         self.window_s = parse_duration(self.settings.window)
         parse_duration(self.settings.fresh)
-        self._client = PrometheusConnect(url=url.rstrip("/"), disable_ssl=True, retry=Retry(total=0, read=False))
+        for name, path in (("ca_file", self.settings.ca_file), ("bearer_token_file", self.settings.bearer_token_file)):
+            if path is not None and not Path(path).is_file():
+                raise MigoptError(f"usage.{name} {path!r} is not a readable file")
+        session = requests.Session()
+        session.verify = self.settings.ca_file or self.settings.tls_verify
+        self._client = PrometheusConnect(url=url.rstrip("/"), session=session, retry=Retry(total=0, read=False))
         self._on_status = on_status
+        self._consequence = consequence
         self._down_since: float | None = None
         self.failures = 0
 
@@ -155,6 +178,19 @@ class PrometheusUsage:
         return self._down_since is not None
 
     # ---- queries ----------------------------------------------------------------------------------------
+
+    def _authorize(self) -> str | None:
+        """Set the bearer header from the token file as it is now (projected tokens are rotated on disk);
+        the reason when the file cannot be read."""
+        path = self.settings.bearer_token_file
+        if path is None:
+            return None
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            return f"cannot read the bearer token file {path!r}: {getattr(err, 'strerror', None) or err}"
+        self._client.headers = {"Authorization": f"Bearer {token}"}
+        return None
 
     def _query(self, promql: str) -> list[dict[str, Any]]:
         timeout = self.settings.timeout_s
@@ -170,16 +206,22 @@ class PrometheusUsage:
         elif not ok:
             self.failures += 1
             if self._down_since is None:
-                log.warning("usage=unavailable prometheus=%s reason=%r; planning goes on without usage",
-                            self._client.url, reason)  # fmt: skip
+                if self._consequence is not None:
+                    log.warning("usage=unavailable prometheus=%s reason=%r; %s",
+                                self._client.url, reason, self._consequence)  # fmt: skip
                 self._down_since = time.monotonic()
         if self._on_status is not None:
             self._on_status(ok, reason)
 
     def _guarded(self, queries: list[str]) -> list[list[dict[str, Any]]] | str:
         """Run the queries; a failure of any is the reason string (the round's answers are all or nothing)."""
+        unauthorized = self._authorize()
+        if unauthorized is not None:
+            return unauthorized
         try:
             return [self._query(q) for q in queries]
+        except requests.exceptions.SSLError as err:
+            return f"Prometheus TLS failed: {_tls_reason(err)}"
         except requests.Timeout:
             return f"Prometheus did not answer within {self.settings.timeout_s}s"
         except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
