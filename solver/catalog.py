@@ -61,8 +61,13 @@ class Profile(BaseModel):
         return self
 
 
+_PROFILE_FACTS = ("id", "g", "mem", "mib", "sm", "max", "starts")
+"""The data file's per-profile keys a model's `unverified` list may name (as `profiles.<key>`)."""
+
+
 class GpuModel(BaseModel):
-    """A GPU model and everything it can be split into."""
+    """A GPU model and everything it can be split into; `unverified` lists the facts no primary source confirmed
+    (the one place they are marked: `migopt catalog` shows them)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -77,6 +82,15 @@ class GpuModel(BaseModel):
     memory_slices: int
     unverified: tuple[str, ...] = ()
     profiles: tuple[Profile, ...]
+
+    @model_validator(mode="after")
+    def _unverified_names_facts(self) -> GpuModel:
+        known = {"product", "aliases", "gfd_products", "nvml_names", "pci_device_ids", "memory_gb"}
+        known |= {f"profiles.{key}" for key in _PROFILE_FACTS}
+        unknown = sorted(set(self.unverified) - known)
+        if unknown:
+            raise ValueError(f"model {self.key}: unverified names no fact: {', '.join(unknown)}")
+        return self
 
     @model_validator(mode="after")
     def _profiles_fit(self) -> GpuModel:
@@ -104,6 +118,11 @@ class GpuModel(BaseModel):
 
     def has_profile(self, name: str) -> bool:
         return name in self._by_name or name in self._drift
+
+    def resolve(self, name: str) -> Profile | None:
+        """The profile a name means on this model, drifted names included, without `profile`'s warning: for
+        files (NVIDIA's own) that name drifted profiles on purpose. None for a name the model lacks."""
+        return self._by_name.get(name) or self._drift.get(name)
 
     def profile(self, name: str) -> Profile:
         """Resolve a profile name on this model; a driver's drifted name maps to the catalog's with a warning."""

@@ -487,11 +487,21 @@ def test_yaml_mig_parted_reads_and_the_controller_refuses(text: str, why: str) -
         "",  # an empty document decodes to nothing without error (mig-parted spec_test "Empty")
         "version: v1\n",  # mig-parted spec_test "Only version field"
         "# nothing\n",
+        "null\n",  # JSON null: Go's decoder never reaches Spec.UnmarshalJSON
+        "~\n",
     ],
 )
 def test_files_without_configs_pass_mig_parted_but_nothing_can_be_selected(text: str) -> None:
     assert accepted_by_twin(text) and not accepted_by_controller(text)
     assert_agree(text)  # mig-manager fails either way
+    with pytest.raises(ReadError, match="selected mig-config not present: all-3g"):
+        read(text).select("all-3g")
+
+
+def test_the_twins_mig_manager_parses_a_file_without_configs_and_fails_at_selection() -> None:
+    assert twin_run("version: v1\n", "all-3g") == ("failed", "Error: selected mig-config not present: all-3g")
+    outcome, message = twin_run("version: v2\n", "all-3g")
+    assert outcome == "failed" and "error parsing config file: unknown version: v2" in message
 
 
 @pytest.mark.parametrize(
