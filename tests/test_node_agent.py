@@ -249,3 +249,15 @@ def test_cli_needs_a_node_name_to_patch(capsys: pytest.CaptureFixture[str], monk
     result = run_cli(capsys, "agent", "--once")
     assert result.code == 2
     assert result.err.strip() == "error: the node name is required: --node or NODE_NAME (or use --dry-run)"
+
+
+def test_profile_names_round_halves_up_as_go_nvlib_does() -> None:
+    """H200: 141 GB total, half of it is 70.5 GB: go-nvlib's math.Round names the profile 3g.71gb."""
+    from types import SimpleNamespace
+
+    from optimizer.agent.nvml_common import profile_name
+
+    info = SimpleNamespace(name=b"", memorySizeMB=71_000, sliceCount=3)
+    assert profile_name(0, info, 143_771) == "3g.71gb"
+    reported = SimpleNamespace(name=b"MIG 3g.71gb", memorySizeMB=71_000, sliceCount=3)
+    assert profile_name(0, reported, 143_771) == "3g.71gb"

@@ -53,7 +53,8 @@ def profile_name(index: int, info: Any, total_mib: int) -> str:
     if reported:
         return reported
     fraction = math.ceil(info.memorySizeMB / total_mib * 8) / 8
-    gb = round(fraction * math.ceil(total_mib * MIB / (1 << 30)))
+    # Go's math.Round: halves away from zero (Python's round() would make H200's 70.5 GB a `70gb` name)
+    gb = math.floor(fraction * math.ceil(total_mib * MIB / (1 << 30)) + 0.5)
     return f"{info.sliceCount}g.{gb}gb{_INDEX_ATTRIBUTES.get(index, '')}"
 
 
