@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import ModuleType
 
 from pydantic import BaseModel, Field
+
+from solver.errors import MigoptError
+
+PLOTS_INSTALL = "pip install 'migopt[plots]'"
 
 
 class Sample(BaseModel):
@@ -73,13 +78,24 @@ def time_weighted_allocation(samples: list[Sample], horizon_s: float) -> float:
     return total / covered
 
 
-def plot(results: list[PolicyResult], out_dir: Path) -> list[Path]:
-    """Allocation and pending pods over time, one line per policy, as PNG files."""
-    import matplotlib
-
+def load_pyplot() -> ModuleType:
+    """matplotlib's pyplot on the file-only backend. matplotlib is the optional `plots` extra (only `simulate
+    --output-dir` draws, and the images leave it out), so its absence is a one-line error saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MigoptError(
+            f"--output-dir draws plots with matplotlib, which is not installed: {PLOTS_INSTALL}"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(results: list[PolicyResult], out_dir: Path) -> list[Path]:
+    """Allocation and pending pods over time, one line per policy, as PNG files."""
+    plt = load_pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, title, value in (

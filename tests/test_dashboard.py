@@ -1,5 +1,7 @@
 """End to end: the controller drives the twin, Prometheus scrapes migopt's `/metrics` and the twin's dcgm exporter,
-right-sizing reads usage back through Prometheus, and every query of the Grafana dashboard returns data."""
+right-sizing reads usage back through Prometheus, and every query of the Grafana dashboard returns data. And the
+dashboard's own rules: counters only through rate/increase, every query scoped by the `cluster` and `job` variables,
+a unit on every panel."""
 
 from __future__ import annotations
 
@@ -25,7 +27,19 @@ from tests.prometheus_server import PrometheusServer, prometheus
 from tests.usage_fixtures import MODEL, busy_cluster, drive
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "migopt.json"
-VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$node": ".*", "${node}": ".*"}
+VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "15s",
+    "$__range": "1h",
+    "$node": ".*",
+    "${node}": ".*",
+    "$job": ".*",
+    "$cluster": ".*",
+}
+SCOPE = ('job=~"$job"', 'cluster=~"$cluster"')
+SELECTOR = re.compile(r"\b(migopt_\w+)(\{[^}]*\})?")
+COUNTER = re.compile(r"_(total|bucket|sum|count)$")
+LABEL_VALUES = re.compile(r"label_values\((\w+)(\{[^}]*\})?, *(\w+)\)")
 
 
 def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -34,15 +48,22 @@ def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", [])
 
 
+def _substituted(expr: str) -> str:
+    for name, value in VARIABLES.items():
+        expr = expr.replace(name, value)
+    return expr
+
+
+def _raw_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (f"{panel['title']} / {target['refId']}", target["expr"])
+        for panel in _panels(dashboard)
+        for target in panel.get("targets", [])
+    ]
+
+
 def _queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    found = []
-    for panel in _panels(dashboard):
-        for target in panel.get("targets", []):
-            expr = target["expr"]
-            for name, value in VARIABLES.items():
-                expr = expr.replace(name, value)
-            found.append((f"{panel['title']} / {target['refId']}", expr))
-    return found
+    return [(where, _substituted(expr)) for where, expr in _raw_queries(dashboard)]
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +98,42 @@ def test_the_dashboard_is_well_formed_with_a_datasource_variable() -> None:
     assert len(_queries(dashboard)) >= 20
 
 
+def test_every_query_is_scoped_by_cluster_and_job_and_reads_counters_as_rates() -> None:
+    """A dashboard over several clusters or installs must not add them up; a raw counter is a number since the
+    process started, meaningless on a graph; a histogram needs rate() before histogram_quantile()."""
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name in ("cluster", "job"):
+        # "All" is `.*`, which also matches series without the label (a single-cluster Prometheus has none).
+        assert variables[name]["includeAll"] is True and variables[name]["allValue"] == ".*"
+    assert 'cluster=~"$cluster"' in variables["job"]["definition"]
+    assert all(scope in variables["node"]["definition"] for scope in SCOPE)
+    for where, expr in _raw_queries(dashboard):
+        selectors = SELECTOR.findall(expr)
+        assert selectors, where
+        for metric, matchers in selectors:
+            assert all(scope in matchers for scope in SCOPE), f"{where}: {metric} is not scoped by $cluster and $job"
+            if COUNTER.search(metric):
+                assert re.search(rf"\b(rate|increase)\({metric}\{{[^}}]*\}}\[[^\]]+\]\)", expr), (
+                    f"{where}: counter {metric} outside rate()/increase()"
+                )
+
+
+def test_every_panel_has_a_unit_and_the_gap_its_own_axis() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    for panel in _panels(dashboard):
+        if panel["type"] != "row":
+            assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
+    objective = next(p for p in _panels(dashboard) if p["title"] == "Objective, bound and gap")
+    gap = next(t["refId"] for t in objective["targets"] if "migopt_solver_gap_ratio" in t["expr"])
+    (override,) = [
+        o for o in objective["fieldConfig"]["overrides"] if o["matcher"] == {"id": "byFrameRefID", "options": gap}
+    ]
+    properties = {p["id"]: p["value"] for p in override["properties"]}
+    assert properties["unit"] == "percentunit" and properties["custom.axisPlacement"] == "right"
+    assert objective["fieldConfig"]["defaults"]["unit"] != "percentunit"  # objective and bound keep the left axis
+
+
 def test_the_dashboards_label_values_are_the_codes_own() -> None:
     """Outcomes, phases and plan statuses are enums in the code: a dashboard matcher on a value the code never
     exports would show an empty panel forever."""
@@ -108,8 +165,8 @@ def test_every_dashboard_query_returns_data_after_a_simulated_run(
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
-            metric, label = re.fullmatch(r"label_values\((\w+), *(\w+)\)", variable["definition"]).groups()  # type: ignore[union-attr]
-            assert prom.query(f"count by ({label}) ({metric})"), variable["name"]
+            metric, matchers, label = LABEL_VALUES.fullmatch(variable["definition"]).groups()  # type: ignore[union-attr]
+            assert prom.query(_substituted(f"count by ({label}) ({metric}{matchers or ''})")), variable["name"]
     empty = [(where, expr) for where, expr in _queries(dashboard) if not prom.query(expr)]
     assert not empty, f"dashboard queries with no data: {empty}"
 

@@ -1,6 +1,7 @@
-"""The Kustomize manifests in `deploy/`: they render, every core object passes the Kubernetes schemas, the
-containers are locked down (with the agent's documented exceptions), the modes and probes match the code, and the
-RBAC grants exactly the requests the code makes, measured on a real run against the twin's API facade.
+"""The Kustomize manifests in `deploy/`: they render, every core object passes the Kubernetes schemas and carries
+the recommended labels, the containers are locked down (with the agent's documented exceptions), the network
+policies and the priority class are what the pods need, the modes and probes match the code, and the RBAC grants
+exactly the requests the code makes, measured on a real run against the twin's API facade.
 
 Needs `kubectl` (for `kubectl kustomize`); fails where it is not installed.
 """
@@ -8,9 +9,14 @@ Needs `kubectl` (for `kubectl kustomize`); fails where it is not installed.
 from __future__ import annotations
 
 import functools
+import ipaddress
+import os
+import re
 import shutil
 import subprocess
+import textwrap
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,17 +51,22 @@ VARIANTS = {
     "enforce": DEPLOY / "overlays" / "enforce",
     "openshift": DEPLOY / "overlays" / "openshift",
     "agent-root": DEPLOY / "overlays" / "agent-root",
+    "kube-prometheus-stack": DEPLOY / "overlays" / "kube-prometheus-stack",
 }
 K8S_VERSION = "1.30"  # the oldest Kubernetes the manifests target (ValidatingAdmissionPolicy-era clusters)
-NOT_CORE = {"ServiceMonitor", "SecurityContextConstraints"}  # CRD / OpenShift kinds: no schema in the validator
+# CRD / OpenShift kinds: no schema in the validator
+NOT_CORE = {"ServiceMonitor", "PrometheusRule", "SecurityContextConstraints"}
 CLUSTER_SCOPED = {
     "Namespace",
     "ClusterRole",
     "ClusterRoleBinding",
     "ValidatingAdmissionPolicy",  # base/agent-admission.yaml
     "ValidatingAdmissionPolicyBinding",
+    "PriorityClass",  # base/controller-priority.yaml
 }
-IMAGE = "ghcr.io/migopt/migopt:0.1.0"
+VERSION = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+IMAGES = {"controller": f"ghcr.io/migopt/migopt:{VERSION}", "agent": f"ghcr.io/migopt/migopt-agent:{VERSION}"}
+COMPONENTS = {"controller", "agent", "monitoring", "namespace"}
 CONTROLLER_SA = ("migopt-system", "migopt-controller")
 AGENT_SA = ("migopt-system", "migopt-agent")
 
@@ -134,6 +145,126 @@ def test_service_monitor_and_dashboard_point_at_the_metrics() -> None:
     assert dashboard["data"]["migopt.json"] == (DEPLOY / "grafana" / "migopt.json").read_text(encoding="utf-8")
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_object_and_pod_carries_the_recommended_labels(variant: str) -> None:
+    """app.kubernetes.io/{name,component,part-of,version} everywhere, the version being the package's (and the
+    image tags', checked below); the selectors stay the two labels they were, so an upgrade never changes them."""
+    objs = render(variant)
+    for obj in objs:
+        where = f"{variant}: {obj['kind']}/{obj['metadata']['name']}"
+        labels = obj["metadata"].get("labels") or {}
+        assert labels.get("app.kubernetes.io/name") == "migopt", where
+        assert labels.get("app.kubernetes.io/part-of") == "migopt", where
+        assert labels.get("app.kubernetes.io/version") == VERSION, where
+        assert labels.get("app.kubernetes.io/component") in COMPONENTS, where
+    for kind, name, component in (
+        ("Deployment", "migopt-controller", "controller"),
+        ("DaemonSet", "migopt-agent", "agent"),
+    ):
+        workload = one(objs, kind, name)
+        selector = {"app.kubernetes.io/name": "migopt", "app.kubernetes.io/component": component}
+        assert workload["spec"]["selector"] == {"matchLabels": selector}
+        template = workload["spec"]["template"]["metadata"]["labels"]
+        assert template == {**selector, "app.kubernetes.io/part-of": "migopt", "app.kubernetes.io/version": VERSION}
+
+
+def test_the_release_label_is_set_once_and_only_on_what_prometheus_selects() -> None:
+    """kube-prometheus-stack's Prometheus selects ServiceMonitors and PrometheusRules by `release: <its Helm release>`;
+    the overlay sets it on exactly those (components/prometheus-release), the default install on nothing."""
+    objs = render("kube-prometheus-stack")
+    labelled = sorted(o["kind"] for o in objs if "release" in (o["metadata"].get("labels") or {}))
+    assert labelled == ["PrometheusRule", "ServiceMonitor"]
+    assert {o["metadata"]["labels"]["release"] for o in objs if o["kind"] in labelled} == {"kube-prometheus-stack"}
+    assert not any("release" in (o["metadata"].get("labels") or {}) for o in render("default"))
+    assert [o["kind"] for o in render("default") if o["kind"] == "PrometheusRule"] == []  # alerts are opt-in
+
+
+def _policy_for(objs: tuple[Obj, ...], pod_labels: dict[str, str]) -> Obj:
+    policies = [
+        o for o in objs
+        if o["kind"] == "NetworkPolicy" and o["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    ]  # fmt: skip
+    assert len(policies) == 1, [p["metadata"]["name"] for p in policies]
+    return policies[0]
+
+
+def _egress_ports(policy: Obj) -> set[tuple[int | str, str]]:
+    rules = policy["spec"].get("egress") or []
+    assert all(rule.get("ports") for rule in rules), "an egress rule without ports allows every port"
+    return {(p["port"], p["protocol"]) for rule in rules for p in rule["ports"]}
+
+
+API_SERVER_PORTS = {(443, "TCP"), (6443, "TCP")}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_network_policies_allow_each_pod_only_what_it_uses(variant: str) -> None:
+    objs = render(variant)
+    controller_pod = one(objs, "Deployment", "migopt-controller")["spec"]["template"]
+    controller = _policy_for(objs, controller_pod["metadata"]["labels"])
+    assert sorted(controller["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+    # In: the metrics port only (Prometheus; the kubelet's probes use it too).
+    (ingress,) = controller["spec"]["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert [p["name"] for p in controller_pod["spec"]["containers"][0]["ports"]] == ["metrics"]
+    # Out: the API server, Prometheus and DNS (for the Prometheus URL's host name), nothing else.
+    assert _egress_ports(controller) == API_SERVER_PORTS | {(9090, "TCP"), (53, "UDP"), (53, "TCP")}
+    dns = next(
+        r for r in controller["spec"]["egress"] if (53, "UDP") in {(p["port"], p["protocol"]) for p in r["ports"]}
+    )
+    assert dns["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ]
+    agent_pod = one(objs, "DaemonSet", "migopt-agent")["spec"]["template"]
+    agent = _policy_for(objs, agent_pod["metadata"]["labels"])
+    assert sorted(agent["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+    assert not agent["spec"].get("ingress")  # it serves nothing
+    assert _egress_ports(agent) == API_SERVER_PORTS  # one patch of its node per report
+    for policy in (controller, agent):
+        for rule in policy["spec"]["egress"]:
+            for peer in rule.get("to", []):
+                if "ipBlock" in peer:
+                    ipaddress.ip_network(peer["ipBlock"]["cidr"])  # a valid CIDR (the schema only says string)
+
+
+def test_the_controller_runs_at_its_own_priority() -> None:
+    objs = render("default")
+    pod = pod_spec(objs, "Deployment", "migopt-controller")
+    priority = one(objs, "PriorityClass", pod["priorityClassName"])
+    # Above the workloads it serves, below the system classes (2,000,000,000) and their reserved range.
+    assert 1_000_000 < priority["value"] <= 1_000_000_000 and priority["globalDefault"] is False
+    assert pod_spec(objs, "DaemonSet", "migopt-agent")["priorityClassName"] == "system-node-critical"
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_api_token_is_mounted_explicitly_where_the_client_reads_it(variant: str) -> None:
+    """No automatic token mount (checkov CKV_K8S_38); the same pod-bound, kubelet-rotated token, CA and namespace
+    projected at the path the Kubernetes client's in-cluster configuration reads."""
+    objs = render(variant)
+    for kind, name, account in (
+        ("Deployment", "migopt-controller", CONTROLLER_SA),
+        ("DaemonSet", "migopt-agent", AGENT_SA),
+    ):
+        pod = pod_spec(objs, kind, name)
+        assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == account[1]
+        (container,) = pod["containers"]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "api-token")
+        assert mount == {
+            "name": "api-token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True
+        }  # fmt: skip
+        volume = next(v for v in pod["volumes"] if v["name"] == "api-token")
+        sources = volume["projected"]["sources"]
+        token = next(s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s)
+        assert token["path"] == "token" and 600 <= token["expirationSeconds"] <= 86400 and "audience" not in token
+        ca = next(s["configMap"] for s in sources if "configMap" in s)
+        assert ca == {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+        namespace = next(s["downwardAPI"] for s in sources if "downwardAPI" in s)
+        assert namespace["items"] == [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+
+
 # ---- 2. security settings ----------------------------------------------------------------------------------
 
 
@@ -153,7 +284,7 @@ def test_every_container_is_locked_down_with_only_the_agents_documented_exceptio
         assert pod.get("hostPID", False) is agent  # NVML lists only processes in the caller's PID namespace
         for container in pod["containers"]:
             ctx = container["securityContext"]
-            assert container["image"] == IMAGE
+            assert container["image"] == IMAGES["agent" if agent else "controller"]
             assert ctx["readOnlyRootFilesystem"] is True and not ctx.get("privileged")
             assert effective(pod, container, "seccompProfile") == {"type": "RuntimeDefault"}
             assert ctx["capabilities"]["drop"] == ["ALL"]
@@ -502,3 +633,38 @@ def test_rbac_grants_exactly_what_the_controller_and_agent_request(
     assert {r.namespace for r in controller if r.resource == "leases"} == {settings.leader.lease_namespace}
     assert {r.namespace for r in controller if r.resource == "events"} >= {"team-b", "default"}
     assert {(r.verb, r.resource, r.name) for r in requests_log.by_client["agent"]} == {("patch", "nodes", "node-a")}
+
+
+# ---- 5. the README's overlay examples ------------------------------------------------------------------------
+
+
+def _readme_overlays() -> list[str]:
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    return [textwrap.dedent(b) for b in blocks if b.lstrip().startswith("# my-overlay/kustomization.yaml")]
+
+
+def test_the_readmes_overlay_examples_render_to_what_they_promise(tmp_path: Path) -> None:
+    """deploy/README.md shows an overlay pointing the images at another registry by digest, and one setting another
+    Helm release's label: both render, and do what the text says."""
+    examples = _readme_overlays()
+    assert len(examples) == 2
+    digest = "sha256:" + "0" * 64
+    rendered = []
+    for index, example in enumerate(examples):
+        overlay = tmp_path / f"overlay-{index}"
+        overlay.mkdir()
+        text = example.replace("../deploy", os.path.relpath(DEPLOY, overlay)).replace("sha256:...", digest)
+        (overlay / "kustomization.yaml").write_text(text, encoding="utf-8")
+        done = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        rendered.append(tuple(d for d in yaml.safe_load_all(done.stdout) if d))
+    images, release = rendered
+    assert pod_spec(images, "Deployment", "migopt-controller")["containers"][0]["image"] == (
+        f"registry.example.com/migopt@{digest}"
+    )
+    assert pod_spec(images, "DaemonSet", "migopt-agent")["containers"][0]["image"] == (
+        f"registry.example.com/migopt-agent@{digest}"
+    )
+    labelled = {o["kind"]: o["metadata"]["labels"]["release"] for o in release if "release" in o["metadata"]["labels"]}
+    assert labelled == {"ServiceMonitor": "monitoring", "PrometheusRule": "monitoring"}
