@@ -94,3 +94,13 @@ def test_a_lease_lost_mid_change_stops_actuation_at_the_next_step(server: TwinAp
         assert {n: node.annotations.get(PHASE) for n, node in server.twin.nodes.items()} == started
     finally:
         port.stop()
+
+
+def test_with_election_off_the_only_replica_reports_itself_leader(server: TwinApiServer) -> None:
+    """`migopt_leader` (and so the leader-scoped alerts and panels) must not read 0 when nobody elects."""
+    told: list[bool] = []
+    off = SETTINGS.model_copy(update={"enabled": False})
+    single = LeaderElector(api_client(server), off, "only", ApiCaller(attempts=1), on_change=told.append)
+    single.start()
+    assert told == [True] and single.is_leader()
+    single.stop()

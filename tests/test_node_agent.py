@@ -261,3 +261,17 @@ def test_profile_names_round_halves_up_as_go_nvlib_does() -> None:
     assert profile_name(0, info, 143_771) == "3g.71gb"
     reported = SimpleNamespace(name=b"MIG 3g.71gb", memorySizeMB=71_000, sliceCount=3)
     assert profile_name(0, reported, 143_771) == "3g.71gb"
+
+
+def test_the_alive_file_is_touched_after_every_step_failed_or_not(tmp_path: Path) -> None:
+    """What the DaemonSet's liveness probe reads: the file's age says the loop still turns."""
+    from unittest.mock import Mock
+
+    alive = tmp_path / "alive"
+    agent = Mock()
+    agent.step.side_effect = [Mock(failed=True), Mock(failed=False)]
+    waits = iter([False, True])
+    run_loop(agent, 0.0, False, lambda _s: next(waits), alive)
+    assert agent.step.call_count == 2 and alive.exists()
+    agent.step.side_effect = [Mock(failed=False)]
+    run_loop(agent, 0.0, True, lambda _s: True, tmp_path / "missing-dir" / "alive")  # unwritable: logged, not raised

@@ -145,12 +145,29 @@ class NodeAgent:
         self._complaints = current
 
 
-def run_loop(agent: NodeAgent, interval_s: float, once: bool, wait: Callable[[float], bool]) -> StepResult:
-    """Step, then `wait(interval)` until it says stop (a SIGTERM in production); returns the last step."""
+def run_loop(
+    agent: NodeAgent,
+    interval_s: float,
+    once: bool,
+    wait: Callable[[float], bool],
+    alive_file: Path | None = None,
+) -> StepResult:
+    """Step, then `wait(interval)` until it says stop (a SIGTERM in production); returns the last step. After
+    every step, failed or not, `alive_file` is touched: a liveness probe reads its age (a loop that hangs in
+    NVML or the API stops touching it; a failing step is already in its report and needs no restart)."""
     while True:
         result = agent.step()
+        if alive_file is not None:
+            _touch(alive_file)
         if once or wait(interval_s):
             return result
+
+
+def _touch(path: Path) -> None:
+    try:
+        path.touch()
+    except OSError as err:  # a probe that cannot see progress restarts the pod: say why, keep reporting
+        log.warning("event=alive-file-unwritable path=%s error=%s", path, err.strerror or err)
 
 
 def kubernetes_writer(node: str, kubeconfig: Path | None, context: str | None = None) -> Writer:
@@ -224,6 +241,9 @@ def agent(
         typer.Option("--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)."),
     ] = None,
     context: Annotated[str | None, typer.Option("--context", help="kubeconfig context.")] = None,
+    alive_file: Annotated[
+        Path | None, typer.Option("--alive-file", help="Touch this file after every read (for a liveness probe).")
+    ] = None,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
 ) -> None:
@@ -241,7 +261,7 @@ def agent(
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     node_agent = NodeAgent(load_nvml(), write, socket_owners(pod_resources_socket), heartbeat_s=heartbeat)
     log.info("event=agent-started node=%s interval=%s heartbeat=%s dry_run=%s", node, interval, heartbeat, dry_run)
-    result = run_loop(node_agent, interval, once, stop.wait)
+    result = run_loop(node_agent, interval, once, stop.wait, alive_file)
     if once and result.failed:
         raise typer.Exit(1)
 

@@ -172,7 +172,9 @@ class LeaderElector:
             log.warning("lease=%s release failed: %s", s.lease_name, err)
 
     def start(self) -> None:
-        if not self.settings.enabled:
+        if not self.settings.enabled:  # the only replica leads: say so, as an elected one would
+            if self._on_change:
+                self._on_change(True)
             return
         self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
         self._thread.start()
