@@ -30,8 +30,9 @@ class Backend(Protocol):
         """Delete an owned object; returns it as it was."""
         ...
 
-    def evict(self, namespace: str, name: str) -> None:
-        """`pods/eviction`: evict a pod, or raise the `ApiError` the API would (429 for a budget, 404)."""
+    def evict(self, namespace: str, name: str, dry_run: bool = False) -> None:
+        """`pods/eviction`: evict a pod, or raise the `ApiError` the API would (429 for a budget, 404); with
+        `dry_run`, answer the same without evicting."""
         ...
 
     def stored_changed(self, resource: str, namespace: str, name: str, obj: Mapping[str, Any] | None) -> None:

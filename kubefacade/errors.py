@@ -9,6 +9,7 @@ _REASONS = {
     403: "Forbidden",
     404: "NotFound",
     405: "MethodNotAllowed",
+    406: "NotAcceptable",
     409: "Conflict",
     410: "Expired",
     415: "UnsupportedMediaType",
@@ -71,7 +72,18 @@ def conflict(resource: str, name: str, group: str = "") -> ApiError:
 
 
 def invalid(kind: str, name: str, message: str, group: str = "") -> ApiError:
-    return ApiError(422, f'{kind} "{name}" is invalid: {message}', details={"name": name, "group": group, "kind": kind})
+    """422 with the cause as kube-apiserver lists it (`field: detail`), which kubectl prints after the name."""
+    field, _, detail = message.partition(": ") if ": " in message else ("", "", message)
+    reason = next((r for p, r in _CAUSES if detail.startswith(p)), "FieldValueInvalid")
+    cause = {"reason": reason, "message": detail, "field": field}
+    details = {"name": name, "group": group, "kind": kind, "causes": [cause]}
+    return ApiError(422, f'{kind} "{name}" is invalid: {message}', details=details)
+
+
+_CAUSES = (
+    ("Forbidden", "FieldValueForbidden"), ("Required value", "FieldValueRequired"),
+    ("Unsupported value", "FieldValueNotSupported"), ("Duplicate value", "FieldValueDuplicate"),
+)  # fmt: skip
 
 
 def bad_request(message: str) -> ApiError:

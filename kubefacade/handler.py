@@ -1,7 +1,7 @@
-"""The HTTP side: one handler thread per connection, routing to discovery, the verbs, watch streams, and the
-twin's test endpoints (`/migopt-twin/faults`, `/migopt-twin/state`, and any POST path in `ApiCore.endpoints`,
-each routed to the callback its server provides). Every request is counted by verb and
-resource; every failure is a Kubernetes `Status`.
+"""The HTTP side: one handler thread per connection, routing to discovery, the OpenAPI documents, the verbs (with
+`dryRun=All` and `fieldValidation`), watch streams, and the twin's test endpoints (`/migopt-twin/faults`,
+`/migopt-twin/state`, and any POST path in `ApiCore.endpoints`, each routed to the callback its server provides).
+Every request is counted by verb and resource; every failure is a Kubernetes `Status`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,7 +21,18 @@ from pydantic import ValidationError
 
 from kubefacade.errors import ApiError, bad_request, status_object
 from kubefacade.faults import FaultRequest, Faults
-from kubefacade.resources import SERVER_VERSION, api_group_list, api_versions, resource_list
+from kubefacade.fieldcheck import check_fields
+from kubefacade.openapi import (
+    PROTOBUF_V2,
+    accepts_json,
+    schemas,
+    v2_document,
+    v3_document,
+    v3_group_version,
+    v3_index,
+)
+from kubefacade.patch import JSON_PATCH
+from kubefacade.resources import SERVER_VERSION, Resource, api_group_list, api_versions, resource_list
 from kubefacade.routes import Target, page_not_found, parse_target
 from kubefacade.selectors import object_matcher
 from kubefacade.service import ApiService
@@ -112,13 +123,20 @@ class ApiHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
-    def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, code: int, body: bytes, headers: dict[str, str] | None = None, warnings: Sequence[str] = ()
+    ) -> None:  # fmt: skip
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        extra = headers or {}
+        if "Content-Type" not in extra:
+            self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-cache, private")
-        for key, value in (headers or {}).items():
+        if "Cache-Control" not in extra:
+            self.send_header("Cache-Control", "no-cache, private")
+        for key, value in extra.items():
             self.send_header(key, value)
+        for warning in warnings:  # RFC 7234 warn-code 299, as kube-apiserver sends them; kubectl prints each
+            self.send_header("Warning", '299 - "' + warning.replace("\\", "\\\\").replace('"', '\\"') + '"')
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -171,6 +189,9 @@ class ApiHandler(BaseHTTPRequestHandler):
                 state = self.core.state()
             self._send(200, dumps(state))
             return True
+        if path == "/openapi" or path.startswith("/openapi/"):
+            self._openapi(path)
+            return True
         document = self._discovery(path)
         if document is None:
             return False
@@ -205,8 +226,34 @@ class ApiHandler(BaseHTTPRequestHandler):
                 raise page_not_found(path)
             return found
         if not path.startswith(("/api/", "/apis/")):
-            raise page_not_found(path)  # /openapi/v2, /openapi/v3 and the rest: kubectl falls back without them
+            raise page_not_found(path)
         return None
+
+    def _openapi(self, path: str) -> None:
+        """The OpenAPI documents (see `kubefacade.openapi`); 404 when no schemas are installed, as before."""
+        accept = self.headers.get("Accept") or ""
+        if path == "/openapi/v2":
+            document = v2_document()
+            if document is None:
+                raise page_not_found(path)
+            if not accepts_json(accept):
+                raise ApiError(
+                    406, f"only the following media types are accepted: application/json (not {PROTOBUF_V2})",
+                    reason="NotAcceptable",
+                )  # fmt: skip
+            self._send(200, document)
+            return
+        if path == "/openapi/v3":
+            index = v3_index()
+            if index is None:
+                raise page_not_found(path)
+            self._send(200, dumps(index))
+            return
+        found = v3_group_version(path)
+        document = v3_document(*found) if found is not None else None
+        if document is None:
+            raise page_not_found(path)
+        self._send(200, document)
 
     # ---- resources --------------------------------------------------------------------------------------
 
@@ -232,6 +279,11 @@ class ApiHandler(BaseHTTPRequestHandler):
                     return
             self._send(200, _list_body(res.kind, res.api_version, items, rv))
             return
+        content_type = self.headers.get("Content-Type") or ""
+        dry_run = _dry_run(query.get("dryRun"))
+        warnings: list[str] = []
+        if verb in ("create", "update", "patch") and not res.name.endswith("/eviction"):
+            warnings = _field_warnings(res, content_type if verb == "patch" else "", body, query)
         with self.core.lock:
             if verb == "get":
                 stored = service.get(res, ns, name)
@@ -240,19 +292,19 @@ class ApiHandler(BaseHTTPRequestHandler):
                     return
                 code = 200
             elif verb == "create" and res.name.endswith("/eviction"):
-                service.evict(ns, name, body)
+                service.evict(ns, name, body, dry_run)
                 self._send(
                     201, dumps({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
                 )
                 return
             elif verb == "create":
-                stored, code = service.create(res, ns, body), 201
+                stored, code = service.create(res, ns, body, dry_run), 201
             elif verb == "update":
-                stored, code = service.update(res, ns, name, body), 200
+                stored, code = service.update(res, ns, name, body, dry_run), 200
             elif verb == "patch":
-                stored, code = service.patch(res, ns, name, self.headers.get("Content-Type") or "", body), 200
+                stored, code = service.patch(res, ns, name, content_type, body, dry_run), 200
             else:
-                stored, code = service.delete(res, ns, name), 200
+                stored, code = service.delete(res, ns, name, dry_run), 200
                 if res.key not in ("pods", "nodes"):
                     details = {"name": name, "group": res.group, "kind": res.name, "uid": stored.obj["metadata"]["uid"]}
                     self._send(
@@ -268,13 +320,13 @@ class ApiHandler(BaseHTTPRequestHandler):
                         ),
                     )
                     return
-        self._send(code, stored.raw)
+        self._send(code, stored.raw, warnings=warnings)
 
     # ---- watch ------------------------------------------------------------------------------------------
 
     def _watch(self, target: Target, query: dict[str, str]) -> None:
         res, namespace = target.resource, target.namespace or None
-        matches = object_matcher(query.get("labelSelector"), query.get("fieldSelector"))
+        matches = object_matcher(query.get("labelSelector"), query.get("fieldSelector"), res.key)
         timeout = float(query.get("timeoutSeconds") or self.core.default_watch_s)
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         rv_param = query.get("resourceVersion") or ""
@@ -350,6 +402,26 @@ class ApiHandler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
         self.close_connection = True
+
+
+def _dry_run(value: str | None) -> bool:
+    if value in (None, ""):
+        return False
+    if value != "All":
+        raise bad_request(f"unsupported dryRun value {value!r}: the only supported value is All")
+    return True
+
+
+def _field_warnings(res: Resource, patch_type: str, body: bytes, query: dict[str, str]) -> list[str]:
+    """Unknown fields in a write's body, by the request's `fieldValidation` (a JSON patch's operations are not
+    an object, so they are not checked)."""
+    if patch_type.split(";")[0].strip() == JSON_PATCH:
+        return []
+    try:
+        obj = json.loads(body or b"{}")
+    except json.JSONDecodeError:
+        return []  # the verb itself answers a malformed body
+    return check_fields(schemas(), res.gvk, obj, query.get("fieldValidation"))
 
 
 def _event(kind: str, raw: bytes) -> bytes:

@@ -1,5 +1,6 @@
-"""PATCH bodies applied to a stored object: JSON merge patch, strategic merge patch (as a merge patch: the
-fields the facade acts on are maps and scalars, and lists are replaced), and JSON patch (RFC 6902)."""
+"""PATCH bodies applied to a stored object: JSON merge patch (RFC 7386), strategic merge patch (lists merged as the
+kind's schema says, see `kubefacade.strategic`), and JSON patch (RFC 6902). Server-side apply
+(`application/apply-patch+yaml`) is not served: 415."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from typing import Any
 
 from kubefacade.errors import ApiError, bad_request
+from kubefacade.strategic import PatchSchema, strategic_merge
 
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
@@ -81,7 +83,10 @@ def json_patch(doc: dict[str, Any], ops: Any) -> dict[str, Any]:
     return result
 
 
-def apply_patch(doc: dict[str, Any], content_type: str, body: bytes) -> dict[str, Any]:
+def apply_patch(
+    doc: dict[str, Any], content_type: str, body: bytes, schema: PatchSchema | None = None
+) -> dict[str, Any]:  # fmt: skip
+    """`schema`: the kind's, for a strategic merge patch's lists (None: lists are replaced, as by a merge patch)."""
     kind = content_type.split(";")[0].strip()
     try:
         patch = json.loads(body or b"null")
@@ -90,7 +95,7 @@ def apply_patch(doc: dict[str, Any], content_type: str, body: bytes) -> dict[str
     if kind in (MERGE, STRATEGIC):
         if not isinstance(patch, dict):
             raise bad_request("a merge patch is a JSON object")
-        result = merge(doc, patch)
+        result = strategic_merge(doc, patch, schema) if kind == STRATEGIC else merge(doc, patch)
         assert isinstance(result, dict)
         return result
     if kind == JSON_PATCH:

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict
 ALL_VERBS = ("create", "delete", "get", "list", "patch", "update", "watch")
 SERVER_VERSION = {
     "major": "1",
-    "minor": "31",
-    "gitVersion": "v1.31.0-migopt-twin",
+    "minor": "32",
+    "gitVersion": "v1.32.0-migopt-twin",
     "gitCommit": "0" * 40,
     "gitTreeState": "clean",
     "buildDate": "2024-01-01T00:00:00Z",
@@ -37,10 +37,21 @@ class Resource(BaseModel):
     namespaced: bool
     verbs: tuple[str, ...] = ALL_VERBS
     short_names: tuple[str, ...] = ()
+    kind_group: str | None = None
+    """A subresource whose kind lives in another group version (`pods/eviction`: policy/v1 Eviction) says so in
+    discovery (`group`, `version`); `kubectl drain` evicts only when it finds them, and deletes otherwise."""
+    kind_version: str | None = None
 
     @property
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def gvk(self) -> tuple[str, str, str]:
+        """The group, version and kind of the objects it takes and returns."""
+        if self.kind_group is not None and self.kind_version is not None:
+            return self.kind_group, self.kind_version, self.kind
+        return self.group, self.version, self.kind
 
     @property
     def key(self) -> str:
@@ -55,6 +66,8 @@ class Resource(BaseModel):
             "kind": self.kind,
             "verbs": list(self.verbs),
         }
+        if self.kind_group is not None and self.kind_version is not None:
+            entry["group"], entry["version"] = self.kind_group, self.kind_version
         if self.short_names:
             entry["shortNames"] = list(self.short_names)
         return entry
@@ -64,7 +77,15 @@ RESOURCES = (
     Resource(group="", version="v1", name="nodes", singular="node", kind="Node", namespaced=False, short_names=("no",)),
     Resource(group="", version="v1", name="pods", singular="pod", kind="Pod", namespaced=True, short_names=("po",)),
     Resource(
-        group="", version="v1", name="pods/eviction", singular="", kind="Eviction", namespaced=True, verbs=("create",)
+        group="",
+        version="v1",
+        name="pods/eviction",
+        singular="",
+        kind="Eviction",
+        namespaced=True,
+        verbs=("create",),
+        kind_group="policy",
+        kind_version="v1",
     ),
     Resource(
         group="",

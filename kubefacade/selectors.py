@@ -1,9 +1,8 @@
 """Label and field selectors as list and watch requests carry them (`labelSelector`, `fieldSelector`).
 
 Label selectors: `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k` (exists), `!k` (does not exist),
-comma-separated, all must hold. Field selectors: `=`, `==`, `!=` on the fields the facade indexes (which the
-real API server supports for these resources too): `metadata.name`, `metadata.namespace`, `spec.nodeName`,
-`status.phase`, `spec.unschedulable`, `involvedObject.*` for events.
+comma-separated, all must hold. Field selectors: `=`, `==`, `!=` on the field labels kube-apiserver supports for
+each resource (`FIELD_LABELS`: pods by node, phase and more; events by reason, type, involved object and source).
 """
 
 from __future__ import annotations
@@ -108,34 +107,48 @@ def field_value(obj: Mapping[str, Any], path: str) -> str:
 
 
 _FIELDS = re.compile(r"^\s*([A-Za-z0-9.]+)\s*(==|=|!=)\s*(.*?)\s*$")
-SUPPORTED_FIELDS = frozenset(
-    {"metadata.name", "metadata.namespace", "spec.nodeName", "status.phase", "spec.unschedulable"}
-)
+_META = {"metadata.name": "metadata.name", "metadata.namespace": "metadata.namespace"}
+_INVOLVED = ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
+FIELD_LABELS: dict[str, dict[str, str]] = {
+    "pods": _META | {f: f for f in (
+        "spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork",
+        "status.phase", "status.podIP", "status.nominatedNodeName")},
+    "nodes": _META | {"spec.unschedulable": "spec.unschedulable"},
+    "namespaces": _META | {"status.phase": "status.phase"},
+    "events": _META | {f"involvedObject.{f}": f"involvedObject.{f}" for f in _INVOLVED} | {
+        "reason": "reason", "type": "type", "source": "source.component", "reportingComponent": "reportingComponent"},
+    "events.events.k8s.io": _META | {f"regarding.{f}": f"regarding.{f}" for f in _INVOLVED} | {
+        "reason": "reason", "type": "type", "reportingController": "reportingController",
+        "deprecatedSource": "deprecatedSource.component"},
+}  # fmt: skip
+"""The field labels kube-apiserver accepts in a field selector, by resource (label -> where the value is); any
+other resource takes `metadata.name` and `metadata.namespace` only."""
+_FALSE_WHEN_ABSENT = frozenset({"spec.unschedulable", "spec.hostNetwork"})
 
 
-def field_matcher(selector: str | None) -> Matcher:
-    """A test on a whole object; a field the facade does not index is a 400, as on a real server."""
+def field_matcher(selector: str | None, resource: str = "") -> Matcher:
+    """A test on a whole object of `resource` (a store key: `pods`, `events.events.k8s.io`); a field label that
+    resource does not support is a 400, as on a real server."""
+    labels = FIELD_LABELS.get(resource, _META)
     tests: list[Matcher] = []
     for part in _split(selector or ""):
         m = _FIELDS.match(part)
         if m is None:
             raise bad_request(f"invalid field selector: {part!r}")
-        path, op, value = m.groups()
-        if (
-            path not in SUPPORTED_FIELDS
-            and not path.startswith("involvedObject.")
-            and not path.startswith("regarding.")
-        ):
-            raise bad_request(f"field label not supported: {path}")
+        label, op, value = m.groups()
+        path = labels.get(label)
+        if path is None:
+            raise bad_request(f"field label not supported: {label}")
         tests.append(_field_test(path, op != "!=", value))
     return lambda obj: all(test(obj) for test in tests)
 
 
 def _field_test(path: str, equal: bool, value: str) -> Matcher:
-    return lambda obj: (field_value(obj, path) == value) == equal
+    default = "false" if path in _FALSE_WHEN_ABSENT else ""
+    return lambda obj: ((field_value(obj, path) or default) == value) == equal
 
 
-def object_matcher(label_selector: str | None, field_selector: str | None) -> Matcher:
+def object_matcher(label_selector: str | None, field_selector: str | None, resource: str = "") -> Matcher:
     labels = label_matcher(label_selector)
-    fields = field_matcher(field_selector)
+    fields = field_matcher(field_selector, resource)
     return lambda obj: labels(obj.get("metadata", {}).get("labels") or {}) and fields(obj)

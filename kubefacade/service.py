@@ -15,10 +15,12 @@ from typing import Any
 from kubefacade.backend import Backend
 from kubefacade.errors import ApiError, already_exists, bad_request, conflict, not_found
 from kubefacade.objects import PDBS, validate_pdb
+from kubefacade.openapi import schemas
 from kubefacade.patch import apply_patch
 from kubefacade.resources import Resource
+from kubefacade.schemas import kind_schema
 from kubefacade.selectors import object_matcher
-from kubefacade.store import ObjectStore, Stored
+from kubefacade.store import ObjectStore, Stored, dumps
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -47,7 +49,7 @@ class ApiService:
     def list(
         self, res: Resource, namespace: str | None, label_selector: str | None, field_selector: str | None
     ) -> tuple[list[Stored], int]:
-        matches = object_matcher(label_selector, field_selector)
+        matches = object_matcher(label_selector, field_selector, res.key)
         if not label_selector and not field_selector:
             items = list(self.store.items(res.key, namespace))
         else:
@@ -81,13 +83,17 @@ class ApiService:
         obj["apiVersion"], obj["kind"] = res.api_version, res.kind
         return obj
 
-    def create(self, res: Resource, namespace: str, body: bytes) -> Stored:
+    def create(self, res: Resource, namespace: str, body: bytes, dry_run: bool = False) -> Stored:
         obj = self._prepare(res, namespace, parse_body(body), None)
         name = obj["metadata"]["name"]
         if self.store.get(res.key, namespace, name) is not None:
             raise already_exists(res.name, name, res.group)
         for field in ("resourceVersion", "uid", "creationTimestamp", "deletionTimestamp"):
             obj["metadata"].pop(field, None)
+        if dry_run:
+            if res.key == PDBS:
+                validate_pdb(obj)
+            return Stored(obj, dumps(obj))
         if res.key in self.backend.owned:
             return self.backend.create(res.key, namespace, obj)
         if res.key == PDBS:
@@ -96,24 +102,34 @@ class ApiService:
         self._after_write(res, namespace, name, stored)
         return stored
 
-    def update(self, res: Resource, namespace: str, name: str, body: bytes) -> Stored:
+    def update(self, res: Resource, namespace: str, name: str, body: bytes, dry_run: bool = False) -> Stored:
         obj = self._prepare(res, namespace, parse_body(body), name)
         current = self.get(res, namespace, name)
         rv = obj["metadata"].get("resourceVersion")
         if rv not in (None, "") and rv != current.obj["metadata"]["resourceVersion"]:
             raise conflict(res.name, name, res.group)
-        return self._replace(res, namespace, name, current, obj)
+        return self._replace(res, namespace, name, current, obj, dry_run)
 
-    def patch(self, res: Resource, namespace: str, name: str, content_type: str, body: bytes) -> Stored:
+    def patch(
+        self, res: Resource, namespace: str, name: str, content_type: str, body: bytes, dry_run: bool = False
+    ) -> Stored:  # fmt: skip
         current = self.get(res, namespace, name)
-        obj = apply_patch(copy.deepcopy(current.obj), content_type, body)
+        obj = apply_patch(copy.deepcopy(current.obj), content_type, body, kind_schema(schemas(), res.gvk))
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if rv not in (None, "") and rv != current.obj["metadata"]["resourceVersion"]:
             raise conflict(res.name, name, res.group)
         obj = self._prepare(res, namespace, obj, name)
-        return self._replace(res, namespace, name, current, obj)
+        return self._replace(res, namespace, name, current, obj, dry_run)
 
-    def _replace(self, res: Resource, namespace: str, name: str, current: Stored, obj: dict[str, Any]) -> Stored:
+    def _replace(
+        self, res: Resource, namespace: str, name: str, current: Stored, obj: dict[str, Any], dry_run: bool
+    ) -> Stored:  # fmt: skip
+        if dry_run:  # what the write would store, checked as far as the facade checks it, and not written
+            if res.key == PDBS:
+                validate_pdb(obj)
+            for field in ("uid", "creationTimestamp", "resourceVersion"):
+                obj["metadata"][field] = current.obj["metadata"][field]
+            return Stored(obj, dumps(obj))
         if res.key in self.backend.owned:
             return self.backend.replace(res.key, namespace, name, obj)
         if res.key == PDBS:
@@ -126,7 +142,9 @@ class ApiService:
         self._after_write(res, namespace, name, stored)
         return stored
 
-    def delete(self, res: Resource, namespace: str, name: str) -> Stored:
+    def delete(self, res: Resource, namespace: str, name: str, dry_run: bool = False) -> Stored:
+        if dry_run:
+            return self.get(res, namespace, name)
         if res.key in self.backend.owned:
             return self.backend.delete(res.key, namespace, name)
         current = self.get(res, namespace, name)
@@ -134,7 +152,7 @@ class ApiService:
         self._after_write(res, namespace, name, None)
         return current
 
-    def evict(self, namespace: str, name: str, body: bytes) -> None:
+    def evict(self, namespace: str, name: str, body: bytes, dry_run: bool = False) -> None:
         """policy/v1 Eviction; a UID precondition that does not match the pod is a 409, as the API server says."""
         eviction = parse_body(body)
         options = eviction.get("deleteOptions") or {}
@@ -148,7 +166,7 @@ class ApiService:
                 f"{wanted}, UID in object meta: {actual}",
                 reason="Conflict",
             )
-        self.backend.evict(namespace, name)
+        self.backend.evict(namespace, name, dry_run)
 
     def _after_write(self, res: Resource, namespace: str, name: str, stored: Stored | None) -> None:
         self.backend.stored_changed(res.key, namespace, name, stored.obj if stored else None)

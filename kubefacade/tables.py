@@ -1,8 +1,8 @@
 """Server-side printing: the `meta.k8s.io/v1` Table that `kubectl get` asks for (`Accept: ...;as=Table`).
 
-Columns follow what kube-apiserver prints for nodes and pods (priority 1 columns appear with `-o wide`);
-every other resource gets NAME and AGE. Rows carry the object's metadata, which kubectl uses for
-`--show-labels` and the NAMESPACE column of `-A`.
+Columns follow what kube-apiserver prints (its `printers/internalversion`) for nodes, pods, events (both APIs),
+PodDisruptionBudgets, Leases, ConfigMaps and Namespaces; priority 1 columns appear with `-o wide`. Rows carry
+the object's metadata, which kubectl uses for `--show-labels` and the NAMESPACE column of `-A`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import Any
 from kubefacade.resources import Resource
 from kubefacade.store import Stored
 
-Column = tuple[str, str, int, Callable[[dict[str, Any], datetime], Any]]
+Cell = Callable[[dict[str, Any], datetime], Any]
+Column = tuple[str, str, int, Cell]
+INTEGER_COLUMNS = frozenset({"Restarts", "Data", "Allowed Disruptions"})
 
 
 def age(created: str | None, now: datetime) -> str:
@@ -104,8 +106,107 @@ DEFAULT_COLUMNS: list[Column] = [
 ]
 
 
+def _event_view(obj: dict[str, Any]) -> dict[str, Any]:
+    """An events.k8s.io/v1 Event as the core v1 fields the printer reads (the API server converts the same way)."""
+    if "involvedObject" in obj or "regarding" not in obj:
+        return obj
+    return {
+        "involvedObject": obj.get("regarding") or {}, "message": obj.get("note", ""), "type": obj.get("type", ""),
+        "reason": obj.get("reason", ""), "count": obj.get("deprecatedCount", 0),
+        "firstTimestamp": obj.get("deprecatedFirstTimestamp"), "lastTimestamp": obj.get("deprecatedLastTimestamp"),
+        "eventTime": obj.get("eventTime"), "series": obj.get("series"),
+        "source": obj.get("deprecatedSource") or {"component": obj.get("reportingController", "")},
+    }  # fmt: skip
+
+
+def _event_first(obj: dict[str, Any], now: datetime) -> str:
+    event = _event_view(obj)
+    return age(event.get("firstTimestamp") or event.get("eventTime"), now)
+
+
+def _event_last(obj: dict[str, Any], now: datetime) -> str:
+    event = _event_view(obj)
+    series = event.get("series") or {}
+    if series.get("lastObservedTime"):
+        return age(series["lastObservedTime"], now)
+    return age(event.get("lastTimestamp"), now) if event.get("lastTimestamp") else _event_first(obj, now)
+
+
+def _event_count(obj: dict[str, Any], _: datetime) -> int:
+    event = _event_view(obj)
+    series = event.get("series") or {}
+    return int(series.get("count") or event.get("count") or 1)
+
+
+def _event_object(obj: dict[str, Any], _: datetime) -> str:
+    about = _event_view(obj).get("involvedObject") or {}
+    kind = str(about.get("kind", "")).lower()
+    return f"{kind}/{about['name']}" if about.get("name") else kind
+
+
+def _event_source(obj: dict[str, Any], _: datetime) -> str:
+    source = _event_view(obj).get("source") or {}
+    text = str(source.get("component", ""))
+    return f"{text}, {source['host']}" if source.get("host") else text
+
+
+def _event_field(field: str) -> Cell:
+    return lambda obj, _: str(_event_view(obj).get(field) or "").strip()
+
+
+EVENT_COLUMNS: list[Column] = [
+    ("Last Seen", "", 0, _event_last),
+    ("Type", "", 0, _event_field("type")),
+    ("Reason", "", 0, _event_field("reason")),
+    ("Object", "", 0, _event_object),
+    ("Subobject", "", 1, lambda o, _: str((_event_view(o).get("involvedObject") or {}).get("fieldPath", ""))),
+    ("Source", "", 1, _event_source),
+    ("Message", "", 0, _event_field("message")),
+    ("First Seen", "", 1, _event_first),
+    ("Count", "", 1, _event_count),
+    ("Name", "name", 1, lambda o, _: o["metadata"]["name"]),
+]
+
+
+def _budget(field: str) -> Cell:
+    def pick(obj: dict[str, Any], _: datetime) -> str:
+        value = (obj.get("spec") or {}).get(field)
+        return "N/A" if value is None else str(value)
+
+    return pick
+
+
+PDB_COLUMNS: list[Column] = [
+    ("Name", "name", 0, lambda o, _: o["metadata"]["name"]),
+    ("Min Available", "", 0, _budget("minAvailable")),
+    ("Max Unavailable", "", 0, _budget("maxUnavailable")),
+    ("Allowed Disruptions", "", 0, lambda o, _: int((o.get("status") or {}).get("disruptionsAllowed") or 0)),
+    ("Age", "", 0, _meta_age),
+]
+LEASE_COLUMNS: list[Column] = [
+    ("Name", "name", 0, lambda o, _: o["metadata"]["name"]),
+    ("Holder", "", 0, lambda o, _: str((o.get("spec") or {}).get("holderIdentity") or "")),
+    ("Age", "", 0, _meta_age),
+]
+CONFIGMAP_COLUMNS: list[Column] = [
+    ("Name", "name", 0, lambda o, _: o["metadata"]["name"]),
+    ("Data", "", 0, lambda o, _: len(o.get("data") or {}) + len(o.get("binaryData") or {})),
+    ("Age", "", 0, _meta_age),
+]
+NAMESPACE_COLUMNS: list[Column] = [
+    ("Name", "name", 0, lambda o, _: o["metadata"]["name"]),
+    ("Status", "", 0, lambda o, _: str((o.get("status") or {}).get("phase", ""))),
+    ("Age", "", 0, _meta_age),
+]
+COLUMNS = {
+    "nodes": NODE_COLUMNS, "pods": POD_COLUMNS, "events": EVENT_COLUMNS, "events.events.k8s.io": EVENT_COLUMNS,
+    "poddisruptionbudgets.policy": PDB_COLUMNS, "leases.coordination.k8s.io": LEASE_COLUMNS,
+    "configmaps": CONFIGMAP_COLUMNS, "namespaces": NAMESPACE_COLUMNS,
+}  # fmt: skip
+
+
 def table(res: Resource, items: Iterable[Stored], resource_version: int, now: datetime | None = None) -> dict[str, Any]:
-    columns = {"nodes": NODE_COLUMNS, "pods": POD_COLUMNS}.get(res.key, DEFAULT_COLUMNS)
+    columns = COLUMNS.get(res.key, DEFAULT_COLUMNS)
     moment = now or datetime.now(UTC)
     rows = [
         {
@@ -115,8 +216,8 @@ def table(res: Resource, items: Iterable[Stored], resource_version: int, now: da
         for s in items
     ]
     definitions = [
-        {"name": name, "type": "integer" if name == "Restarts" else "string", "format": fmt, "description": name,
-         "priority": priority}
+        {"name": name, "type": "integer" if name in INTEGER_COLUMNS else "string", "format": fmt,
+         "description": name, "priority": priority}
         for name, fmt, priority, _ in columns
     ]  # fmt: skip
     return {

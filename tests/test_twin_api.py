@@ -64,11 +64,16 @@ def test_discovery_documents_and_unknown_paths(server: TwinApiServer) -> None:
     assert by_name["nodes"]["shortNames"] == ["no"] and not by_name["nodes"]["namespaced"]
     assert by_name["pods"]["kind"] == "Pod" and by_name["pods"]["singularName"] == "pod"
     assert by_name["configmaps"]["shortNames"] == ["cm"] and by_name["pods/eviction"]["verbs"] == ["create"]
+    # as kube-apiserver lists it: kubectl drain evicts only when the subresource names its group and version
+    assert {k: by_name["pods/eviction"].get(k) for k in ("group", "version", "kind")} == {
+        "group": "policy", "version": "v1", "kind": "Eviction"
+    }
+    assert "group" not in by_name["pods"]
     _, groups, _ = http(server, "/apis")
     assert {g["name"] for g in groups["groups"]} == {"policy", "coordination.k8s.io", "events.k8s.io"}
     _, policy, _ = http(server, "/apis/policy/v1")
     assert policy["resources"][0]["shortNames"] == ["pdb"]
-    for path in ("/apis/apps/v1", "/api/v1/widgets", "/openapi/v2", "/api/v1/nodes/x/y/z"):
+    for path in ("/apis/apps/v1", "/api/v1/widgets", "/openapi/v3/apis/apps/v1", "/api/v1/nodes/x/y/z"):
         code, body, _ = http(server, path)
         assert code == 404 and body["kind"] == "Status" and body["reason"] == "NotFound", path
 

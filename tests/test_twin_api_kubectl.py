@@ -85,8 +85,11 @@ def test_migopt_twin_serve_answers_kubectl(tmp_path: Path) -> None:
             time.sleep(0.05)
         nodes = kubectl(config, "get", "nodes", "-o", "name").split()
         assert nodes == [f"node/node-{i}" for i in range(8)]
-        lines = [process.stdout.readline() for _ in range(2)]
-        url = next(line.split(" at ")[1].strip() for line in lines if "dcgm-exporter-shaped" in line)
+        for _ in range(10):  # what it serves, a line each, the metrics last
+            line = process.stdout.readline()
+            if "dcgm-exporter-shaped" in line:
+                break
+        url = line.split(" at ")[1].strip()
         with urllib.request.urlopen(url, timeout=5) as response:
             assert b"DCGM_FI_PROF_GR_ENGINE_ACTIVE" in response.read()
     finally:

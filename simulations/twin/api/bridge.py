@@ -33,6 +33,7 @@ from kubefacade.store import ObjectStore, Stored
 from optimizer.controller.eviction import EvictionVerdict, eviction_verdict
 from optimizer.controller.port import EvictionOutcome
 from optimizer.kube.objects import eviction_candidate
+from simulations.twin.api.pod_updates import updated_spec
 from simulations.twin.api.render import (
     DURATION_ANNOTATION,
     IGNORES_EVICTION_ANNOTATION,
@@ -42,11 +43,20 @@ from simulations.twin.api.render import (
     pod_object,
     split_name,
 )
+from simulations.twin.api.scheduling import (
+    SCHEDULER,
+    FailedSchedulingRecorder,
+    NodeFacts,
+    SchedulingEvent,
+    node_facts,
+    unschedulable_message,
+)
 from simulations.twin.cluster import Twin
 from simulations.twin.state import PodPhase, TwinPod
 from solver.errors import MigoptError
 from solver.snapshot import MAX_DEVICES_PER_REQUEST, NodeSelectorTerm, Taint, Toleration
 
+MAX_SCHEDULING_EVENTS = 200  # a sync's FailedScheduling writes: about what a real scheduler gets through a second
 REPORT_REFRESH_S = 60.0  # wall seconds: well within any sane report_max_age_s (the adapter's default is 600)
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _PodKey = tuple[object, ...]
@@ -136,6 +146,12 @@ class TwinBridge:
         self._config_seen: str | None = None
         self._config_synced = False
         self._fed_pdbs: set[str] = set()
+        self._scheduling = FailedSchedulingRecorder()
+        self._cluster_version = 0  # moves whenever a node changes (labels, cordon, devices, holdings)
+        self._messages: dict[str, str] = {}  # unschedulable messages by what the pod asks, for `_cluster_version`
+        self._messages_version = -1
+        self._facts: dict[str, tuple[object, NodeFacts]] = {}  # per node, with the node version it was read at
+        self._rendered_message: dict[str, str] = {}  # the message each pending pod's condition shows
         self.syncs = 0
 
     # ---- twin → store -----------------------------------------------------------------------------------
@@ -145,6 +161,7 @@ class TwinBridge:
         self._sync_config()
         self._sync_nodes()
         self._sync_pods()
+        self._sync_scheduling()
         self._sync_events()
         self._sync_budget_status()
 
@@ -155,11 +172,14 @@ class TwinBridge:
             due = self.agent and now - self._reported_at.get(name, -math.inf) >= self.report_refresh_s
             if self._node_versions.get(name) == version and not due:
                 continue
+            if self._node_versions.get(name) != version:
+                self._cluster_version += 1
             index = self._node_index.setdefault(name, len(self._node_index))
             self.store.put("nodes", node_object(self.twin, node, index, self._timestamp, self.agent, now))
             self._node_versions[name] = version
             self._reported_at[name] = now
         for name in [n for n in self._node_versions if n not in self.twin.nodes]:
+            self._cluster_version += 1
             del self._node_versions[name]
             self._reported_at.pop(name, None)
             self.store.delete("nodes", "", name)
@@ -178,6 +198,8 @@ class TwinBridge:
             namespace, short = split_name(name)
             if pod.deleted_at is not None:
                 del self._live[name]
+                self._scheduling.forget(name)
+                self._rendered_message.pop(name, None)
                 self.store.delete("pods", namespace, short)
                 continue
             self._render_pod(pod)
@@ -188,11 +210,74 @@ class TwinBridge:
 
     def _render_pod(self, pod: TwinPod) -> Stored:
         meta = self._meta.get(pod.name) or self._meta.get(pod.origin)
-        obj = pod_object(pod, meta, self._timestamp, len(self.twin.nodes))
+        message = ""
+        if pod.phase == PodPhase.PENDING and pod.node is None:
+            message = self._rendered_message[pod.name] = self._unschedulable(pod)
+        obj = pod_object(pod, meta, self._timestamp, message)
         namespace = obj["metadata"]["namespace"]
         if self.store.get("namespaces", "", namespace) is None:
             self.store.put("namespaces", namespace_object(namespace))
         return self.store.put("pods", obj)
+
+    def _unschedulable(self, pod: TwinPod) -> str:
+        """Why no node runs the pod now; computed once per distinct ask while the cluster stays as it is."""
+        if self._messages_version != self._cluster_version:
+            self._messages.clear()
+            self._messages_version = self._cluster_version
+            for name, node in self.twin.nodes.items():
+                version = self._node_versions.get(name)
+                known = self._facts.get(name)
+                if known is None or known[0] != version:
+                    self._facts[name] = (version, node_facts(self.twin, node))
+            for name in [n for n in self._facts if n not in self.twin.nodes]:
+                del self._facts[name]
+        spec = pod.spec
+        ask = repr((sorted(spec.requests.items()), sorted(spec.node_selector.items()), spec.node_affinity,
+                    spec.tolerations))  # fmt: skip
+        message = self._messages.get(ask)
+        if message is None:
+            facts = (known for _, known in self._facts.values())
+            message = self._messages[ask] = unschedulable_message(pod, facts)
+        return message
+
+    def _sync_scheduling(self) -> None:
+        """The scheduler's failed attempts on pending pods, as `FailedScheduling` Events (see `scheduling`); at most
+        `MAX_SCHEDULING_EVENTS` a sync, the rest wait for the next, as a real scheduler works down its queue."""
+        pods, now, written = self.twin.pods, self.twin.now(), 0
+        for name in self._live:
+            pod = pods[name]
+            if pod.phase != PodPhase.PENDING or pod.node is not None:
+                if self._rendered_message.pop(name, None) is not None:
+                    self._scheduling.forget(name)
+                continue
+            if written >= MAX_SCHEDULING_EVENTS or not self._scheduling.due(name, now, self._cluster_version):
+                continue
+            message = self._unschedulable(pod)
+            if self._rendered_message.get(name) != message:
+                self._render_pod(pod)  # the scheduler updates the PodScheduled condition with what it found
+            write = self._scheduling.attempt(name, message, now, self._cluster_version)
+            if write is not None:
+                self._write_scheduling_event(write)
+                written += 1
+
+    def _write_scheduling_event(self, write: SchedulingEvent) -> None:
+        stamp = self._timestamp(self.twin.now())
+        current = self.store.get("events", write.namespace, write.name)
+        if current is not None and not write.first:
+            obj = current.obj | {"metadata": dict(current.obj["metadata"])}  # put() restamps the metadata only
+            obj["count"], obj["lastTimestamp"] = write.count, stamp
+            self.store.put("events", obj)
+            return
+        pod = self.store.get("pods", write.namespace, write.pod)
+        about = {"apiVersion": "v1", "kind": "Pod", "name": write.pod, "namespace": write.namespace}
+        if pod is not None:
+            about |= {"uid": pod.obj["metadata"]["uid"], "resourceVersion": pod.obj["metadata"]["resourceVersion"]}
+        self.store.put("events", {
+            "apiVersion": "v1", "kind": "Event", "metadata": {"name": write.name, "namespace": write.namespace},
+            "involvedObject": about, "reason": "FailedScheduling", "message": write.message, "type": "Warning",
+            "count": write.count, "firstTimestamp": stamp, "lastTimestamp": stamp,
+            "source": {"component": SCHEDULER}, "reportingComponent": SCHEDULER, "reportingInstance": SCHEDULER,
+        })  # fmt: skip
 
     def _sync_events(self) -> None:
         for event in self.twin.events[self._events_seen :]:
@@ -366,7 +451,8 @@ class TwinBridge:
         return stored
 
     def write_pod(self, namespace: str, name: str, new: Mapping[str, Any]) -> Stored:
-        """Labels, annotations and owners of a pod may change; its spec is immutable here (as mostly in Kubernetes)."""
+        """Labels, annotations and owners of a pod may change, and in its spec what Kubernetes lets change
+        (`pod_updates`)."""
         twin_name = self.twin_pod_name(namespace, name)
         pod = self.twin.pods.get(twin_name)
         current = self.store.get("pods", namespace, name)
@@ -375,8 +461,9 @@ class TwinBridge:
         new_meta = new.get("metadata") or {}
         _check_labels("Pod", name, new_meta.get("labels") or {})
         old = current.obj
+        new_spec = updated_spec(name, old.get("spec") or {}, new.get("spec") or {})
         meta = self._meta.get(twin_name) or self._meta.get(pod.origin)
-        spec = meta.spec if meta is not None else None
+        spec = new_spec if new_spec is not None else (meta.spec if meta is not None else None)
         self._meta[twin_name] = PodMeta(
             labels=dict(new_meta.get("labels") or {}), annotations=dict(new_meta.get("annotations") or {}),
             owner_references=list(new_meta.get("ownerReferences") or old["metadata"].get("ownerReferences") or []),
@@ -388,9 +475,11 @@ class TwinBridge:
         after = _rules_verdict(namespace, name, written.annotations, written.owner_references)
         if after != before:  # only what the rules decide changes: a reason the twin was given otherwise stays
             pod.spec = pod.spec.model_copy(update={"evictable": after.allowed, "protection": after.protection})
-        same = all(
-            (new_meta.get(k) or {}) == (old["metadata"].get(k) or {}) for k in ("labels", "annotations")
-        ) and written.owner_references == (old["metadata"].get("ownerReferences") or [])
+        same = (
+            new_spec is None
+            and all((new_meta.get(k) or {}) == (old["metadata"].get(k) or {}) for k in ("labels", "annotations"))
+            and written.owner_references == (old["metadata"].get("ownerReferences") or [])
+        )
         return current if same else self._render_pod(pod)
 
     def delete_pod(self, namespace: str, name: str) -> Stored:
@@ -403,18 +492,22 @@ class TwinBridge:
             self.store.delete("pods", namespace, name)
         return current
 
-    def evict(self, namespace: str, name: str) -> None:
-        """The Eviction API: returns on success (201), raises 429 when a budget refuses, 404 when gone."""
+    def evict(self, namespace: str, name: str, dry_run: bool = False) -> None:
+        """The Eviction API: returns on success (201), raises 429 when a budget refuses, 404 when gone; a dry run
+        answers the same from the budgets the store holds, and evicts nothing."""
         current = self.store.get("pods", namespace, name)
         if current is None:
             raise not_found("pods", name)
         twin_name = self.twin_pod_name(namespace, name)
         budgets = self.feed_pdbs()
-        outcome = self.twin.evict(twin_name)
-        if outcome is EvictionOutcome.GONE and current.obj["status"].get("phase") == "Succeeded":
-            self.store.delete("pods", namespace, name)  # a completed pod is simply deleted
-            return
-        self.sync()
+        if dry_run:
+            outcome = self._dry_run_outcome(twin_name, budgets)
+        else:
+            outcome = self.twin.evict(twin_name)
+            if outcome is EvictionOutcome.GONE and current.obj["status"].get("phase") == "Succeeded":
+                self.store.delete("pods", namespace, name)  # a completed pod is simply deleted
+                return
+            self.sync()
         if outcome is EvictionOutcome.GONE:
             raise not_found("pods", name)
         if outcome is EvictionOutcome.BLOCKED:
@@ -423,15 +516,29 @@ class TwinBridge:
                 details={"causes": [{"reason": "DisruptionBudget", "message": self._blocking(twin_name, budgets)}]},
             )  # fmt: skip
 
-    def _blocking(self, twin_name: str, budgets: Mapping[str, tuple[int, set[str]]]) -> str:
+    def _dry_run_outcome(self, twin_name: str, budgets: Mapping[str, tuple[int, set[str]]]) -> EvictionOutcome:
+        pod = self.twin.pods.get(twin_name)
+        if pod is None or not pod.active:
+            return EvictionOutcome.GONE
+        if pod.phase != PodPhase.RUNNING or pod.terminating:
+            return EvictionOutcome.EVICTED
+        for minimum, members in budgets.values():
+            if twin_name in members and self._healthy(members) - 1 < minimum:
+                return EvictionOutcome.BLOCKED
+        return EvictionOutcome.EVICTED
+
+    def _healthy(self, members: set[str]) -> int:
         pods = self.twin.pods
+        return sum(
+            1 for p in members if (pod := pods.get(p)) is not None and pod.active
+            and pod.phase == PodPhase.RUNNING and not pod.terminating
+        )  # fmt: skip
+
+    def _blocking(self, twin_name: str, budgets: Mapping[str, tuple[int, set[str]]]) -> str:
         for pdb, (minimum, members) in budgets.items():
             if twin_name not in members:
                 continue
-            healthy = sum(
-                1 for p in members if (pod := pods.get(p)) is not None and pod.active
-                and pod.phase == PodPhase.RUNNING and not pod.terminating
-            )  # fmt: skip
+            healthy = self._healthy(members)
             if healthy - 1 < minimum:
                 budget = split_name(pdb)[1]
                 return f"The disruption budget {budget} needs {minimum} healthy pods and has {healthy} currently"
@@ -465,16 +572,12 @@ class TwinBridge:
         """What Kubernetes' disruption controller publishes on each budget: how many of its pods are healthy and
         how many may be disrupted now (controllers plan around `disruptionsAllowed: 0`)."""
         budgets = self.feed_pdbs() if any(True for _ in self.store.items(PDBS)) else {}
-        pods = self.twin.pods
         for key, (minimum, members) in budgets.items():
             namespace, name = split_name(key)
             stored = self.store.get(PDBS, namespace, name)
             if stored is None:
                 continue
-            healthy = sum(
-                1 for p in members if (pod := pods.get(p)) is not None and pod.active
-                and pod.phase == PodPhase.RUNNING and not pod.terminating
-            )  # fmt: skip
+            healthy = self._healthy(members)
             status = {
                 "currentHealthy": healthy, "desiredHealthy": minimum, "expectedPods": len(members),
                 "disruptionsAllowed": max(0, healthy - minimum),

@@ -8,8 +8,8 @@ addresses; with agent annotations, the node agent's `migopt.io/gpu-report` stamp
 Pods: metadata the client gave at create (or, for pods the twin made, `migopt.io/twin-lineage` = the first
 pod's name in its lineage and `migopt.io/twin-app` = that name without a trailing `-<number>`, plus a
 ReplicaSet owner when a controller re-creates it), one container asking for its MIG resources, the binding,
-and a status with `PodScheduled=False/Unschedulable` while pending. Completed pods stay, phase `Succeeded`,
-as a Job's pods do, until deleted through the API.
+and a status with `PodScheduled=False/Unschedulable` while pending (its message: `scheduling`). Completed pods
+stay, phase `Succeeded`, as a Job's pods do, until deleted through the API.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ LINEAGE_LABEL = "migopt.io/twin-lineage"
 APP_LABEL = "migopt.io/twin-app"
 DURATION_ANNOTATION = "migopt.io/twin-duration-s"
 IGNORES_EVICTION_ANNOTATION = "migopt.io/twin-ignores-eviction"
-KUBELET_VERSION = "v1.31.0"
+KUBELET_VERSION = "v1.32.0"  # as the facade claims to be (kubefacade.resources.SERVER_VERSION)
 NODE_DEFAULTS = {"cpu": "64", "memory": "512Gi", "pods": "110", "ephemeral-storage": "1Ti"}
 IMAGE = "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04"
 Timestamp = Callable[[float], str]
@@ -60,9 +60,7 @@ def label_value(text: str) -> str:
 def node_object(
     twin: Twin, node: TwinNode, index: int, timestamp: Timestamp, agent: bool, observed_at: float | None = None
 ) -> dict[str, Any]:
-    labels = {
-        "kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-    } | node.labels  # fmt: skip
+    labels = dict(node.labels)  # kubelet's well-known labels among them (`TwinNode.register`)
     annotations = dict(node.annotations)
     if agent:
         annotations[GPU_REPORT_ANNOTATION] = node_report(node, observed_at).to_annotation()
@@ -132,17 +130,12 @@ def _twin_spec(pod: TwinPod) -> dict[str, Any]:
     return body
 
 
-def _unschedulable_message(pod: TwinPod, nodes: int) -> str:
-    wanted = ", ".join(sorted(pod.spec.requests))
-    return f"0/{nodes} nodes are available: {nodes} Insufficient {wanted}. preemption: not eligible."
-
-
-def _status(pod: TwinPod, timestamp: Timestamp, nodes: int) -> dict[str, Any]:
+def _status(pod: TwinPod, timestamp: Timestamp, unschedulable: str) -> dict[str, Any]:
     created = timestamp(pod.created_at)
     if pod.phase == PodPhase.PENDING:
         scheduled = {
             "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-            "message": _unschedulable_message(pod, nodes), "lastTransitionTime": created,
+            "message": unschedulable, "lastTransitionTime": created,
         }  # fmt: skip
         return {"phase": "Pending", "conditions": [scheduled], "qosClass": "BestEffort"}
     started = timestamp(pod.started_at or pod.created_at)
@@ -175,7 +168,8 @@ def twin_labels(pod: TwinPod) -> dict[str, str]:
     return {LINEAGE_LABEL: label_value(origin), APP_LABEL: label_value(re.sub(r"-\d+$", "", origin))}
 
 
-def pod_object(pod: TwinPod, meta: PodMeta | None, timestamp: Timestamp, nodes: int) -> dict[str, Any]:
+def pod_object(pod: TwinPod, meta: PodMeta | None, timestamp: Timestamp, unschedulable: str = "") -> dict[str, Any]:
+    """`unschedulable`: why a pending pod is not scheduled (its PodScheduled condition's message)."""
     namespace, name = split_name(pod.name)
     metadata: dict[str, Any] = {"name": name, "namespace": namespace}
     if meta is None:
@@ -207,5 +201,5 @@ def pod_object(pod: TwinPod, meta: PodMeta | None, timestamp: Timestamp, nodes: 
         "kind": "Pod",
         "metadata": metadata,
         "spec": spec,
-        "status": _status(pod, timestamp, nodes),
+        "status": _status(pod, timestamp, unschedulable),
     }

@@ -1,11 +1,11 @@
 """`TwinApiServer`: the twin served over a subset of the Kubernetes REST API, on loopback.
 
 This is a facade of the API, not a kube-apiserver: no authentication or admission, no protobuf, no
-server-side apply, no field validation beyond what the twin needs; objects other than the twin's nodes and
-pods are kept as given. It exists so the production Kubernetes adapter can be tested end to end and so
-`kubectl` or the real controller can be pointed at a simulated cluster. One lock guards the twin and the
-store; a background thread advances the twin's clock in real time × `speed` (`speed=0`: only `advance()`
-moves it, for deterministic tests).
+server-side apply; fields are checked against the OpenAPI schemas only for being known (`fieldValidation`), and
+objects other than the twin's nodes and pods are kept as given. It exists so the production Kubernetes
+adapter can be tested end to end and so `kubectl` or the real controller can be pointed at a simulated cluster.
+One lock guards the twin and the store; a background thread advances the twin's clock in real time × `speed`
+(`speed=0`: only `advance()` moves it, for deterministic tests).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -27,6 +26,7 @@ from kubefacade.service import ApiService
 from kubefacade.store import ObjectStore
 from simulations.twin.api.bridge import ConfigMapRef, TwinBridge
 from simulations.twin.api.state import state_record
+from simulations.twin.api.wallclock import SimWallClock
 from simulations.twin.cluster import Twin
 
 BASE_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -58,7 +58,7 @@ class TwinApiServer:
         self.speed = speed
         self.tick_s = tick_s
         self.lock = threading.RLock()
-        self.epoch = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=twin.now())
+        self.wall_clock = SimWallClock(twin.now())
         self.store = ObjectStore(self.lock, lambda: self.timestamp(self.twin.now()), history)
         self.bridge = TwinBridge(
             twin, self.store, agent_annotations=agent_annotations, mig_config=mig_config, timestamp=self.timestamp
@@ -128,8 +128,8 @@ class TwinApiServer:
     # ---- time -------------------------------------------------------------------------------------------
 
     def timestamp(self, sim_seconds: float) -> str:
-        """Simulated seconds as the RFC 3339 time the API shows (the server's start plus simulated time)."""
-        return (self.epoch + timedelta(seconds=sim_seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        """Simulated seconds as the RFC 3339 wall-clock time the API shows (`SimWallClock`: never in the future)."""
+        return self.wall_clock.stamp(sim_seconds, self.twin.now())
 
     def advance(self, seconds: float) -> int:
         """Move the twin's clock by `seconds` now (tests with `speed=0`); returns the twin events fired."""
@@ -169,9 +169,11 @@ class TwinApiServer:
                 self.store.close_watches()
 
     def mig_manager_faults(self, body: bytes) -> dict[str, Any]:
-        """`POST /migopt-twin/mig-manager {"stuck_pending": ["node-1"]}`: the nodes whose mig-manager runs hang in
-        `pending` from now on (replacing the set; `[]` releases them; a run already hung stays hung until its node
-        is labelled again). Answers the set now in force."""
+        """`POST /migopt-twin/mig-manager {"stuck_pending": ["node-1"]}`: the nodes whose operand pods do not
+        terminate from now on (replacing the set; `[]` releases them). A run waits in `pending` for them at most
+        the twin's `component_wait_s` (5 minutes by default); one released in time carries on, one that timed out
+        has ended as its mig-manager version ends it (v0.13-v0.15: `pending` left, operands paused, later labels
+        acted on). Answers the set now in force."""
         try:
             request = _MigManagerFaults.model_validate_json(body or b"{}")
         except ValidationError as err:
