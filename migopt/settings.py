@@ -92,8 +92,11 @@ class _SafeYamlSource(YamlConfigSettingsSource):
         return data
 
 
-OTHER_VARIABLES = frozenset({"MIGOPT_LOG_LEVEL", "MIGOPT_LOG_FORMAT"})
-"""`MIGOPT_*` variables read outside the settings model (`optimizer/logs.py`)."""
+OTHER_VARIABLES = frozenset(
+    {"MIGOPT_LOG_LEVEL", "MIGOPT_LOG_FORMAT", "MIGOPT_SHARED", "MIGOPT_PROMETHEUS", "MIGOPT_CHECKOV_VENV"}
+)
+"""`MIGOPT_*` variables read outside the settings model: logging (`optimizer/logs.py`) and the test suite's
+(where the shared traces, the Prometheus binary and checkov's environment are)."""
 
 
 def settings_variables(model: type[BaseModel] = RunSettings, prefix: str = "MIGOPT_") -> set[str]:
