@@ -15,15 +15,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
-from collections.abc import Iterator
-from concurrent import futures
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -31,11 +27,9 @@ from packaging.utils import canonicalize_name
 from kubefacade.handler import ApiHandler
 from kubefacade.routes import parse_target
 from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION
-from optimizer.agent.pod_resources import SERVICE, messages
 from simulations.report import PLOTS_INSTALL
 from simulations.twin.api import TwinApiServer, write_kubeconfig
 from tests.cli_runner import run_cli
-from tests.test_pod_resources import PODS
 from tests.twin_api_fixtures import small_twin
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,35 +98,6 @@ def test_the_agent_image_leaves_out_the_solver_stack_and_nothing_else() -> None:
     assert "matplotlib" in {canonicalize_name(Requirement(r).name) for r in PROJECT["optional-dependencies"]["plots"]}
 
 
-@pytest.fixture
-def kubelet() -> Iterator[str]:
-    """A kubelet pod-resources stand-in answering `List` with tests/test_pod_resources.py's PODS."""
-    folder = tempfile.mkdtemp(prefix="pr-", dir="/tmp")  # unix socket paths are limited to ~107 bytes
-    path = os.path.join(folder, "kubelet.sock")
-    classes = messages()
-
-    def list_pods(request: Any, context: Any) -> Any:
-        return classes["ListPodResourcesResponse"](pod_resources=PODS)
-
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "List": grpc.unary_unary_rpc_method_handler(
-                list_pods,
-                request_deserializer=classes["ListPodResourcesRequest"].FromString,
-                response_serializer=classes["ListPodResourcesResponse"].SerializeToString,
-            )
-        },
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-    server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"unix://{path}")
-    server.start()
-    try:
-        yield path
-    finally:
-        server.stop(grace=None)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 # Run in a fresh interpreter: refuse every module of an installed distribution the agent image does not have, give

@@ -5,69 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from concurrent import futures
-from typing import Any
 
-import grpc
 import pytest
 
 from optimizer.agent.node_agent import NodeAgent, socket_owners
-from optimizer.agent.pod_resources import SERVICE, list_mig_owners, messages, mig_uuid
+from optimizer.agent.pod_resources import list_mig_owners, mig_uuid
 from solver.errors import MigoptError
 from tests.fake_nvml import FakeGpu, FakeInstance, FakeNvml
-
-PODS = [
-    {"name": "train-0", "namespace": "ml", "containers": [
-        {"name": "main", "devices": [
-            {"resource_name": "nvidia.com/mig-2g.10gb", "device_ids": ["MIG-a100-03"]},
-            {"resource_name": "nvidia.com/gpu", "device_ids": ["GPU-whole"]},
-        ]},
-    ]},
-    {"name": "notebook-b", "namespace": "lab", "containers": [
-        {"name": "sidecar", "devices": []},
-        {"name": "jupyter", "devices": [
-            {"resource_name": "nvidia.com/mig-1g.5gb", "device_ids": ["MIG-a100-09::1"]},
-        ]},
-    ]},
-    {"name": "notebook-a", "namespace": "lab", "containers": [
-        {"name": "jupyter", "devices": [
-            {"resource_name": "nvidia.com/mig-1g.5gb", "device_ids": ["MIG-a100-09::0"]},
-        ]},
-    ]},
-    {"name": "cpu-only", "namespace": "default", "containers": [{"name": "c"}]},
-]  # fmt: skip
-
-
-@pytest.fixture
-def kubelet() -> Iterator[str]:
-    """A kubelet stand-in answering `List` with `PODS`, encoded by the same runtime-built messages."""
-    folder = tempfile.mkdtemp(prefix="pr-", dir="/tmp")  # unix socket paths are limited to ~107 bytes
-    path = os.path.join(folder, "kubelet.sock")
-    classes = messages()
-
-    def list_pods(request: Any, context: Any) -> Any:
-        return classes["ListPodResourcesResponse"](pod_resources=PODS)
-
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "List": grpc.unary_unary_rpc_method_handler(
-                list_pods,
-                request_deserializer=classes["ListPodResourcesRequest"].FromString,
-                response_serializer=classes["ListPodResourcesResponse"].SerializeToString,
-            )
-        },
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-    server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"unix://{path}")
-    server.start()
-    try:
-        yield path
-    finally:
-        server.stop(grace=None)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_mig_devices_map_to_pods(kubelet: str) -> None:
