@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from migopt.settings import RunSettings
@@ -152,6 +152,27 @@ class Runner:
             self.run_pass()
             self.stopping.wait(self.settings.interval_s)
 
+    def finish_in_flight(self, clock: Callable[[], float] = time.monotonic) -> list[str]:
+        """After SIGTERM: within `shutdown_grace_s`, advance the changes in flight (a step that ends one, such as
+        the uncordon after `success`, is taken now) without planning new ones. Returns the nodes still mid-change,
+        which the next leader resumes from their records (they stay cordoned until then)."""
+        deadline = clock() + self.settings.shutdown_grace_s
+        remaining: list[str] = []
+        while clock() < deadline:
+            try:
+                remaining = self.controller.finish_in_flight()
+            except MigoptError as err:
+                log.error("finishing the changes in flight failed: %s", err)
+            if not remaining:
+                break
+            time.sleep(min(self.settings.interval_s, max(0.0, deadline - clock())))
+        if remaining:
+            log.warning(
+                "stopping with changes in flight on nodes %s: the next leader resumes them from their records; "
+                "they stay cordoned until then", ",".join(remaining),
+            )  # fmt: skip
+        return remaining
+
     def stop(self) -> None:
         self.stopping.set()
         self.elector.stop()
@@ -173,5 +194,7 @@ def run(settings: RunSettings) -> None:
     runner.start()
     try:
         runner.loop()
+        if runner.elector.is_leader() and settings.mode == "enforce":
+            runner.finish_in_flight()
     finally:
         runner.stop()

@@ -53,6 +53,12 @@ class RunSettings(BaseSettings):
     unhealthy_after_failed_passes: int = Field(
         default=5, ge=1, description="/healthz fails once this many reconcile passes in a row have failed"
     )
+    shutdown_grace_s: float = Field(
+        default=20.0,
+        ge=0,
+        description="on SIGTERM, keep advancing the changes in flight (no new plans) this long before releasing "
+        "the lease; below the pod's terminationGracePeriodSeconds (30)",
+    )
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 disables")
     prometheus_url: str | None = Field(default=None, description="dcgm-exporter series, for usage and pod mapping")
     rightsizing_interval_s: float = Field(default=300.0, gt=0, description="how often right-sizing is recomputed")
