@@ -15,7 +15,10 @@ way the burst is servable without evicting a guarded pod. While the controller w
   (then SIGCONT: it wakes believing it leads);
 - `failed`: the owned mig-parted ConfigMap replaced by garbage for 1-3 s (mig-manager runs fail), then put back
   unless the controller rewrote it meanwhile;
-- `stuck`: a node's mig-manager hangs in `pending` for 2-5 s (`POST /migopt-twin/mig-manager`);
+- `stuck`: a node's operand pods do not terminate for 2-5 s (`POST /migopt-twin/mig-manager`); the twin's
+  mig-manager (v0.15, as released) waits for them 3 s (`component_wait_sim_s`, 5 minutes scaled down), then
+  gives its run up leaving `pending` and the operands paused: the controller re-triggers it (`MigRunTimedOut`,
+  `MigRunRetriggered`) or restores the operands once its change has ended (`MigOperandsRestored`);
 - `forged`: `migopt.io/plan-id=forged`, `phase=cordoning|evicting`, `target-config=all-1g.5gb` patched onto a node;
 - `lie`: (twin with `--no-agent` only) a phantom `migopt.io/gpu-report` on a node (7 free 1g.5gb per GPU).
 
@@ -74,11 +77,13 @@ class Timing:
 
     speed: float = 40.0  # a mig-manager run (~90 simulated s) takes ~2.3 s; a 30 s grace period 0.75 s
     config_refresh_sim_s: float = 10.0
+    component_wait_sim_s: float = 120.0  # mig-manager's 5-minute wait for operand pods, scaled: 3 s at speed 40
     interval_s: float = 0.2
     config_propagation_s: float = 1.0
     eviction_timeout_s: float = 3.0
     eviction_backoff_s: float = 0.3
     apply_timeout_s: float = 6.0
+    pending_timeout_s: float = 4.0  # past the scaled operand wait (+ the run's assert), below apply_timeout_s
     quarantine_base_s: float = 2.0
     quarantine_max_s: float = 4.0
     lease_duration_s: float = 3.0
@@ -97,6 +102,7 @@ class Timing:
             "MIGOPT_CONTROLLER__ACTUATION__EVICTION_TIMEOUT_S": str(self.eviction_timeout_s),
             "MIGOPT_CONTROLLER__ACTUATION__EVICTION_BACKOFF_S": str(self.eviction_backoff_s),
             "MIGOPT_CONTROLLER__ACTUATION__APPLY_TIMEOUT_S": str(self.apply_timeout_s),
+            "MIGOPT_CONTROLLER__ACTUATION__PENDING_TIMEOUT_S": str(self.pending_timeout_s),
             "MIGOPT_CONTROLLER__ISOLATION__QUARANTINE_BASE_S": str(self.quarantine_base_s),
             "MIGOPT_CONTROLLER__ISOLATION__QUARANTINE_MAX_S": str(self.quarantine_max_s),
             "MIGOPT_LEADER__LEASE_DURATION_S": str(self.lease_duration_s),
@@ -283,6 +289,7 @@ class Run:
         )
         command = [sys.executable, "-m", "migopt", "twin", "serve", str(scenario), "--speed", str(self.timing.speed)]
         command += ["--config-refresh", str(self.timing.config_refresh_sim_s), "--kubeconfig", str(self.kubeconfig)]
+        command += ["--component-wait", str(self.timing.component_wait_sim_s)]
         command += [] if s.agent else ["--no-agent"]
         self.twin = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
         assert self.twin.stdout is not None

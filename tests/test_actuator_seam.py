@@ -23,6 +23,7 @@ class RecordingActuator:
     def __init__(self) -> None:
         self.started: list[NodeChange] = []
         self.advanced: list[str] = []
+        self.tended: list[bool] = []
         self.recorded: dict[str, ActuationStatus] = {}
 
     def statuses(self, port: ClusterPort, snapshot: ClusterSnapshot) -> dict[str, ActuationStatus]:
@@ -48,6 +49,9 @@ class RecordingActuator:
     def advance(self, port: ClusterPort, snapshot: ClusterSnapshot, node: NodeState) -> Phase | None:
         self.advanced.append(node.name)
         return self.recorded[node.name].phase
+
+    def tend(self, port: ClusterPort, snapshot: ClusterSnapshot, may_repair: bool) -> None:
+        self.tended.append(may_repair)
 
 
 def _enforce() -> ControllerSettings:

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from nvidia_protocol.labels import DEPLOY_LABELS, MIG_CONFIG_LABEL, MIG_STATE_LABEL, PAUSED
+from nvidia_protocol.labels import CLIENT_DEPLOY_LABEL, DEPLOY_LABELS, MIG_CONFIG_LABEL, MIG_STATE_LABEL, PAUSED
 from simulations.twin import PodPhase, Twin
+from simulations.twin.mig_manager import MigManagerBehaviour, MigManagerVersion
 from solver.snapshot import parse_snapshot
 from tests.twin_fixtures import CONFIG, T
 
@@ -18,12 +19,18 @@ def gpu(index: int, model: str = "A100-40GB", instances: list[dict[str, Any]] | 
     return {"index": index, "model": model, "instances": ONE_G if instances is None else instances}
 
 
-def twin(*gpus: dict[str, Any], label: str | None = "all-1g", labels: dict[str, str] | None = None) -> Twin:
+def twin(
+    *gpus: dict[str, Any],
+    label: str | None = "all-1g",
+    labels: dict[str, str] | None = None,
+    version: MigManagerVersion | None = None,
+) -> Twin:
     node_labels = dict(labels or {})
     if label:
         node_labels |= {MIG_CONFIG_LABEL: label, MIG_STATE_LABEL: "success"}
     node = {"name": "a", "labels": node_labels, "gpus": list(gpus) or [gpu(0), gpu(1)]}
-    return Twin.from_snapshot(parse_snapshot({"nodes": [node]}), CONFIG, timings=T)
+    behaviour = MigManagerBehaviour() if version is None else MigManagerBehaviour(version=version)
+    return Twin.from_snapshot(parse_snapshot({"nodes": [node]}), CONFIG, timings=T, behaviour=behaviour)
 
 
 def held(*pods: str) -> list[dict[str, Any]]:
@@ -157,7 +164,7 @@ def test_invalid_or_missing_file_fails_the_run() -> None:
 
 
 def test_busy_gpu_fails_in_use_and_leaves_instances_untouched() -> None:
-    t = twin(gpu(0), gpu(1, instances=held("ns/x")))
+    t = twin(gpu(0), gpu(1, instances=held("ns/x")), version="v0.12")
     before = [layout(t, 0), layout(t, 1)]
     relabel(t, "all-3g")
     t.run_until_idle()
@@ -166,8 +173,49 @@ def test_busy_gpu_fails_in_use_and_leaves_instances_untouched() -> None:
     assert t.state_history("a") == ["pending", "failed"]
     assert layout(t, 1) == before[1] and t.pod("ns/x").phase == PodPhase.RUNNING
     assert layout(t, 0) == [("3g.20gb", 0, None), ("3g.20gb", 4, None)]  # GPU 0 came first: no rollback
-    assert all(t.node("a").labels[k] == "true" for k in DEPLOY_LABELS)
+    assert all(t.node("a").labels[k] == "true" for k in DEPLOY_LABELS)  # the bash script always restores
     assert t.allocatable("a")["nvidia.com/mig-1g.5gb"] == 7  # operands came back with what exists
+
+
+def paused(t: Twin) -> list[str]:
+    return sorted(k for k, v in t.node("a").labels.items() if v == PAUSED)
+
+
+@pytest.mark.parametrize("version", ["v0.13", "v0.14", "v0.15"])
+def test_after_a_full_run_the_go_port_leaves_operands_paused_when_a_run_fails(version: MigManagerVersion) -> None:
+    t = twin(gpu(0), gpu(1), version=version)
+    t.restart_mig_manager("a")  # a fresh process: the flags are clear, the current label is already applied
+    t.run_until_idle()
+    t.add_pod("ns/x", {"nvidia.com/mig-1g.5gb": 1}, owned=False)
+    t.run_until_idle()
+    relabel(t, "all-2g")  # holds ns/x's GPU: fails, and this process has never completed a run, so it restores
+    t.run_until_idle()
+    assert t.mig_runs[-1].outcome == "failed" and paused(t) == []
+
+    t.delete_pod("ns/x")
+    relabel(t, "all-3g")  # a full run: from now on this process no longer restores on failure
+    t.run_until_idle()
+    assert t.mig_runs[-1].outcome == "success" and paused(t) == []
+    t.add_pod("ns/y", {"nvidia.com/mig-3g.20gb": 1}, owned=False)
+    t.run_until_idle()
+    relabel(t, "all-1g")
+    t.run_until_idle()
+    assert t.mig_runs[-1].outcome == "failed" and "In use by another client" in t.mig_runs[-1].message
+    assert t.node("a").labels[MIG_STATE_LABEL] == "failed"
+    assert paused(t) == sorted(DEPLOY_LABELS)
+    assert all(v == 0 for v in t.allocatable("a").values())  # the device plugin stays down
+
+    t.restart_mig_manager("a")  # a new process restores them on its next exit, whatever the outcome
+    t.run_until_idle()
+    assert t.mig_runs[-1].outcome == "failed" and paused(t) == []
+
+
+def test_the_adopted_go_port_pod_has_already_completed_a_run() -> None:
+    """The harsh default: a mig-manager already running when the twin begins applied its label itself."""
+    t = twin(gpu(0), gpu(1, instances=held("ns/x")))
+    relabel(t, "all-3g")
+    t.run_until_idle()
+    assert t.state_history("a") == ["pending", "failed"] and paused(t) == sorted(DEPLOY_LABELS)
 
 
 def test_gpus_whose_map_is_unchanged_are_skipped_untouched() -> None:
@@ -220,25 +268,94 @@ def test_profile_known_only_to_another_gpu_of_the_node_fails() -> None:
     assert layout(t, 0) == [] and layout(t, 1) == []  # GPU 0 cleared by the attempt; GPU 1 never reached
 
 
-def test_stuck_run_stays_pending_until_the_pod_restarts() -> None:
+@pytest.mark.parametrize("version", ["v0.13", "v0.14", "v0.15"])
+def test_a_timed_out_operand_wait_leaves_pending_and_the_next_label_change_runs(version: MigManagerVersion) -> None:
+    t = twin(version=version)
+    t.stuck_pending.add("a")
+    relabel(t, "all-3g")
+    t.run_until(T.assert_s + T.component_wait_s - 1)
+    assert t.mig_manager("a").busy and t.mig_runs == []
+    relabel(t, "all-2g")  # during the run: recorded, acted on once the run ends
+    relabel(t, "all-3g")
+    t.run_until(T.assert_s + T.component_wait_s)
+    labels = t.node("a").labels
+    assert not t.mig_manager("a").busy
+    assert labels[MIG_STATE_LABEL] == "pending" and paused(t) == sorted(DEPLOY_LABELS)  # no setState at all
+    assert t.state_history("a") == ["pending"]
+    assert t.mig_runs[-1].outcome == "failed" and t.mig_runs[-1].finished_at == T.assert_s + T.component_wait_s
+    assert "context deadline exceeded" in t.mig_manager_log("a")[-2]
+    assert t.mig_manager_log("a")[-1] == "Waiting for change to 'nvidia.com/mig.config' label"
+    assert all(v == 0 for v in t.allocatable("a").values())
+    t.advance(3600)
+    assert len(t.mig_runs) == 1  # all-2g then all-3g again during the run: nothing new to run
+
+    relabel(t, "all-3g")  # the same value does nothing
+    t.run_until_idle()
+    assert len(t.mig_runs) == 1
+    t.stuck_pending.clear()
+    relabel(t, None)  # remove, then set again: the retry of spec §1.2
+    relabel(t, "all-3g")
+    t.run_until_idle()
+    assert [r.outcome for r in t.mig_runs] == ["failed", "success"]
+    assert labels[MIG_STATE_LABEL] == "success" and paused(t) == []  # a full run restores (to `true`)
+    assert all(labels[k] == "true" for k in DEPLOY_LABELS)
+    assert t.allocatable("a")["nvidia.com/mig-3g.20gb"] == 4
+
+
+def test_a_label_change_after_the_timeout_is_run() -> None:
     t = twin()
     t.stuck_pending.add("a")
     relabel(t, "all-3g")
-    t.run_until_idle()
-    t.advance(3600)
-    labels = t.node("a").labels
-    assert labels[MIG_STATE_LABEL] == "pending" and labels["nvidia.com/gpu.deploy.device-plugin"] == PAUSED
-    assert all(v == 0 for v in t.allocatable("a").values()) and t.mig_runs == []
-    relabel(t, "all-2g")  # ignored: the worker is still in its run
-    t.advance(600)
-    assert t.mig_runs == [] and labels[MIG_STATE_LABEL] == "pending"
-
+    t.run_until(T.assert_s + T.component_wait_s + 1)
     t.stuck_pending.clear()
-    t.restart_mig_manager("a")
+    relabel(t, "all-2g")
     t.run_until_idle()
-    assert [(r.config, r.outcome) for r in t.mig_runs] == [("all-2g", "success")]
-    assert labels["nvidia.com/gpu.deploy.device-plugin"] == "true"
-    assert t.allocatable("a")["nvidia.com/mig-2g.10gb"] == 6
+    assert [(r.config, r.outcome) for r in t.mig_runs] == [("all-3g", "failed"), ("all-2g", "success")]
+    assert paused(t) == [] and t.allocatable("a")["nvidia.com/mig-2g.10gb"] == 6
+
+
+def test_after_a_timed_out_wait_the_go_ports_already_applied_shortcut_leaves_operands_paused() -> None:
+    t = twin()
+    t.stuck_pending.add("a")
+    relabel(t, "all-3g")
+    t.run_until(T.assert_s + T.component_wait_s + 1)
+    relabel(t, "all-1g")  # what the GPUs still have: success at once, and setState restores nothing
+    t.run_until_idle()
+    assert t.node("a").labels[MIG_STATE_LABEL] == "success" and paused(t) == sorted(DEPLOY_LABELS)
+
+
+def test_the_bash_script_carries_on_after_a_timed_out_wait() -> None:
+    t = twin(version="v0.12")
+    t.stuck_pending.add("a")
+    relabel(t, "all-3g")
+    t.run_until_idle()
+    assert "error: timed out waiting for the condition" in t.mig_manager_log("a")
+    run = t.mig_runs[-1]
+    assert run.outcome == "success" and run.finished_at == T.assert_s + T.component_wait_s + 2 * T.apply_per_gpu_s
+    assert t.state_history("a") == ["pending", "success"] and paused(t) == []
+
+
+@pytest.mark.parametrize("version", ["v0.12", "v0.15"])
+def test_operands_released_before_the_timeout_let_the_run_carry_on(version: MigManagerVersion) -> None:
+    t = twin(version=version)
+    t.stuck_pending.add("a")
+    relabel(t, "all-3g")
+    t.run_until(T.assert_s + 100)
+    t.stuck_pending.clear()
+    t.run_until_idle()
+    run = t.mig_runs[-1]
+    assert run.outcome == "success" and T.assert_s + 100 < run.finished_at <= T.assert_s + 101 + 2 * T.apply_per_gpu_s
+    assert paused(t) == []
+
+
+@pytest.mark.parametrize(("version", "client"), [("v0.15", PAUSED), ("v0.14", "true")])
+def test_only_v0_15_pauses_the_third_party_client_label(version: MigManagerVersion, client: str) -> None:
+    t = twin(labels={CLIENT_DEPLOY_LABEL: "true"}, version=version)
+    relabel(t, "all-3g")
+    t.run_until(T.assert_s)
+    assert t.node("a").labels[CLIENT_DEPLOY_LABEL] == client
+    t.run_until_idle()
+    assert t.node("a").labels[CLIENT_DEPLOY_LABEL] == "true"
 
 
 def test_mig_disabled_gpus_are_whole_gpus() -> None:

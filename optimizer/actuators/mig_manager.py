@@ -15,6 +15,10 @@ asked but not confirmed, after a failed request or a restart, is simply asked ag
 deadline), never takes an earlier mig-manager run's state for this change's (the state label is removed in the
 same patch that names the config), and never leaves a node cordoned (it records that it cordoned before
 cordoning, and every end uncordons what it cordoned). `advance` is idempotent: call it on every reconcile tick.
+
+`tend`, also every tick, looks at every node for what mig-manager's own bugs leave behind (operands left paused
+after a finished run, a `pending` whose run ended without a state: `wedges.py`), reports it, and repairs it only on
+nodes whose change migopt started; a timed-out run of a change in progress is re-triggered as a retry.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from nvidia_protocol.migparted import (
 )
 from nvidia_protocol.standard_configs import standard_config
 from optimizer.actuators.node_record import ChangeRecord, MirrorCheck, load_records, parse_record, save
+from optimizer.actuators.wedges import WedgeWatch, deploy_labels, repair_plan, restore_operands
 from optimizer.controller.actuator import ACTIVE, ActuationSettings, ActuationStatus, NodeChange, Phase
 from optimizer.controller.port import ClusterPort, EvictionOutcome
 from optimizer.controller.reasons import EventReason
@@ -52,6 +57,7 @@ class MigManagerActuator:
     def __init__(self, settings: ActuationSettings | None = None) -> None:
         self.settings = settings or ActuationSettings()
         self._mirrors = MirrorCheck()
+        self._wedges = WedgeWatch(self.settings)
 
     def statuses(self, port: ClusterPort, snapshot: ClusterSnapshot) -> dict[str, ActuationStatus]:
         records = load_records(port)
@@ -93,6 +99,22 @@ class MigManagerActuator:
         if record is None or record.phase not in ACTIVE:
             return None if record is None else record.phase
         return _Step(port, snapshot, node, record, self.settings).run()
+
+    def tend(self, port: ClusterPort, snapshot: ClusterSnapshot, may_repair: bool) -> None:
+        """Report every node mig-manager left wedged (`wedges.py`); repair those whose change migopt started."""
+        records = load_records(port)
+        nodes = {n.name: n for n in snapshot.nodes}
+        for wedge, record in self._wedges.wedges(snapshot, records, port.now()):
+            node = nodes[wedge.node]
+            action, words = repair_plan(wedge, record, node, self.settings, may_repair)
+            self._wedges.report(port, wedge, words)
+            if record is None or action not in ("restore", "retrigger"):
+                continue
+            if action == "retrigger":
+                phase = _Step(port, snapshot, node, record, self.settings).retrigger(wedge.pending_s or 0.0)
+                if phase is not Phase.FAILED or not wedge.paused:
+                    continue  # the new run restores the operands when it completes; or the retries are spent
+            restore_operands(port, wedge, record)
 
 
 def read_status(node: str, text: str) -> ActuationStatus | None:
@@ -165,6 +187,8 @@ def _start_node(
 
 
 FAILED_ENDS = frozenset({Phase.FAILED, Phase.ABANDONED})
+_LATE_LABEL_S = 1.0
+"""A label write that took longer than this (retried) moves the recorded labelling time to when it landed."""
 
 
 class _Step:
@@ -276,22 +300,28 @@ class _Step:
 
     # ---- labelling and applying: a state label counts only if mig-manager wrote it after migopt's label --------
 
-    def _relabel(self, clear_config: bool = False) -> None:
+    def _relabel(self, clear_config: bool = False, **changes: object) -> None:
         """Remove any earlier run's state with the same patch that names the config, so the next `success` or
         `failed` is mig-manager's answer to this label (its `pending` and its "already applied" shortcut both come
-        after it reads the label: spec §1.3). A retry removes the config label first (spec §1.2)."""
+        after it reads the label: spec §1.3). A retry removes the config label first (spec §1.2). The record
+        (with `changes`) is saved first, with the time, from which a timed-out `pending` is judged; saved again if
+        the label landed later (the requests were retried after a 429 or a conflict)."""
+        self._save(labelled_at=self.port.now(), **changes)
         if clear_config:
             self.port.patch_node(self.node.name, labels={MIG_CONFIG_LABEL: None, MIG_STATE_LABEL: None})
         self.port.patch_node(self.node.name, labels={MIG_STATE_LABEL: None, MIG_CONFIG_LABEL: self.record.target})
+        landed = self.port.now()
+        if landed - (self.record.labelled_at or landed) > _LATE_LABEL_S:
+            self._save(labelled_at=landed)
 
     def _label(self) -> Phase:
         if self.now < (self.record.label_after or 0):
             return Phase.LABELLING  # the new entry may not be in mig-manager's copy of the ConfigMap yet
         if not self.record.labelled:
-            self._save(labelled=True)
             # a node already labelled with the target (an earlier change, perhaps one whose run hung) needs the
             # label removed and set again, or mig-manager would not run (same-value relabels are ignored)
-            self._relabel(clear_config=self.node.labels.get(MIG_CONFIG_LABEL) == self.record.target)
+            again = self.node.labels.get(MIG_CONFIG_LABEL) == self.record.target
+            self._relabel(clear_config=again, labelled=True, operands=deploy_labels(self.node.labels))
         elif self.node.labels.get(MIG_CONFIG_LABEL) != self.record.target:
             self._relabel()
         # else: labelled before a restart; mig-manager's answer to it may already be there
@@ -305,18 +335,27 @@ class _Step:
         if state == "success" and _advertises(self.node, self.record.expected):
             return self._enter(Phase.VERIFYING, self.now + self.settings.apply_timeout_s)
         if state == "failed":
-            runs = self.record.failed_runs + 1
-            if runs > self.settings.max_retries:
-                self._save(failed_runs=runs)
-                return self._finish(Phase.FAILED, f"mig-manager failed {runs} times on {self.record.target}")
-            self._save(failed_runs=runs, deadline=self.now + self.settings.apply_timeout_s)
-            self._relabel(clear_config=True)
-            message = f"mig-manager failed; retry {runs}"
-            self.port.record_event("Node", self.node.name, EventReason.RECONFIGURATION_RETRY, message)
-            return Phase.APPLYING
+            return self._retry("mig-manager failed", EventReason.RECONFIGURATION_RETRY)
         if self.now >= self.record.deadline:
             target = self.record.target
             return self._finish(Phase.FAILED, f"mig-manager did not finish {target} in time (state {state})")
+        return Phase.APPLYING
+
+    def retrigger(self, pending_s: float) -> Phase:
+        """mig-manager's run ended without a state (a timed-out wait; spec §7.1): run it again, as a failed run is
+        retried, within the same `max_retries`."""
+        why = f"mig-manager's run ended without a state (pending for {pending_s:.0f}s)"
+        return self._retry(why, EventReason.RUN_RETRIGGERED)
+
+    def _retry(self, why: str, reason: EventReason) -> Phase:
+        """Remove and set the label again (spec §1.2), or end the change once the retries are spent."""
+        runs = self.record.failed_runs + 1
+        if runs > self.settings.max_retries:
+            self._save(failed_runs=runs)
+            return self._finish(Phase.FAILED, f"mig-manager failed {runs} times on {self.record.target}")
+        self._relabel(clear_config=True, failed_runs=runs, deadline=self.now + self.settings.apply_timeout_s)
+        self.port.record_event("Node", self.node.name, reason, f"{why}; retry {runs}")
+        log.info("node=%s %s; retry %d", self.node.name, why, runs)
         return Phase.APPLYING
 
     def _verify(self) -> Phase:

@@ -59,6 +59,10 @@ class ChangeRecord(BaseModel):
     failed_runs: int = Field(default=0, description="mig-manager runs that ended `failed` for this change")
     cordoned: bool = Field(default=False, description="migopt cordoned the node (and so must uncordon it)")
     labelled: bool = Field(default=False, description="this change has set the config label")
+    labelled_at: float | None = Field(default=None, description="when it last set (or removed and set) the label")
+    operands: dict[str, str] = Field(
+        default={}, description="the node's nvidia.com/gpu.deploy.* labels when the change first set the config label"
+    )
     finished_at: float | None = None
     failures: int = Field(default=0, description="consecutive changes of this node that failed or were abandoned")
 

@@ -47,6 +47,19 @@ class ActuationSettings(BaseModel):
         description="wait this long after writing a new config entry before a label names it: mig-manager reads "
         "the ConfigMap through a volume that kubelet refreshes only every sync period plus cache TTL (spec §1.7)",
     )
+    pending_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="a `pending` state older than this is a mig-manager run that ended without writing a state: "
+        "v0.13-v0.15 give up after waiting 5 minutes for an operand's pods and leave `pending` and the operands "
+        "paused (spec §7.1); keep it below apply_timeout_s so the change can re-trigger the run",
+    )
+    repair_paused_operands: bool = Field(
+        default=True,
+        description="on nodes whose change migopt started: restore the nvidia.com/gpu.deploy.* labels a finished "
+        "mig-manager run left paused, and re-trigger (remove and set the config label) a run that timed out; "
+        "off: such nodes are only reported",
+    )
 
 
 class NodeChange(BaseModel):
@@ -99,4 +112,10 @@ class Actuator(Protocol):
 
     def advance(self, port: ClusterPort, snapshot: ClusterSnapshot, node: NodeState) -> Phase | None:
         """Take an active node's change one step further, as far as it can go now; returns its phase afterwards."""
+        ...
+
+    def tend(self, port: ClusterPort, snapshot: ClusterSnapshot, may_repair: bool) -> None:
+        """Look at every node for what the mechanism may have left broken (mig-manager: operands left paused, a
+        run that ended without a state), report it, and, when `may_repair` (enforce mode), repair it where the
+        change was the actuator's own. Called every pass, before the active changes advance."""
         ...

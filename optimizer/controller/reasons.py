@@ -22,6 +22,10 @@ class EventReason(StrEnum):
     ANNOTATIONS_IGNORED = "MigAnnotationsIgnored"
     NODE_QUARANTINED = "MigNodeQuarantined"
     NODE_SUSPECT = "MigNodeSuspect"
+    OPERANDS_LEFT_PAUSED = "MigOperandsLeftPaused"  # a finished mig-manager run left deploy labels paused
+    RUN_TIMED_OUT = "MigRunTimedOut"  # `pending` outlived mig-manager's waits: the run ended without a state
+    OPERANDS_RESTORED = "MigOperandsRestored"  # migopt restored the deploy labels on a node it changed
+    RUN_RETRIGGERED = "MigRunRetriggered"  # migopt removed and set the config label again after a timed-out run
 
 
 WARNING_REASONS = frozenset(
@@ -35,6 +39,8 @@ WARNING_REASONS = frozenset(
         EventReason.ANNOTATIONS_IGNORED,
         EventReason.NODE_QUARANTINED,
         EventReason.NODE_SUSPECT,
+        EventReason.OPERANDS_LEFT_PAUSED,
+        EventReason.RUN_TIMED_OUT,
     }
 )
 """Recorded as `type: Warning`; every other reason is `Normal`."""

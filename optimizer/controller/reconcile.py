@@ -3,7 +3,8 @@
 One `tick` is one pass; the runner (the Deployment's main loop, or the simulation engine) calls it every few
 seconds. Nothing here is specific to a real cluster or the twin: both are a `ClusterPort`.
 
-- Actuation first: every node mid-change (as its actuator reports) is advanced one step.
+- Actuation first: the actuator looks after every node (reports what mig-manager left broken, repairs it on nodes
+  it changed, in `enforce` mode), then every node mid-change (as its actuator reports) is advanced one step.
 - Per-node isolation (`isolation.py`): nodes mid-change are frozen out of new plans and the pods their changes
   are for are spoken for; nodes whose change failed are quarantined with backoff. The rest keeps planning.
 - Batching: a window opens with the first pending pod and closes after `batch_idle_s` without new pending
@@ -93,6 +94,7 @@ class Controller:
         statuses = self.actuator.statuses(self.port, snapshot)
         if self.observer:
             self.observer.snapshot_taken(snapshot, now, statuses)
+        self.actuator.tend(self.port, snapshot, may_repair=self.settings.mode == "enforce")
         for node in snapshot.nodes:
             status = statuses.get(node.name)
             if status is not None and status.active:
@@ -127,6 +129,24 @@ class Controller:
                 self._planned_for = None  # not carried out: the next pass plans again
                 raise
         return plan
+
+    def finish_in_flight(self) -> list[str]:
+        """A pass for a stopping replica: advance every change in flight one step, plan nothing new. Returns the
+        nodes still mid-change afterwards (each step is recorded, so whoever leads next resumes them)."""
+        if not self.may_act():
+            return []
+        try:
+            snapshot = self.port.snapshot()
+            before = self.actuator.statuses(self.port, snapshot)
+            for node in snapshot.nodes:
+                status = before.get(node.name)
+                if status is not None and status.active:
+                    self.actuator.advance(self.port, snapshot, node)
+            statuses = self.actuator.statuses(self.port, self.port.snapshot())
+        except LeadershipLost as err:
+            log.warning("%s; leaving the changes in flight to the next leader", err)
+            return []
+        return sorted(name for name, status in statuses.items() if status.active)
 
     def _report_quarantine(self, held: Isolation, statuses: dict[str, ActuationStatus]) -> None:
         """One Event and log line per failed change that put its node in quarantine."""

@@ -21,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from nvidia_protocol.labels import MIG_CONFIG_LABEL, MIG_STATE_LABEL
+from optimizer.actuators.wedges import paused_operands
 from optimizer.controller.actuator import ActuationStatus, Phase
 from optimizer.controller.isolation import Isolation
 from optimizer.controller.reasons import EventReason
@@ -71,6 +72,11 @@ _GAUGES: dict[str, tuple[str, Labels]] = {
         ("node",),
     ),
     "migopt_mig_config_failed_nodes": ("Nodes whose mig-manager reports failed.", ()),
+    "migopt_node_operands_paused": (
+        "1 while some nvidia.com/gpu.deploy.* label of the node is paused-for-mig-change (normal during a run; "
+        "after it, mig-manager left the operands down).",
+        ("node",),
+    ),
     "migopt_plan_pods_served": ("Pending pods the last plan would serve.", ()),
     "migopt_plan_pods_unplaced": ("Pending pods the last plan leaves pending.", ()),
     "migopt_plan_served_weight": ("Priority-weighted compute slices the last plan serves (its objective).", ()),
@@ -109,6 +115,8 @@ RECONFIGURATION_OUTCOMES = {
 }
 EVICTION_OUTCOMES = {EventReason.EVICTED: "evicted", EventReason.EVICTION_BLOCKED: "blocked"}
 PASS_RESULTS = ("ok", "failed")
+WEDGE_KINDS = {EventReason.OPERANDS_LEFT_PAUSED: "operands_left_paused", EventReason.RUN_TIMED_OUT: "pending_timed_out"}
+REPAIR_ACTIONS = {EventReason.OPERANDS_RESTORED: "restored", EventReason.RUN_RETRIGGERED: "retriggered"}
 
 
 class _StateCollector(Collector):
@@ -186,6 +194,20 @@ class MetricsObserver:
         )
         self.events = Counter("migopt_events", "Kubernetes Events the controller recorded.", ["reason"], registry=r)
         self.usage_failures = Counter("migopt_usage_query_failures", "Usage query rounds that failed.", registry=r)
+        self.wedges = Counter(
+            "migopt_mig_manager_wedges",
+            "Nodes found left broken by a mig-manager run, by kind: operands_left_paused (state success or failed, "
+            "deploy labels still paused), pending_timed_out (the run ended without a state).",
+            ["kind"],
+            registry=r,
+        )
+        self.repairs = Counter(
+            "migopt_mig_manager_repairs",
+            "Repairs on nodes migopt changed: restored (paused deploy labels written back), retriggered (the config "
+            "label removed and set again after a timed-out run).",
+            ["action"],
+            registry=r,
+        )
         self.passes = Counter(
             "migopt_reconcile_passes", "Reconcile passes by result: ok or failed.", ["result"], registry=r
         )
@@ -210,6 +232,10 @@ class MetricsObserver:
             self.events.labels(reason)
         for result in PASS_RESULTS:
             self.passes.labels(result)
+        for kind in WEDGE_KINDS.values():
+            self.wedges.labels(kind)
+        for action in REPAIR_ACTIONS.values():
+            self.repairs.labels(action)
         for rejected in RejectReason:
             self.reports_rejected.labels(rejected)
         self._state.update({"migopt_usage_available": [((), 0.0)], "migopt_leader": [((), 0.0)]})
@@ -225,6 +251,7 @@ class MetricsObserver:
         instances: Series = []
         phases: Series = []
         failed: Series = []
+        paused: Series = []
         current: dict[tuple[str, int], tuple[str, dict[str, int]]] = {}
         for node in snapshot.nodes:
             if not node.gpus:
@@ -242,6 +269,7 @@ class MetricsObserver:
                 phases += [((node.name, p.value), float(p is status.phase)) for p in Phase]
             if MIG_STATE_LABEL in node.labels:
                 failed.append(((node.name,), float(node.labels[MIG_STATE_LABEL] == "failed")))
+            paused.append(((node.name,), float(bool(paused_operands(node.labels)))))
         with self._lock:
             self._current, self._snapshot = current, snapshot
             self._current_series = (geometry, configs, instances)
@@ -257,6 +285,7 @@ class MetricsObserver:
                 "migopt_nodes_actuating": [((), float(actuating))],
                 "migopt_node_mig_config_failed": failed,
                 "migopt_mig_config_failed_nodes": [((), sum(v for _, v in failed))],
+                "migopt_node_operands_paused": paused,
                 "migopt_snapshot_timestamp_seconds": [((), now)],
                 "migopt_gpu_geometry_info": geometry + planned["geometry"],
                 "migopt_node_config_info": configs + planned["configs"],
@@ -311,6 +340,10 @@ class MetricsObserver:
             self.evictions.labels(EVICTION_OUTCOMES[reason]).inc()
         elif reason in RECONFIGURATION_OUTCOMES:
             self.reconfigurations.labels(RECONFIGURATION_OUTCOMES[reason]).inc()
+        elif reason in WEDGE_KINDS:
+            self.wedges.labels(WEDGE_KINDS[reason]).inc()
+        elif reason in REPAIR_ACTIONS:
+            self.repairs.labels(REPAIR_ACTIONS[reason]).inc()
 
     # ---- what the runner sets ---------------------------------------------------------------------------
 
