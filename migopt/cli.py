@@ -227,6 +227,9 @@ def simulate(
     serve_metrics: Annotated[
         int | None, typer.Option("--serve-metrics", help="Serve /metrics here, also after the run until Ctrl-C.")
     ] = None,
+    metrics_bind_address: Annotated[
+        str, typer.Option("--metrics-bind-address", help="Address --serve-metrics listens on.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run policies side by side on a simulated cluster (the digital twin) and compare them."""
     from rich.progress import Progress
@@ -260,7 +263,9 @@ def simulate(
         from optimizer.metrics.exporter import MetricsObserver, serve_http
 
         observer = MetricsObserver()
-        server = serve_http(serve_metrics, observer.registry, healthy=lambda: True, ready=lambda: True)
+        server = serve_http(
+            serve_metrics, observer.registry, healthy=lambda: True, ready=lambda: True, host=metrics_bind_address
+        )
     with Progress(console=console, transient=True, disable=output is not Output.table) as bar:
         tasks = {p: bar.add_task(p, total=1.0) for p in chosen.policies}
         report = run_scenario(chosen, lambda policy, share: bar.update(tasks[policy], completed=share), observer)
@@ -299,6 +304,10 @@ def run(
     config: Annotated[Path | None, typer.Option("--config", help="Settings YAML (flags and MIGOPT_* win).")] = None,
     interval: Annotated[float | None, typer.Option("--interval", help="Seconds between reconcile passes.")] = None,
     metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="/metrics, /healthz, /readyz.")] = None,
+    metrics_bind_address: Annotated[
+        str | None,
+        typer.Option("--metrics-bind-address", help="Listen address (all in a pod, loopback with a kubeconfig)."),
+    ] = None,
     prometheus: Annotated[str | None, typer.Option("--prometheus", help="Prometheus URL (dcgm-exporter).")] = None,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
@@ -310,6 +319,7 @@ def run(
     configure_logging(log_level, log_format)  # a controller's log is its record of what it did: INFO by default
     settings = load_settings(
         config, mode=mode, kubeconfig=kubeconfig, context=context, interval_s=interval, metrics_port=metrics_port,
+        metrics_bind_address=metrics_bind_address,
         prometheus_url=prometheus,
     )  # fmt: skip
     run_controller(settings)

@@ -91,7 +91,11 @@ class Runner:
     def start(self) -> None:
         if self.settings.metrics_port:
             self._server = serve_http(
-                self.settings.metrics_port, self.metrics.registry, healthy=self.healthy, ready=self.ready
+                self.settings.metrics_port,
+                self.metrics.registry,
+                healthy=self.healthy,
+                ready=self.ready,
+                host=self.settings.metrics_host(),
             )
         self.port.start()
         self.elector.start()

@@ -60,6 +60,18 @@ class RunSettings(BaseSettings):
         "the lease; below the pod's terminationGracePeriodSeconds (30)",
     )
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 disables")
+    metrics_bind_address: str | None = Field(
+        default=None,
+        description="address /metrics listens on; unset: every interface in a cluster (in-cluster configuration), "
+        "loopback when run with a kubeconfig (a workstation)",
+    )
+
+    def metrics_host(self) -> str:
+        """The address to bind: as set, else all interfaces in a pod and loopback elsewhere."""
+        if self.metrics_bind_address:
+            return self.metrics_bind_address
+        from_kubeconfig = self.kubeconfig or os.environ.get("KUBECONFIG") or "KUBERNETES_SERVICE_HOST" not in os.environ
+        return "127.0.0.1" if from_kubeconfig else "0.0.0.0"
     prometheus_url: str | None = Field(default=None, description="dcgm-exporter series, for usage and pod mapping")
     rightsizing_interval_s: float = Field(default=300.0, gt=0, description="how often right-sizing is recomputed")
     usage: UsageSettings = UsageSettings()

@@ -15,9 +15,16 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.registry import Collector
 
 from nvidia_protocol.labels import MIG_CONFIG_LABEL, MIG_STATE_LABEL
@@ -32,6 +39,8 @@ from solver.errors import MigoptError
 from solver.plan import Plan, PlanStatus
 from solver.protection import Protection
 from solver.snapshot import ClusterSnapshot, PendingPod, split_single_product
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # `*_created` series double the exposition and no dashboard or alert reads them
 
 Labels = tuple[str, ...]
 Series = list[tuple[Labels, float]]
@@ -176,6 +185,9 @@ class MetricsObserver:
         self.rightsizing_cap = rightsizing_cap
         self._state = _StateCollector()
         self.registry.register(self._state)
+        if registry is None:  # the process's own CPU, memory, open files and Python runtime, as a client library's
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
         self._lock = threading.Lock()
         self._current: dict[tuple[str, int], tuple[str, dict[str, int]]] = {}
         self._snapshot: ClusterSnapshot | None = None
@@ -387,18 +399,23 @@ class MetricsObserver:
     # ---- internals --------------------------------------------------------------------------------------
 
     def _planned_series(self) -> dict[str, Series]:
-        """The last plan's geometry (GPUs it leaves alone keep their current map) and the configs it selects."""
+        """The last plan's changes: the planned map of each GPU it reconfigures, and the instances and config of
+        each node it changes (a GPU or node it leaves alone would only repeat its current series)."""
         plan = self._plan
         out: dict[str, Series] = {"geometry": [], "configs": [], "instances": []}
         if plan is None or self._snapshot is None:
             return out
         targets = {(g.node, g.index): g for g in plan.gpus}
+        changing = {g.node for g in plan.gpus if g.reconfigure}
         by_node: dict[str, list[tuple[int, str, dict[str, int]]]] = {}
         for (node, index), (model, devices) in sorted(self._current.items()):
+            if node not in changing:  # a node the plan leaves alone has no planned series: its current ones tell
+                continue
             gpu_plan = targets.get((node, index))
             target = dict(gpu_plan.target) if gpu_plan is not None else devices
             by_node.setdefault(node, []).append((index, model, target))
-            out["geometry"].append(((node, str(index), model, "planned", devices_text(target)), 1.0))
+            if gpu_plan is not None and gpu_plan.reconfigure:
+                out["geometry"].append(((node, str(index), model, "planned", devices_text(target)), 1.0))
         labels = {n.name: n.labels.get(MIG_CONFIG_LABEL, "") for n in self._snapshot.nodes}
         for node, gpus in by_node.items():
             counts: Tally[str] = Tally()
@@ -419,19 +436,21 @@ def serve_http(
     *,
     healthy: Callable[[], bool],
     ready: Callable[[], bool],
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
 ) -> RunningServer:
     """`/metrics` (the registry), `/healthz` (liveness: the loop is alive) and `/readyz` (readiness: e.g. it
     has taken a snapshot), each 200 or 503; 0 picks a free port. Stop it with `.stop()`."""
 
-    def probe(check: Callable[[], bool]) -> Callable[[], Response]:
-        def answer() -> Response:
+    def probe(check: Callable[[], bool]) -> Callable[[Mapping[str, str]], Response]:
+        def answer(headers: Mapping[str, str]) -> Response:
             ok = check()
             return (200 if ok else 503), "text/plain; charset=utf-8", b"ok\n" if ok else b"not ok\n"
 
         return answer
 
-    def metrics() -> Response:
-        return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+    def metrics(headers: Mapping[str, str]) -> Response:
+        """prometheus_client's own exposition: OpenMetrics when the scraper asks for it, else text 0.0.4."""
+        encoder, content_type = choose_encoder(headers.get("accept", ""))
+        return 200, content_type, encoder(registry)
 
     return serve_routes(port, {"/metrics": metrics, "/healthz": probe(healthy), "/readyz": probe(ready)}, host=host)

@@ -6,6 +6,7 @@ request, so what is served is always computed from the caller's current state, n
 
 from __future__ import annotations
 
+import gzip
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -17,7 +18,10 @@ log = logging.getLogger(__name__)
 
 Response = tuple[int, str, bytes]
 """Status code, content type, body."""
-Route = Callable[[], Response]
+Route = Callable[[Mapping[str, str]], Response]
+"""Called with the request's headers, names lower-cased (content negotiation); answers the response."""
+GZIP_MIN_BYTES = 1024
+"""Smaller bodies are sent as they are: compressing them saves nothing worth the CPU."""
 
 
 class RunningServer:
@@ -45,6 +49,23 @@ class RunningServer:
         self.thread.join(timeout=5)
 
 
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """Whether `Accept-Encoding` lists gzip with a non-zero quality (Prometheus sends `gzip`)."""
+    for part in accept_encoding.split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() == "gzip":
+            quality = params.strip().removeprefix("q=").strip()
+            return not quality or _quality(quality) > 0
+    return False
+
+
+def _quality(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
 def serve_routes(port: int, routes: Mapping[str, Route], *, host: str = "127.0.0.1") -> RunningServer:
     """Serve `routes` (path → function) on `host:port` (0 picks a free port) from a daemon thread."""
     table = dict(routes)
@@ -56,12 +77,18 @@ def serve_routes(port: int, routes: Mapping[str, Route], *, host: str = "127.0.0
                 status, kind, body = 404, "text/plain; charset=utf-8", b"not found\n"
             else:
                 try:
-                    status, kind, body = route()
+                    status, kind, body = route({k.lower(): v for k, v in self.headers.items()})
                 except Exception:  # a broken route answers 500; the server keeps serving
                     log.exception("route=%s failed", self.path)
                     status, kind, body = 500, "text/plain; charset=utf-8", b"internal error\n"
+            compress = len(body) >= GZIP_MIN_BYTES and _accepts_gzip(self.headers.get("Accept-Encoding", ""))
+            if compress:
+                body = gzip.compress(body, compresslevel=6)
             self.send_response(status)
             self.send_header("Content-Type", kind)
+            if compress:
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Vary", "Accept-Encoding")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

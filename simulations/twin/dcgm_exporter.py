@@ -12,6 +12,7 @@ exporter versions publish none.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Literal
 
@@ -129,7 +130,7 @@ class DcgmExporter:
                 free = profile.memory_mib - used
                 series["DCGM_FI_DEV_FB_FREE"].append(_line("DCGM_FI_DEV_FB_FREE", labels, free))
 
-    def response(self) -> Response:
+    def response(self, headers: Mapping[str, str] | None = None) -> Response:
         try:
             return 200, CONTENT_TYPE, self.render().encode()
         except RuntimeError:  # the twin changed under an unlocked read: the next scrape will do
