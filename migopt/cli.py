@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from migopt.render import Output, console, emit_data, format_map, render_plan, table
 from migopt.snapshot_io import load_snapshot
@@ -327,39 +328,48 @@ def run(
 
 @app.command()
 def snapshot(
-    output: Annotated[Path, typer.Option("-o", "--output", help="File to write (YAML; .json for JSON).")],
+    output: Annotated[Output, typer.Option("-o", "--output", help="yaml or json.")] = Output.yaml,
+    output_file: Annotated[
+        Path | None, typer.Option("--output-file", help="Write the snapshot here instead of to stdout.")
+    ] = None,
     kubeconfig: Annotated[
-        str | None, typer.Option("--kubeconfig", help="In-cluster configuration when omitted.")
+        str | None, typer.Option("--kubeconfig", help="Default: $KUBECONFIG, in-cluster, ~/.kube/config.")
     ] = None,
     context: Annotated[str | None, typer.Option("--context", help="kubeconfig context.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Settings YAML (ConfigMap location).")] = None,
 ) -> None:
-    """Write the live cluster as a snapshot for `migopt plan` and `migopt simulate`."""
+    """Write the live cluster as a snapshot for `migopt plan` and `migopt simulate` (a summary on stderr)."""
     from migopt.settings import load_settings
-    from migopt.snapshot_io import write_snapshot
+    from migopt.snapshot_io import snapshot_text, write_snapshot
     from optimizer.actuators.mig_manager import MigManagerActuator
     from optimizer.controller.isolation import isolation
     from optimizer.kube.adapter import KubeClusterPort
     from optimizer.kube.api import make_api_client
 
+    if output is Output.table:
+        raise MigoptError("a snapshot is data: -o yaml or -o json")
     settings = load_settings(config, kubeconfig=kubeconfig, context=context)
     port = KubeClusterPort(make_api_client(settings.kubeconfig, settings.context), settings.kube)
     port.sync_once()
     taken = port.snapshot()
-    write_snapshot(taken, output)
+    if output_file is None:
+        sys.stdout.write(snapshot_text(taken, output is Output.json))
+    else:
+        write_snapshot(taken, output_file, output is Output.json)
+    where = str(output_file) if output_file is not None else "stdout"
+    notes = Console(stderr=True, soft_wrap=True)
+    counts = f"{len(taken.nodes)} nodes, {len(taken.pods)} pending pods, {len(taken.running)} running"
+    notes.print(f"wrote {where}: {counts}")
     sources = ", ".join(f"{node}: {source}" for node, source in sorted(port.sources.items()))
-    console.print(
-        f"wrote {output}: {len(taken.nodes)} nodes, {len(taken.pods)} pending pods, {len(taken.running)} running"
-    )
-    console.print(f"GPU sources: {sources or 'no GPU nodes'}")
+    notes.print(f"GPU sources: {sources or 'no GPU nodes'}")
     for pod, reason in sorted(port.skipped_pods.items()):
-        console.print(f"skipped {pod}: {reason}")
+        notes.print(f"skipped {pod}: {reason}")
     statuses = MigManagerActuator().statuses(port, taken)
     held = isolation(statuses, port.now(), settings.controller.isolation)
     for node, status in sorted(statuses.items()):
         until = held.quarantined.get(node)
         note = f", quarantined for {until - port.now():.0f}s more" if until is not None else ""
-        console.print(f"node {node}: last change {status.plan_id} {status.phase}{note}")
+        notes.print(f"node {node}: last change {status.plan_id} {status.phase}{note}")
 
 
 def _serve_until_interrupted(server: RunningServer) -> None:

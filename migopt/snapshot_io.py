@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
-
+from migopt.render import json_text, yaml_text
 from nvidia_protocol.safe_yaml import read_yaml_file
 from solver.errors import MigoptError
 from solver.snapshot import ClusterSnapshot, parse_snapshot
 
 
 def load_snapshot(path: Path) -> ClusterSnapshot:
-    """A snapshot file, validated (unreadable, not UTF-8, not YAML, nested too deeply: one line each)."""
-    data = read_yaml_file(path, f"snapshot {str(path)!r}", language="YAML/JSON")  # JSON is YAML too
+    """A snapshot file, validated (unreadable, not UTF-8, not YAML, nested too deeply: one line each). JSON is
+    read by the JSON parser, YAML by libyaml's (`read_yaml_file`): the same limits and errors either way."""
+    data = read_yaml_file(path, f"snapshot {str(path)!r}", language="YAML/JSON")
     return parse_snapshot(data)
 
 
-def write_snapshot(snapshot: ClusterSnapshot, path: Path) -> None:
-    """YAML (JSON for a `.json` path) that `load_snapshot` reads back to the same snapshot."""
+def snapshot_text(snapshot: ClusterSnapshot, as_json: bool) -> str:
+    """YAML or JSON that `load_snapshot` reads back to the same snapshot."""
     data = snapshot.model_dump(mode="json", by_alias=True, exclude_defaults=True)
-    text = json.dumps(data, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
+    return json_text(data) if as_json else yaml_text(data)
+
+
+def write_snapshot(snapshot: ClusterSnapshot, path: Path, as_json: bool | None = None) -> None:
+    """`snapshot_text` in a file: JSON when asked, else by the path (`.json`), else YAML."""
+    text = snapshot_text(snapshot, path.suffix == ".json" if as_json is None else as_json)
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as err:

@@ -168,12 +168,14 @@ def test_snapshot_writes_the_live_cluster_for_plan(facade: tuple[str, Path], tmp
     url, kubeconfig = facade
     create_pod(client.ApiClient(client.Configuration(host=url)), "infer-0", "nvidia.com/mig-1g.5gb")
     out = tmp_path / "snap.yaml"
-    result = run_cli_process("snapshot", "--kubeconfig", str(kubeconfig), "-o", str(out))
+    result = run_cli_process("snapshot", "--kubeconfig", str(kubeconfig), "--output-file", str(out))
     assert result.code == 0, result.err
-    assert "node-0: agent" in result.out
+    assert "node-0: agent" in result.err and not result.out  # the summary on stderr, the data in the file
     planned = run_cli_process("plan", "--snapshot", str(out), "-o", "json")
     assert planned.code == 0, planned.err
     assert '"team-b/infer-0"' in planned.out
+    as_json = run_cli_process("snapshot", "--kubeconfig", str(kubeconfig), "-o", "json")  # -o is a format
+    assert as_json.code == 0 and "node-0" in {n["name"] for n in json.loads(as_json.out)["nodes"]}
 
 
 def test_run_without_a_cluster_is_one_line(tmp_path: Path) -> None:
@@ -197,6 +199,6 @@ def test_snapshot_shows_a_quarantined_node(facade: tuple[str, Path], tmp_path: P
     client.CoreV1Api(client.ApiClient(client.Configuration(host=url))).create_namespaced_config_map(
         "migopt-system", body
     )
-    result = run_cli_process("snapshot", "--kubeconfig", str(kubeconfig), "-o", str(tmp_path / "snap.yaml"))
+    result = run_cli_process("snapshot", "--kubeconfig", str(kubeconfig), "--output-file", str(tmp_path / "snap.yaml"))
     assert result.code == 0, result.err
-    assert "node node-0: last change plan-7 failed, quarantined for" in result.out
+    assert "node node-0: last change plan-7 failed, quarantined for" in result.err
