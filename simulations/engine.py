@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 
 from pydantic import BaseModel
 
@@ -26,7 +26,7 @@ from simulations.report import PodTimes, PolicyResult, Sample, percentile, time_
 from simulations.scenario import Scenario, SyntheticSource
 from simulations.twin.cluster import Twin
 from simulations.twin.mig_manager import MigManagerTimings
-from simulations.twin.state import PodPhase
+from simulations.twin.state import TwinNode
 from simulations.workloads import WorkloadPod, default_replay, generate, inflate, load_trace, timed
 from solver.catalog import load_catalog
 from solver.errors import MigoptError
@@ -44,12 +44,14 @@ def initial_cluster(scenario: Scenario, config: str) -> tuple[ClusterSnapshot, s
     file = standard_config(models)
     if config not in file.mig_configs:
         raise MigoptError(f"{config} is not a standard MIG config of {', '.join(m.key for m in models)}")
+    layouts = {}
+    for model in models:
+        layouts[model.key], _ = apply_map(model, standard_map(model, config) or {})
     nodes = []
     width = len(str(shape.nodes))
     for i in range(shape.nodes):
         model = models[i % len(models)]
-        devices = standard_map(model, config) or {}
-        layout, _ = apply_map(model, devices)
+        layout = layouts[model.key]
         if layout is None:
             raise MigoptError(f"{config} cannot be created on {model.key}")
         gpus = [
@@ -63,15 +65,43 @@ def initial_cluster(scenario: Scenario, config: str) -> tuple[ClusterSnapshot, s
     return ClusterSnapshot(nodes=nodes), render_config(file)
 
 
-def _sample(twin: Twin) -> Sample:
+@cache
+def _compute_slices(model: str, profile: str | None = None) -> int:
+    """Compute slices of the GPU model, or of one of its profiles (looked up once: sampled every tick)."""
+    gpu = load_catalog().model(model)
+    return gpu.compute_slices if profile is None else gpu.profile(profile).compute_slices
+
+
+def node_slices(node: TwinNode) -> tuple[int, int]:
+    """(allocated, total) compute slices of the node's GPUs."""
     allocated = total = 0
-    for node in twin.nodes.values():
-        for gpu in node.gpus:
-            model = gpu.gpu_model
-            total += model.compute_slices
-            allocated += sum(model.profile(i.profile).compute_slices for i in gpu.instances if i.pod)
-    pending = sum(1 for p in twin.pods.values() if p.active and p.phase == PodPhase.PENDING)
-    return Sample(time_s=twin.now(), allocated_slices=allocated, total_slices=total, pending_pods=pending)
+    for gpu in node.gpus:
+        total += _compute_slices(gpu.model)
+        allocated += sum(_compute_slices(gpu.model, i.profile) for i in gpu.instances if i.pod)
+    return allocated, total
+
+
+class Sampler:
+    """The figures sampled every tick; a node's slices are recounted only when its layout or holders may have
+    changed (`TwinNode.layout_mark`): at trace scale most nodes do not change between two ticks."""
+
+    def __init__(self, twin: Twin) -> None:
+        self._twin = twin
+        self._slices: dict[str, tuple[object, tuple[int, int]]] = {}
+
+    def sample(self) -> Sample:
+        twin = self._twin
+        allocated = total = 0
+        for name, node in twin.nodes.items():
+            mark = node.layout_mark()
+            cached = self._slices.get(name)
+            if cached is None or cached[0] != mark:
+                node.watch()
+                cached = self._slices[name] = (mark, node_slices(node))
+            allocated += cached[1][0]
+            total += cached[1][1]
+        pending = twin.pending_count()
+        return Sample(time_s=twin.now(), allocated_slices=allocated, total_slices=total, pending_pods=pending)
 
 
 def run_policy(
@@ -104,13 +134,14 @@ def run_policy(
     for pod in pods:
         twin.clock.schedule(pod.arrival_s, _arrival(twin, pod))
     samples: list[Sample] = []
+    sampler = Sampler(twin)
     tick = scenario.controller.tick_s
     now = 0.0
     while now <= scenario.horizon_s:
         twin.run_until(now)
         if controller is not None:
             controller.tick()
-        samples.append(_sample(twin))
+        samples.append(sampler.sample())
         if progress is not None:
             progress(now / scenario.horizon_s)
         now += tick

@@ -106,6 +106,8 @@ def load_trace(path: str | Path) -> list[TraceRow]:
         raise MigoptError(f"{where}: cannot read trace: {err.strerror or err}") from err
     except csv.Error as err:
         raise MigoptError(f"{where}: malformed CSV: {err}") from err
+    except UnicodeDecodeError as err:  # read in chunks: the offset is the chunk's, so only the byte is named
+        raise MigoptError(f"{where}: cannot read trace: not UTF-8 text (byte 0x{err.object[err.start]:02x})") from None
 
 
 def _parse(where: str, reader: Iterable[list[str]]) -> list[TraceRow]:

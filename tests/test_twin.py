@@ -10,6 +10,7 @@ from nvidia_protocol.labels import MIG_CONFIG_LABEL, PRODUCT_LABEL
 from optimizer.controller.port import EvictionOutcome
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
 from simulations.twin import PodPhase, SimClock, Twin
+from simulations.twin.api.render import node_object
 from solver.errors import MigoptError
 from solver.planner import make_plan
 from solver.snapshot import Taint, Toleration, parse_snapshot
@@ -168,6 +169,26 @@ def test_bad_pod_request_is_refused() -> None:
     t.add_pod("ns/p", {ONE_G: 1})
     with pytest.raises(MigoptError):
         t.add_pod("ns/p", {ONE_G: 1})
+
+
+def test_nodes_carry_kubelets_labels_and_a_pod_pinned_by_hostname_runs_there() -> None:
+    t = make(node("a", ones()), node("b", ones(), instances(("3g.20gb", 0), ("3g.20gb", 4))))
+    labels = t.snapshot().nodes[1].labels
+    assert labels["kubernetes.io/hostname"] == "b"
+    assert labels["kubernetes.io/os"] == "linux" and labels["kubernetes.io/arch"] == "amd64"
+    for n in range(4):  # both nodes have free 1g devices
+        assert t.add_pod(f"ns/pinned-{n}", {ONE_G: 1}, node_selector={"kubernetes.io/hostname": "a"}).node == "a"
+    three_g = {"nvidia.com/mig-3g.20gb": 1}
+    assert t.add_pod("ns/big", three_g, node_selector={"kubernetes.io/hostname": "a"}).node is None  # "b" has them
+    assert t.add_pod("ns/there", three_g, node_selector={"kubernetes.io/hostname": "b"}).node == "b"
+    shown = node_object(t, t.node("b"), 1, lambda _: "2026-01-01T00:00:00Z", agent=False)["metadata"]["labels"]
+    assert shown == t.node("b").labels  # the API facade shows exactly the labels the scheduler matches
+
+
+def test_a_hostname_given_in_the_snapshot_is_kept() -> None:
+    t = make(node("n", ones(), labels={"kubernetes.io/hostname": "ip-10-0-0-7"}))
+    assert t.node("n").labels["kubernetes.io/hostname"] == "ip-10-0-0-7"
+    assert t.add_pod("ns/p", {ONE_G: 1}, node_selector={"kubernetes.io/hostname": "ip-10-0-0-7"}).node == "n"
 
 
 # ---- evictions ------------------------------------------------------------------------------------------

@@ -1,9 +1,14 @@
-"""A small twin to serve over the API facade, and a `kubernetes` client for a URL."""
+"""A small twin to serve over the API facade, a `kubernetes` client for a URL, and the real kubectl."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from simulations.twin import Twin
@@ -34,3 +39,13 @@ def small_twin() -> Twin:
 
 def kube_client(url: str) -> client.ApiClient:
     return client.ApiClient(client.Configuration(host=url))
+
+
+def kubectl_run(config: Path, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """The real kubectl against a kubeconfig; its discovery cache stays beside the kubeconfig (a test's folder)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not installed (the README's test setup needs it)")
+    env = os.environ | {"HOME": str(config.parent)}
+    command = [kubectl, "--kubeconfig", str(config), "--request-timeout=20s", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)

@@ -13,18 +13,20 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable, Mapping
+from functools import partial
 from types import MappingProxyType
 from typing import Literal
 
 from nvidia_protocol.labels import CLIENT_DEPLOY_LABEL, DEPLOY_LABELS, MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from optimizer.controller.port import ClusterPort, EvictionOutcome
 from simulations.twin.clock import SimClock
-from simulations.twin.convert import GpuCache, load_pods, node_from_state, registered_resources, to_snapshot
+from simulations.twin.convert import SnapshotCache, load_pods, node_from_state, registered_resources, to_snapshot
 from simulations.twin.evictions import eviction_outcome
-from simulations.twin.mig_manager import MigManager, MigManagerTimings
+from simulations.twin.mig_manager import DEFAULT_BEHAVIOUR, MigManager, MigManagerBehaviour, MigManagerTimings
 from simulations.twin.operands import NodeOperands
 from simulations.twin.scheduler import Scheduler
 from simulations.twin.state import (
+    DeviceRef,
     EvictionRecord,
     LabelChange,
     LogLine,
@@ -74,8 +76,9 @@ class _ManagerHost:
 class Twin:
     """A digital twin of a MIG cluster; implements `optimizer.controller.port.ClusterPort`.
 
-    Fault knobs: `stuck_pending` (node names whose mig-manager runs hang in `pending`, spec §7.1) and
-    `restart_mig_manager`. Records for assertions: `evictions`, `events`, `label_log`, `mig_runs`, `log_lines`.
+    Fault knobs: `stuck_pending` (node names whose operand pods do not terminate: a run waits in `pending` for
+    them up to `timings.component_wait_s`, then, as `behaviour.version` does, gives up or carries on; spec §7.1)
+    and `restart_mig_manager`. Records for assertions: `evictions`, `events`, `label_log`, `mig_runs`, `log_lines`.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class Twin:
         seed: int = 0,
         grace_period_s: float = 30.0,
         registered: Mapping[str, Mapping[str, int]] | None = None,
+        behaviour: MigManagerBehaviour = DEFAULT_BEHAVIOUR,
     ) -> None:
         self.clock = SimClock()
         self.timings = timings
@@ -105,21 +109,24 @@ class Twin:
         self._config_text = mig_config_text
         self.records: dict[str, str] = {}  # the controller's records of node changes (its own object's data)
         self._config_writes: list[tuple[float, str | None]] = [(-math.inf, mig_config_text)]
-        self._gpu_cache: GpuCache = {}
+        self._snapshot_cache = SnapshotCache()
+        self._plugins_version = 0  # bumped whenever any node's device plugin registers or stops
         self._nodes: dict[str, TwinNode] = {}
         for node in nodes:
             if node.name in self._nodes:
                 raise ValueError(f"duplicate node {node.name!r}")
+            node.register()
             self._nodes[node.name] = node
-        self._pods = PodStore(self.clock, self._nodes)
+        self._pods = PodStore(self.clock, self._nodes, on_holdings=self._scheduler.node_changed)
         self._pdbs: dict[str, PodDisruptionBudget] = {}
         host = _ManagerHost(self)
-        self._managers = {name: MigManager(name, self.clock, host, timings) for name in self._nodes}
+        self._managers = {name: MigManager(name, self.clock, host, timings, behaviour) for name in self._nodes}
         self._operands = {
             name: NodeOperands(node, self.clock, timings.restore_s, self._write_labels)
             for name, node in self._nodes.items()
         }
         for name, manager in self._managers.items():
+            self._operands[name].plugin.on_change = partial(self._plugin_changed, name)
             self._operands[name].register_stale((registered or {}).get(name, {}))
             self._operands[name].boot()
             manager.adopt()
@@ -133,6 +140,7 @@ class Twin:
         timings: MigManagerTimings = DEFAULT_TIMINGS,
         seed: int = 0,
         grace_period_s: float = 30.0,
+        behaviour: MigManagerBehaviour = DEFAULT_BEHAVIOUR,
     ) -> Twin:
         """A running cluster as the snapshot shows it; its mig-managers have already processed their labels.
 
@@ -141,7 +149,7 @@ class Twin:
         twin = cls(
             [node_from_state(n) for n in snapshot.nodes], mig_config_text=mig_config_text, timings=timings,
             seed=seed, grace_period_s=grace_period_s,
-            registered={n.name: registered_resources(n) for n in snapshot.nodes},
+            registered={n.name: registered_resources(n) for n in snapshot.nodes}, behaviour=behaviour,
         )  # fmt: skip
         load_pods(snapshot, twin._nodes, twin._pods)
         twin._schedule()
@@ -150,7 +158,9 @@ class Twin:
     # ---- ClusterPort ------------------------------------------------------------------------------------
 
     def snapshot(self) -> ClusterSnapshot:
-        return to_snapshot(self._nodes, {n: o.plugin for n, o in self._operands.items()}, self._pods, self._gpu_cache)
+        return to_snapshot(
+            self._nodes, {n: o.plugin for n, o in self._operands.items()}, self._pods, self._snapshot_cache
+        )
 
     def patch_node(
         self, node: str, *, labels: Mapping[str, str | None] = _NO_CHANGES,
@@ -398,8 +408,12 @@ class Twin:
     def _touch_node(self, node: str) -> None:
         self.node_revisions[node] = self.node_revisions.get(node, 0) + 1
 
+    def _plugin_changed(self, node: str) -> None:
+        self._plugins_version += 1
+        self._scheduler.node_changed(node)
+
     def _state_version(self) -> tuple[int, ...]:
-        return (self._node_version, self._pods.version, *(ops.plugin.version for ops in self._operands.values()))
+        return (self._node_version, self._pods.version, self._plugins_version)
 
     def reschedule(self) -> None:
         """Run a scheduling pass even if the twin saw no change (after editing its state objects directly)."""
@@ -411,19 +425,32 @@ class Twin:
         """One pass, skipped when nothing that decides a binding changed since the last one."""
         if self._state_version() == self._scheduled_at:
             return
-        pending = self._pods.pending()
-        if pending:
-            advertised = {name: ops.plugin.devices for name, ops in self._operands.items()}
-            keys = {
-                name: (ops.plugin.version, self._pods.holdings_version.get(name, 0))
-                for name, ops in self._operands.items()
-            }
-            plugins = tuple(ops.plugin.version for ops in self._operands.values())
-            growth = (self._pods.released_version, self._node_version, *plugins)
-            self._scheduler.run(
-                pending, self._pods.demand, self._nodes, advertised, keys, self._node_version, self._pods.bind, growth
-            )
+        if self._pods.queue:
+            growth = (self._pods.released_version, self._node_version, self._plugins_version)
+            self._scheduler.run(self._pods.queue, self._pods.demand, _SchedulingView(self), self._pods.bind, growth)
         self._scheduled_at = self._state_version()
+
+    def pending_count(self) -> int:
+        """How many pods wait for the scheduler now."""
+        return len(self._pods.queue)
+
+
+class _SchedulingView:
+    """The twin as the scheduler reads it, node by node (`scheduler.SchedulingView`)."""
+
+    def __init__(self, twin: Twin) -> None:
+        self._twin = twin
+        self.nodes: Mapping[str, TwinNode] = twin._nodes
+
+    def advertised(self, node: str) -> frozenset[DeviceRef]:
+        return self._twin._operands[node].plugin.devices
+
+    def pool_key(self, node: str) -> tuple[int, ...]:
+        return (self._twin._operands[node].plugin.version, self._twin._pods.holdings_version.get(node, 0))
+
+    @property
+    def revisions(self) -> Mapping[str, int]:
+        return self._twin.node_revisions
 
 
 def _conforms(twin: Twin) -> ClusterPort:

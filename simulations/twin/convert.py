@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from functools import cache
+from operator import is_
+from typing import NamedTuple
 
 from nvidia_protocol.labels import OPERATOR_DEFAULTED_LABELS
 from simulations.twin.device_plugin import DevicePlugin
-from simulations.twin.state import DeviceRef, PodSpec, TwinGpu, TwinInstance, TwinNode
-from simulations.twin.workload import PodStore, as_pending
+from simulations.twin.state import DeviceRef, EditCount, PodSpec, TwinGpu, TwinInstance, TwinNode, edits_of
+from simulations.twin.workload import PodStore
+from solver.catalog import load_catalog
 from solver.profiles import MIG_RESOURCE_PREFIX, resource_name
-from solver.protection import Protection
 from solver.snapshot import (
     GPU_RESOURCE,
     PRODUCT_LABEL,
@@ -24,12 +27,23 @@ from solver.snapshot import (
     GpuState,
     InstanceState,
     NodeState,
-    RunningPod,
 )
 
 
 def is_device_resource(key: str) -> bool:
     return key == GPU_RESOURCE or key.startswith(MIG_RESOURCE_PREFIX)
+
+
+@cache
+def _model_key(model: str) -> str:
+    """The catalog key of a GPU model named any way (looked up once per name: a cluster repeats a few models)."""
+    return load_catalog().model(model).key
+
+
+@cache
+def _profile_name(model: str, profile: str) -> str:
+    """The canonical name of the model's profile, once per (model, profile)."""
+    return load_catalog().model(model).profile(profile).name
 
 
 def node_from_state(state: NodeState) -> TwinNode:
@@ -40,9 +54,9 @@ def node_from_state(state: NodeState) -> TwinNode:
     gpus = [
         TwinGpu(
             index=g.index,
-            model=g.gpu_model.key,
+            model=_model_key(g.model),
             instances=[
-                TwinInstance(profile=g.gpu_model.profile(i.profile).name, start=i.start, pod=i.pod)
+                TwinInstance(profile=_profile_name(g.model, i.profile), start=i.start, pod=i.pod)
                 for i in sorted(g.instances, key=lambda i: i.start)
             ],
         )
@@ -102,53 +116,100 @@ def load_pods(snapshot: ClusterSnapshot, nodes: Mapping[str, TwinNode], store: P
         store.add(pod.name, spec)
 
 
-GpuCache = dict[str, tuple[tuple[object, ...], list[GpuState]]]
+class _GpuPiece(NamedTuple):
+    """A GPU's state as the snapshot shows it, with what it was made from."""
+
+    gpu: TwinGpu
+    edits: int
+    instances: list[TwinInstance]
+    length: int
+    state: GpuState
 
 
-def _gpu_states(node: TwinNode, cache: GpuCache) -> list[GpuState]:
-    """The node's GPUs as the snapshot shows them, rebuilt only when a layout or a holder changed: the
-    controller reads the whole cluster every tick, and most nodes are as they were."""
-    key = tuple(
-        (g.index, g.model, g.mig_enabled, tuple((i.profile, i.start, i.pod) for i in g.instances)) for g in node.gpus
-    )
-    cached = cache.get(node.name)
-    if cached is None or cached[0] != key:
-        states = [
-            GpuState(
-                index=g.index, model=g.model,
-                instances=[InstanceState(profile=i.profile, start=i.start, pod=i.pod) for i in g.instances]
-                if g.mig_enabled else [],
-            )
-            for g in node.gpus
-        ]  # fmt: skip
-        cached = cache[node.name] = (key, states)
-    return cached[1]
+class SnapshotCache:
+    """The snapshot's per-node pieces from the last read, reused while the node is as it was: the controller reads
+    the whole cluster every tick, and at trace scale most nodes have not changed since the last read.
+
+    A GPU's state is reused while no field of it or of its instances was assigned (`TwinGpu.watch`) and its
+    instance list is the same object of the same length; a node's other fields are compared with what its piece
+    was made from. Either way direct edits of the twin's objects are seen too: no one has to invalidate anything.
+    """
+
+    def __init__(self) -> None:
+        self._gpus: dict[str, tuple[tuple[object, ...], list[_GpuPiece], list[GpuState]]] = {}
+        self._nodes: dict[str, tuple[list[GpuState], NodeState]] = {}  # with the GPU states it was made from
+
+    def gpu_states(self, node: TwinNode) -> list[GpuState]:
+        """The node's GPUs as the snapshot shows them; only GPUs whose layout or holders changed are rebuilt."""
+        mark = node.layout_mark()
+        cached = self._gpus.get(node.name)
+        if cached is not None and cached[0] == mark:
+            return cached[2]
+        before = {id(piece.gpu): piece for piece in cached[1]} if cached is not None else {}
+        pieces = [_gpu_piece(gpu, node.edits, before.get(id(gpu))) for gpu in node.gpus]
+        if cached is not None and len(pieces) == len(cached[1]) and all(map(is_, pieces, cached[1])):
+            states = cached[2]  # a GPU no longer on the node moved the count: nothing shown changed
+        else:
+            states = [piece.state for piece in pieces]
+        self._gpus[node.name] = (mark, pieces, states)
+        return states
+
+    def node_state(self, node: TwinNode, plugin: DevicePlugin) -> NodeState:
+        gpus = self.gpu_states(node)
+        allocatable = node.other_allocatable | plugin.allocatable
+        cached = self._nodes.get(node.name)
+        if cached is not None:
+            made_from, state = cached
+            if (
+                made_from is gpus
+                and state.unschedulable == node.unschedulable
+                and _same(state.labels, node.labels)
+                and _same(state.annotations, node.annotations)
+                and _same(state.allocatable, allocatable)
+                and state.taints == node.taints
+            ):
+                return state
+        state = NodeState(
+            name=node.name, labels=dict(node.labels), annotations=dict(node.annotations), allocatable=allocatable,
+            taints=list(node.taints), unschedulable=node.unschedulable, gpus=gpus,
+        )  # fmt: skip
+        self._nodes[node.name] = (gpus, state)
+        return state
 
 
-def _protection(spec: PodSpec) -> Protection | None:
-    """The pod's reason, when it has one; a pod only flagged not evictable (`Twin.add_pod(evictable=False)`) gets
-    the snapshot's `unspecified`."""
-    if spec.evictable:
-        return None
-    return spec.protection or Protection.UNSPECIFIED
+def _gpu_piece(gpu: TwinGpu, node_edits: EditCount, before: _GpuPiece | None) -> _GpuPiece:
+    """The GPU's piece: `before` when nothing was assigned since, else made anew (and the GPU watched from now)."""
+    if (
+        before is not None
+        and before.gpu is gpu
+        and before.edits == edits_of(gpu).value
+        and before.instances is gpu.instances
+        and before.length == len(gpu.instances)
+    ):
+        return before
+    edits = gpu.watch(node_edits)
+    state = GpuState(
+        index=gpu.index, model=gpu.model,
+        instances=[InstanceState(profile=i.profile, start=i.start, pod=i.pod) for i in gpu.instances]
+        if gpu.mig_enabled else [],
+    )  # fmt: skip
+    return _GpuPiece(gpu, edits.value, gpu.instances, len(gpu.instances), state)
+
+
+def _same(a: Mapping[str, object], b: Mapping[str, object]) -> bool:
+    """Equal, in the same order: a reused piece is the one a fresh read would make, down to its key order."""
+    return a == b and list(a) == list(b)
 
 
 def to_snapshot(
-    nodes: Mapping[str, TwinNode], plugins: Mapping[str, DevicePlugin], store: PodStore, cache: GpuCache | None = None
+    nodes: Mapping[str, TwinNode],
+    plugins: Mapping[str, DevicePlugin],
+    store: PodStore,
+    cache: SnapshotCache | None = None,
 ) -> ClusterSnapshot:
     """The cluster as the controller would read it now."""
-    gpu_cache: GpuCache = {} if cache is None else cache
-    states = [
-        NodeState(
-            name=node.name, labels=dict(node.labels), annotations=dict(node.annotations),
-            allocatable=dict(node.other_allocatable) | dict(plugins[node.name].allocatable),
-            taints=list(node.taints), unschedulable=node.unschedulable, gpus=_gpu_states(node, gpu_cache),
-        )
-        for node in nodes.values()
-    ]  # fmt: skip
-    running = [
-        RunningPod(name=p.name, priority=p.spec.priority, protection=_protection(p.spec))
-        for p in sorted(store.running(), key=lambda p: p.name)
-        if p.devices
-    ]
-    return ClusterSnapshot(nodes=states, pods=[as_pending(p) for p in store.pending()], running=running)
+    pieces = SnapshotCache() if cache is None else cache
+    states = [pieces.node_state(node, plugins[node.name]) for node in nodes.values()]
+    # every piece is a validated model already, and names are unique (they key the twin's dicts): validating the
+    # whole again would re-run each running pod's validator on every read
+    return ClusterSnapshot.model_construct(nodes=states, pods=store.pending_views(), running=store.running_views())

@@ -9,11 +9,12 @@ changes capacity, not allocatable).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from simulations.twin.state import DeviceRef, TwinNode
+from simulations.twin.state import DeviceRef, TwinNode, device_ref
 from solver.profiles import resource_name
 from solver.snapshot import GPU_RESOURCE
 
@@ -53,12 +54,7 @@ class Advertisement(BaseModel):
 
 
 def _mig_devices(node: TwinNode) -> frozenset[DeviceRef]:
-    return frozenset(
-        DeviceRef(gpu=g.index, start=i.start, profile=i.profile)
-        for g in node.gpus
-        if g.mig_enabled
-        for i in g.instances
-    )
+    return frozenset(device_ref(g.index, i.start, i.profile) for g in node.gpus if g.mig_enabled for i in g.instances)
 
 
 def advertisement(node: TwinNode) -> Advertisement:
@@ -82,6 +78,12 @@ class DevicePlugin:
         self.capacity: dict[str, int] = dict(registered or {})
         self.allocatable: dict[str, int] = {k: 0 for k in self.capacity}
         self.version = 0  # bumped on every (re)registration or stop
+        self.on_change: Callable[[], None] | None = None  # told after every bump (the twin's scheduler listens)
+
+    def _changed(self) -> None:
+        self.version += 1
+        if self.on_change is not None:
+            self.on_change()
 
     def start(self, node: TwinNode) -> None:
         """Enumerate the node's devices and register them; resources it no longer has drop to 0."""
@@ -90,11 +92,11 @@ class DevicePlugin:
         self.allocatable = dict(self.capacity)
         self.devices = ad.devices
         self.running = True
-        self.version += 1
+        self._changed()
 
     def stop(self) -> None:
         """The plugin pod is gone: its devices are unhealthy, capacity kept, allocatable 0."""
         self.running = False
         self.devices = frozenset()
         self.allocatable = {k: 0 for k in self.capacity}
-        self.version += 1
+        self._changed()

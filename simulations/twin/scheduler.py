@@ -4,16 +4,22 @@ Pending pods go in priority order (then arrival). A node qualifies when Kubernet
 (`solver.demand.rejection`: cordon, selector, affinity, taints, strategy) and it has enough free devices it
 currently advertises for every requested resource; all of a pod's devices come from that one node. Among
 qualifying nodes one is drawn with the twin's seeded generator, as kube-scheduler breaks equal scores at
-random. Devices go lowest GPU index, then lowest start, first. Within a pass, a pod asking exactly what an
-earlier unserved pod asked is skipped, so a long queue of alike pods costs one search.
+random. Devices go lowest GPU index, then lowest start, first. A pod asking exactly what an earlier unserved
+pod asked is skipped, until free capacity may have grown: the queue (`queue.py`) hands a pass one pod per
+group of alike pods, so a long queue of them costs one search. Only nodes offering the first requested device
+are looked at (an index kept as pools change), and only the drawn node allocates.
 """
 
 from __future__ import annotations
 
 import random
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
+from operator import attrgetter
+from typing import Protocol
 
+from simulations.twin.queue import Ask, PendingQueue
 from simulations.twin.state import DeviceRef, TwinNode, TwinPod
 from solver.demand import Demand, rejection
 from solver.profiles import MIG_RESOURCE_PREFIX, resource_name
@@ -22,19 +28,40 @@ from solver.snapshot import GPU_RESOURCE, PRODUCT_LABEL, NodeState, split_single
 Binder = Callable[[TwinPod, str, list[DeviceRef]], None]
 
 
+class SchedulingView(Protocol):
+    """What a pass reads of the cluster, node by node, so that it reads only the nodes it needs."""
+
+    @property
+    def nodes(self) -> Mapping[str, TwinNode]: ...
+
+    def advertised(self, node: str) -> Iterable[DeviceRef]:
+        """The devices the node's plugin advertises now."""
+        ...
+
+    def pool_key(self, node: str) -> tuple[int, ...]:
+        """Moves whenever the node's free devices may have changed (plugin registration, holdings)."""
+        ...
+
+    @property
+    def revisions(self) -> Mapping[str, int]:
+        """Per node, moves whenever its labels, taints or cordon may have changed (absent: 0)."""
+        ...
+
+
+_allocation_order = attrgetter("gpu", "start")
+
+
 class FreePool:
     """A node's free advertised devices: those that still exist as advertised and no pod holds, grouped by
     resource name, each group in allocation order (GPU index, then start). Valid until the node's plugin
-    re-registers or its devices change hands; `take` keeps it exact within a pass."""
+    re-registers or its devices change hands; `take` keeps it exact through the scheduler's own bindings."""
 
     def __init__(self, node: TwinNode, advertised: Iterable[DeviceRef]) -> None:
         self.node = node
-        gpus = {g.index: g for g in node.gpus if g.mig_enabled}
+        free = {(g.index, i.start): i.profile for g in node.gpus if g.mig_enabled for i in g.instances if i.pod is None}
         self.by_resource: dict[str, list[DeviceRef]] = {}
-        for ref in sorted(advertised, key=lambda d: (d.gpu, d.start)):
-            gpu = gpus.get(ref.gpu)
-            instance = gpu.instance_at(ref.start) if gpu is not None else None
-            if instance is not None and instance.profile == ref.profile and instance.pod is None:
+        for ref in sorted(advertised, key=_allocation_order):
+            if free.get((ref.gpu, ref.start)) == ref.profile:
                 self.by_resource.setdefault(resource_name(ref.profile), []).append(ref)
 
     def __bool__(self) -> bool:
@@ -76,6 +103,27 @@ def pick_devices(demand: Demand, pool: FreePool) -> list[DeviceRef] | None:
     return chosen
 
 
+Need = tuple[tuple[str, int], ...]
+
+
+def mixed_need(demand: Demand) -> Need | None:
+    """The free devices a mixed-strategy pod needs on one node, by resource; None when no node can have them (it
+    asks for whole GPUs, which are not modelled as schedulable devices)."""
+    need = []
+    for resource, count in sorted(demand.pod.requests.items()):
+        if not resource.startswith(MIG_RESOURCE_PREFIX):
+            if resource.startswith("nvidia.com/"):
+                return None
+            continue
+        need.append((resource, count))
+    return tuple(need)
+
+
+def fits(need: Need, pool: FreePool) -> bool:
+    """Whether `pick_devices` would find a mixed-strategy pod's devices here, without building the list."""
+    return all(len(pool.by_resource.get(resource, ())) >= count for resource, count in need)
+
+
 def _first_resource(demand: Demand) -> str:
     """The resource name of a pod's first requested device, as the device plugin advertises it."""
     if demand.kind == "single":
@@ -88,112 +136,156 @@ def _filter_view(node: TwinNode) -> NodeState:
 
 
 class Scheduler:
-    """Binds pending pods; keeps, across passes, each node's filter view and free pool until they go stale.
+    """Binds pending pods; keeps, across passes, each node's filter view and free pool until they go stale, and
+    which nodes offer a free device of each resource.
 
-    A node's view is rebuilt when `meta_version` (labels, taints, cordons) moves, its pool when its key (the
-    plugin's registration and the node's device holdings) moves, so a pass after one pod finished rebuilds
-    one pool, not all of them.
+    A node's view and filter answers are rebuilt when its revision (labels, taints, cordon) moves; its pool when
+    the twin reports it changed (`node_changed`: its plugin re-registered or its devices changed hands) and its
+    key moved. A pass after one pod finished rebuilds one pool and looks at the nodes offering what the queue's
+    heads ask for, not at every node.
     """
 
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
         self._views: dict[str, tuple[int, NodeState]] = {}
+        self._allowed: dict[object, dict[str, tuple[int, bool]]] = {}  # eligibility → node → (revision, passes)
         self._pools: dict[str, tuple[tuple[int, ...], FreePool]] = {}
-        self._allowed: dict[tuple[object, str], bool] = {}  # (eligibility, node) → filters pass
-        self._allowed_version = -1
-        self._asks: dict[str, tuple[object, ...]] = {}
+        self._offering: dict[str, list[str]] = {}  # resource → nodes with a free device of it, sorted by name
+        self._indexed = False  # False: every pool is rebuilt at the next pass
+        self._stale: set[str] = set()
         self._growth: tuple[int, ...] = ()
-        self._unservable: set[tuple[object, ...]] = set()
-        self._considered: set[str] = set()  # pods a pass already looked at since `growth` last moved
+        self._unservable: set[Ask] = set()
 
-    def _ask(self, demand: Demand) -> tuple[object, ...]:
-        """What a pod asks of a node, computed once per pod."""
-        name = demand.pod.name
-        ask = self._asks.get(name)
-        if ask is None:
-            selector = tuple(sorted(demand.pod.node_selector.items()))
-            ask = self._asks[name] = (demand.eligibility_key, demand.resources, selector)
-        return ask
+    def node_changed(self, name: str) -> None:
+        """The node's plugin re-registered or its devices changed hands: its pool is checked at the next pass."""
+        self._stale.add(name)
 
     def forget(self) -> None:
         """Drop every cache (after the twin's objects were edited directly)."""
-        self._growth, self._unservable, self._considered = (), set(), set()
+        self._growth, self._unservable = (), set()
         self._views.clear()
-        self._pools.clear()
         self._allowed.clear()
+        self._pools.clear()
+        self._offering.clear()
+        self._indexed = False
+        self._stale.clear()
 
-    def _passes(self, node: TwinNode, demand: Demand, eligibility: object, meta_version: int) -> bool:
-        if meta_version != self._allowed_version:
-            self._allowed.clear()
-            self._allowed_version = meta_version
-        key = (eligibility, node.name)
-        allowed = self._allowed.get(key)
-        if allowed is None:
-            allowed = self._allowed[key] = rejection(self._view(node, meta_version), demand) is None
-        return allowed
+    def _qualifying(self, demand: Demand, cluster: SchedulingView) -> list[str]:
+        """The nodes, by name, whose filters pass and which have every device the pod asks for free (only the drawn
+        one allocates: `pick_devices`)."""
+        nodes, revisions = cluster.nodes, cluster.revisions
+        allowed = self._allowed.setdefault(demand.eligibility_key, {})
+        first = _first_resource(demand)
+        passing = []
+        for name in self._offering.get(first, ()):  # only nodes with its first device free
+            revision = revisions.get(name, 0)
+            verdict = allowed.get(name)
+            if verdict is None or verdict[0] != revision:
+                passes = rejection(self._view(nodes[name], revision), demand) is None
+                verdict = allowed[name] = (revision, passes)
+            if verdict[1]:
+                passing.append(name)
+        pools = self._pools
+        if demand.kind == "single":
+            return [name for name in passing if pick_devices(demand, pools[name][1]) is not None]
+        need = mixed_need(demand)
+        if need is None:
+            return []
+        if need == ((first, 1),):  # a node offering it has one free
+            return passing
+        return [name for name in passing if fits(need, pools[name][1])]
 
-    def _view(self, node: TwinNode, meta_version: int) -> NodeState:
+    def _view(self, node: TwinNode, revision: int) -> NodeState:
         cached = self._views.get(node.name)
-        if cached is None or cached[0] != meta_version:
-            cached = self._views[node.name] = (meta_version, _filter_view(node))
+        if cached is None or cached[0] != revision:
+            cached = self._views[node.name] = (revision, _filter_view(node))
         return cached[1]
 
-    def _pool(self, node: TwinNode, advertised: Iterable[DeviceRef], key: tuple[int, ...]) -> FreePool:
-        cached = self._pools.get(node.name)
-        if cached is None or cached[0] != key:
-            cached = self._pools[node.name] = (key, FreePool(node, advertised))
-        return cached[1]
+    def _offer(self, name: str, resource: str) -> None:
+        nodes = self._offering.setdefault(resource, [])
+        at = bisect_left(nodes, name)
+        if at == len(nodes) or nodes[at] != name:
+            nodes.insert(at, name)
+
+    def _withdraw(self, name: str, resource: str) -> None:
+        nodes = self._offering.get(resource, [])
+        at = bisect_left(nodes, name)
+        if at < len(nodes) and nodes[at] == name:
+            del nodes[at]
+
+    def _set_pool(self, name: str, pool: tuple[tuple[int, ...], FreePool] | None) -> None:
+        old = self._pools.pop(name, None)
+        if old is not None:
+            for resource, refs in old[1].by_resource.items():
+                if refs:
+                    self._withdraw(name, resource)
+        if pool is not None:
+            self._pools[name] = pool
+            for resource, refs in pool[1].by_resource.items():
+                if refs:
+                    self._offer(name, resource)
+
+    def _refresh(self, cluster: SchedulingView) -> None:
+        """Bring the pools of the nodes that changed (all of them after `forget`) up to date."""
+        nodes = cluster.nodes
+        if not self._indexed:
+            self._pools.clear()
+            self._offering.clear()
+            stale: Iterable[str] = sorted(nodes)
+            self._indexed = True
+        else:
+            stale = self._stale
+        for name in stale:
+            node = nodes.get(name)
+            if node is None:
+                self._set_pool(name, None)
+                continue
+            key = cluster.pool_key(name)
+            cached = self._pools.get(name)
+            if cached is None or cached[0] != key:
+                self._set_pool(name, (key, FreePool(node, cluster.advertised(name))))
+        self._stale = set()
+
+    def _take(self, name: str, devices: list[DeviceRef]) -> None:
+        pool = self._pools[name][1]
+        pool.take(devices)
+        for resource in {resource_name(ref.profile) for ref in devices}:
+            if not pool.by_resource[resource]:
+                self._withdraw(name, resource)
 
     def run(
         self,
-        pending: Iterable[TwinPod],
+        queue: PendingQueue,
         demand_of: Callable[[TwinPod], Demand],
-        nodes: Mapping[str, TwinNode],
-        advertised: Mapping[str, Iterable[DeviceRef]],
-        pool_keys: Mapping[str, tuple[int, ...]],
-        meta_version: int,
+        cluster: SchedulingView,
         bind: Binder,
         growth: tuple[int, ...] = (),
     ) -> int:
-        """One pass over `pending` (already in queue order); returns how many pods it bound.
+        """One pass over the queue; returns how many pods it bound.
 
         `growth` changes whenever free capacity may have grown (devices freed, a plugin re-registered, node
         metadata changed). While it does not, an ask that found no node stays unanswerable, across passes too.
         """
         if growth != self._growth:
-            self._growth, self._unservable, self._considered = growth, set(), set()
+            self._growth, self._unservable = growth, set()
         unservable = self._unservable  # free devices only shrink meanwhile: same ask, same answer
-        todo = [pod for pod in pending if pod.name not in self._considered]  # the others found no node already
-        self._considered.update(pod.name for pod in todo)
-        if not todo:
-            return 0
-        names = sorted(nodes)
-        pools = {name: self._pool(nodes[name], advertised.get(name, ()), pool_keys.get(name, ())) for name in names}
-        offering: dict[str, list[str]] = {}  # resource -> nodes with a free device of it when the pass began
-        for name in names:
-            for resource, refs in pools[name].by_resource.items():
-                if refs:
-                    offering.setdefault(resource, []).append(name)
         bound = 0
-        for pod in todo:
+        refreshed = False
+        for pod, ask in queue.walk(unservable):
+            if not refreshed:
+                self._refresh(cluster)
+                refreshed = True
             demand = demand_of(pod)
-            ask = self._ask(demand)
-            if ask in unservable:
-                continue
-            eligibility = demand.eligibility_key
-            options: list[tuple[str, list[DeviceRef]]] = []
-            for name in offering.get(_first_resource(demand), []):  # only nodes that can have the first device
-                pool = pools[name]
-                if not pool or not self._passes(nodes[name], demand, eligibility, meta_version):
-                    continue
-                devices = pick_devices(demand, pool)
-                if devices is not None:
-                    options.append((name, devices))
+            options = self._qualifying(demand, cluster)
             if not options:
                 unservable.add(ask)
                 continue
-            name, devices = options[self._rng.randrange(len(options))] if len(options) > 1 else options[0]
-            self._pools[name][1].take(devices)
+            name = options[self._rng.randrange(len(options))] if len(options) > 1 else options[0]
+            devices = pick_devices(demand, self._pools[name][1])
+            if devices is None:
+                raise RuntimeError(f"twin bug: {name} qualified for {pod.name} but has no devices for it")
+            self._take(name, devices)
             bind(pod, name, devices)
+            self._pools[name] = (cluster.pool_key(name), self._pools[name][1])  # `take` already made it exact
             bound += 1
         return bound

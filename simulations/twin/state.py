@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections import Counter
 from enum import StrEnum
+from functools import cache
+from operator import attrgetter
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from optimizer.controller.port import EvictionOutcome
 from solver.catalog import GpuModel, load_catalog
@@ -19,6 +21,7 @@ from solver.protection import Protection
 from solver.snapshot import NodeSelectorTerm, Taint, Toleration
 
 Strategy = Literal["mixed", "single"]
+_INSTANCES = attrgetter("instances")
 
 
 class _Mutable(BaseModel):
@@ -29,7 +32,48 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TwinInstance(_Mutable):
+class EditCount:
+    """How many field assignments a GPU (with its instances), or all GPUs of a node, had: what a cache derived from
+    them (the snapshot's GPU states) stays valid while the count stands still. A GPU's count also moves its node's
+    (`TwinGpu.watch`). Bookkeeping only: it never makes two models compare unequal."""
+
+    __slots__ = ("parent", "value")
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.parent: EditCount | None = None
+
+    def bump(self) -> None:
+        self.value += 1
+        if self.parent is not None:
+            self.parent.value += 1
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EditCount)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def edits_of(model: BaseModel) -> EditCount:
+    """The model's counter, read where pydantic keeps private attributes (its `__getattr__` is slow at this rate)."""
+    private = model.__pydantic_private__
+    assert private is not None
+    counter: EditCount = private["_edits"]
+    return counter
+
+
+class _Watched(_Mutable):
+    """A GPU or an instance: every assignment of one of its fields moves the counter it reports to."""
+
+    _edits: EditCount = PrivateAttr(default_factory=EditCount)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if not name.startswith("_"):
+            edits_of(self).bump()
+
+
+class TwinInstance(_Watched):
     """One MIG device (a GPU instance with one full compute instance) and the pod holding it, if any."""
 
     profile: str
@@ -37,7 +81,7 @@ class TwinInstance(_Mutable):
     pod: str | None = None
 
 
-class TwinGpu(_Mutable):
+class TwinGpu(_Watched):
     index: int = Field(ge=0)
     model: str = Field(description="catalog key")
     mig_enabled: bool = True
@@ -59,6 +103,31 @@ class TwinGpu(_Mutable):
     def instance_at(self, start: int) -> TwinInstance | None:
         return next((i for i in self.instances if i.start == start), None)
 
+    def watch(self, node: EditCount) -> EditCount:
+        """From now on, count assignments of this GPU's fields and of its present instances' on the GPU's counter
+        (returned), and on the node's. The instance list is not watched: it changes by assignment
+        (`gpu.instances = [...]`, as mig-parted's twin does it); a cache follows it by identity and length."""
+        own = edits_of(self)
+        own.parent = node
+        for instance in self.instances:
+            private = instance.__pydantic_private__
+            assert private is not None
+            if private["_edits"] is not own:
+                private["_edits"] = own
+        return own
+
+
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+OS_LABEL = "kubernetes.io/os"
+ARCH_LABEL = "kubernetes.io/arch"
+
+
+def kubelet_labels(node: str) -> dict[str, str]:
+    """The well-known labels kubelet puts on its node when it registers: pods select nodes by them (a pod pinned
+    with `kubernetes.io/hostname`), so the twin's scheduler, its snapshot and its API facade all read them from the
+    node's labels, set here once."""
+    return {HOSTNAME_LABEL: node, OS_LABEL: "linux", ARCH_LABEL: "amd64"}
+
 
 class TwinNode(_Mutable):
     name: str
@@ -69,9 +138,31 @@ class TwinNode(_Mutable):
     gpus: list[TwinGpu] = []
     strategy: Strategy = Field(default="mixed", description="the device plugin's MIG strategy (ClusterPolicy)")
     other_allocatable: dict[str, int] = Field(default={}, description="non-GPU resources, passed through")
+    _edits: EditCount = PrivateAttr(default_factory=EditCount)
 
     def gpu(self, index: int) -> TwinGpu:
         return next(g for g in self.gpus if g.index == index)
+
+    @property
+    def edits(self) -> EditCount:
+        """Moves with every assignment on a GPU it watches (`TwinGpu.watch`)."""
+        return edits_of(self)
+
+    def layout_mark(self) -> tuple[object, ...]:
+        """Moves whenever a field of a watched GPU or instance is assigned, or a GPU or instance list is replaced or
+        resized: while it stands still, what was derived from the node's GPUs then (`watch` them) still holds."""
+        lists = list(map(_INSTANCES, self.gpus))
+        return (edits_of(self).value, tuple(map(id, self.gpus)), tuple(map(id, lists)), tuple(map(len, lists)))
+
+    def watch(self) -> None:
+        """Watch every GPU of the node (and its present instances): see `TwinGpu.watch`."""
+        for gpu in self.gpus:
+            gpu.watch(edits_of(self))
+
+    def register(self) -> None:
+        """What kubelet does as the node joins: its well-known labels, unless the node already carries them."""
+        for key, value in kubelet_labels(self.name).items():
+            self.labels.setdefault(key, value)
 
 
 class DeviceRef(_Record):
@@ -80,6 +171,12 @@ class DeviceRef(_Record):
     gpu: int
     start: int
     profile: str
+
+
+@cache
+def device_ref(gpu: int, start: int, profile: str) -> DeviceRef:
+    """One shared value per device: a plugin re-registering a node's devices builds none anew."""
+    return DeviceRef(gpu=gpu, start=start, profile=profile)
 
 
 class PodPhase(StrEnum):

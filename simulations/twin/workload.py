@@ -7,13 +7,18 @@ comes back as a new pending pod with the same spec, named `<origin>-r<N>` (a Dep
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_left, insort
+from collections.abc import Callable, Mapping
 
 from simulations.twin.clock import SimClock
+from simulations.twin.queue import PendingQueue, ask_of
 from simulations.twin.state import DeviceRef, PodPhase, PodSpec, TwinNode, TwinPod
 from solver.demand import Demand, PriorityWeights, demands
 from solver.errors import MigoptError
-from solver.snapshot import ClusterSnapshot, PendingPod, parse_snapshot
+from solver.protection import Protection
+from solver.snapshot import PRODUCT_LABEL, ClusterSnapshot, PendingPod, RunningPod, check_pending_pod
+
+NodeListener = Callable[[str], None]
 
 
 def as_pending(pod: TwinPod) -> PendingPod:
@@ -27,15 +32,21 @@ def as_pending(pod: TwinPod) -> PendingPod:
 class PodStore:
     """Every pod the twin has seen, by name, with the operations that move it through its life."""
 
-    def __init__(self, clock: SimClock, nodes: Mapping[str, TwinNode]) -> None:
+    def __init__(self, clock: SimClock, nodes: Mapping[str, TwinNode], on_holdings: NodeListener | None = None) -> None:
+        """`on_holdings` hears the name of every node whose devices change hands (the scheduler's pools)."""
         self._clock = clock
         self._nodes = nodes
+        self._on_holdings = on_holdings
         self.pods: dict[str, TwinPod] = {}
-        self._pending: dict[str, TwinPod] = {}  # the queue, kept as pods come and go rather than found by a scan
+        self.queue = PendingQueue()  # kept as pods come and go rather than found by a scan
         self._running: dict[str, TwinPod] = {}
+        self._pending_views: dict[str, tuple[PodSpec, PendingPod]] = {}  # what the snapshot shows of each pod
+        self._running_views: dict[str, tuple[PodSpec, RunningPod]] = {}
+        self._running_order: list[str] = []  # the running pods' names, sorted
         self._arrivals = 0
         self._replicas: dict[str, int] = {}
         self._demands: dict[str, Demand] = {}
+        self._reads: dict[tuple[object, ...], tuple[str, tuple[tuple[str, int], ...], int]] = {}
         self.version = 0  # bumped whenever a pod arrives or devices change hands
         self.holdings_version: dict[str, int] = {}  # per node: bumped when its devices change hands
         self.released_version = 0  # bumped whenever a pod frees devices: the only way free capacity grows
@@ -50,7 +61,6 @@ class PodStore:
         self._arrivals += 1
         pod = TwinPod(name=name, origin=origin or name, spec=spec, arrival=self._arrivals, created_at=self._clock.now)
         self.pods[name] = pod
-        self._pending[name] = pod
         self.version += 1
         return pod
 
@@ -60,17 +70,30 @@ class PodStore:
             name=name, requests=spec.requests, priority=spec.priority, node_selector=spec.node_selector,
             node_affinity=spec.node_affinity, tolerations=spec.tolerations,
         )  # fmt: skip
-        parse_snapshot(ClusterSnapshot(pods=[pending]).model_dump(by_alias=True))
+        read = self._read(pending)
         pod = self._new(name, spec, origin)
-        self._demands[name] = demands(ClusterSnapshot(pods=[pending]), PriorityWeights([]))[0]
+        demand = self._demands[name] = Demand(pod=pending, kind=read[0], resources=read[1], weight=read[2])
+        self.queue.add(pod, ask_of(demand))
+        self._pending_views[name] = (spec, demand.pod)
         return pod
+
+    def _read(self, pending: PendingPod) -> tuple[str, tuple[tuple[str, int], ...], int]:
+        """The pod's request as the planner reads it (kind, resource keys, weight), checked as `parse_snapshot`
+        checks a pod; worked out once per distinct request: a trace repeats a few hundred of them."""
+        shape = (tuple(sorted(pending.requests.items())), pending.node_selector.get(PRODUCT_LABEL))
+        read = self._reads.get(shape)
+        if read is None:
+            check_pending_pod(pending)  # the model already validated its fields; this checks them against the catalog
+            alone = ClusterSnapshot.model_construct(pods=[pending])  # one pod: nothing to check across pods
+            demand = demands(alone, PriorityWeights([]))[0]  # no other priorities: the weight does not depend on it
+            read = self._reads[shape] = (demand.kind, demand.resources, demand.weight)
+        return read
 
     def adopt_running(self, name: str, spec: PodSpec, node: str, devices: list[DeviceRef]) -> TwinPod:
         """A pod already running when the twin began (it holds the instances that name it)."""
         pod = self._new(name, spec, None)
         pod.phase, pod.node, pod.devices, pod.started_at = PodPhase.RUNNING, node, devices, self._clock.now
-        self._pending.pop(name, None)
-        self._running[name] = pod
+        self._start(pod)
         return pod
 
     def demand(self, pod: TwinPod) -> Demand:
@@ -78,10 +101,35 @@ class PodStore:
 
     def pending(self) -> list[TwinPod]:
         """Pending pods in scheduling-queue order: priority descending, then arrival."""
-        return sorted(self._pending.values(), key=lambda p: (-p.spec.priority, p.arrival))
+        return list(self.queue)
+
+    def pending_views(self) -> list[PendingPod]:
+        """Pending pods as the snapshot shows them, in queue order; each made once per pod and spec (a spec is frozen,
+        so a pod whose spec was replaced gets a new one)."""
+        views = []
+        for pod in self.queue:
+            cached = self._pending_views.get(pod.name)
+            if cached is None or cached[0] is not pod.spec:
+                cached = self._pending_views[pod.name] = (pod.spec, as_pending(pod))
+            views.append(cached[1])
+        return views
 
     def running(self) -> list[TwinPod]:
         return list(self._running.values())
+
+    def running_views(self) -> list[RunningPod]:
+        """Running pods holding devices as the snapshot shows them, by name; each made once per pod and spec."""
+        views = []
+        for name in self._running_order:
+            pod = self._running[name]
+            if not pod.devices:
+                continue
+            cached = self._running_views.get(name)
+            if cached is None or cached[0] is not pod.spec:
+                view = RunningPod(name=name, priority=pod.spec.priority, protection=_protection(pod.spec))
+                cached = self._running_views[name] = (pod.spec, view)
+            views.append(cached[1])
+        return views
 
     def bind(self, pod: TwinPod, node: str, devices: list[DeviceRef]) -> None:
         """Start the pod on `node` holding `devices`; schedule its completion if it has a duration."""
@@ -92,8 +140,8 @@ class PodStore:
                 raise RuntimeError(f"twin bug: {node} GPU {ref.gpu} device at {ref.start} is not free")
             instance.pod = pod.name
         pod.phase, pod.node, pod.devices, pod.started_at = PodPhase.RUNNING, node, list(devices), self._clock.now
-        self._pending.pop(pod.name, None)
-        self._running[pod.name] = pod
+        self._dequeue(pod)
+        self._start(pod)
         self._touch(node)
         if pod.spec.duration_s is not None:
             started = pod.started_at
@@ -102,12 +150,27 @@ class PodStore:
     def _complete(self, pod: TwinPod, started: float) -> None:
         if pod.active and pod.phase == PodPhase.RUNNING and pod.started_at == started:
             self._release(pod)
-            self._running.pop(pod.name, None)
+            self._stop(pod)
             pod.phase, pod.finished_at = PodPhase.SUCCEEDED, self._clock.now
+
+    def _dequeue(self, pod: TwinPod) -> None:
+        self.queue.remove(pod)
+        self._pending_views.pop(pod.name, None)
+
+    def _start(self, pod: TwinPod) -> None:
+        self._running[pod.name] = pod
+        insort(self._running_order, pod.name)
+
+    def _stop(self, pod: TwinPod) -> None:
+        if self._running.pop(pod.name, None) is not None:
+            del self._running_order[bisect_left(self._running_order, pod.name)]
+        self._running_views.pop(pod.name, None)
 
     def _touch(self, node: str) -> None:
         self.version += 1
         self.holdings_version[node] = self.holdings_version.get(node, 0) + 1
+        if self._on_holdings is not None:
+            self._on_holdings(node)
 
     def _release(self, pod: TwinPod) -> None:
         self._touch(pod.node or "")
@@ -124,8 +187,8 @@ class PodStore:
     def delete(self, pod: TwinPod) -> None:
         """Remove the pod now, freeing its devices."""
         self._release(pod)
-        self._pending.pop(pod.name, None)
-        self._running.pop(pod.name, None)
+        self._dequeue(pod)
+        self._stop(pod)
         pod.deleted_at = self._clock.now
 
     def terminate(self, pod: TwinPod, grace_period_s: float) -> None:
@@ -142,3 +205,11 @@ class PodStore:
             name = f"{pod.origin}-r{count}"
         self._replicas[pod.origin] = count
         return self.add(name, pod.spec, origin=pod.origin)
+
+
+def _protection(spec: PodSpec) -> Protection | None:
+    """The pod's reason, when it has one; a pod only flagged not evictable (`Twin.add_pod(evictable=False)`) gets
+    the snapshot's `unspecified`."""
+    if spec.evictable:
+        return None
+    return spec.protection or Protection.UNSPECIFIED
