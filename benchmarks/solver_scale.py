@@ -2,6 +2,10 @@
 
 Run: .venv/bin/python benchmarks/solver_scale.py            (all cases, median of 3 runs each)
      .venv/bin/python benchmarks/solver_scale.py --quick    (small cases only, one run: CI's smoke step)
+     .venv/bin/python benchmarks/solver_scale.py --whole-command [--quick]   (only `migopt plan` as a user runs it)
+     .venv/bin/python benchmarks/solver_scale.py --scaling [--fragmented] [--runs N] [--max-nodes N]
+                                                 (100 to 10,000 nodes: each phase's time, CP-SAT's, the whole run's)
+     add --fragmented to the default run for fragmented clusters in its scale cases.
 
 Each case runs in a fresh process so its peak memory (max RSS) is its own. Clusters are synthetic
 (`simulations.synthetic_cluster`): mixed A100-40GB/A100-80GB/H100-80GB nodes, about half the instances in use,
@@ -15,11 +19,13 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
-from solver.plan import PlanPolicy
+from solver.plan import Plan, PlanPolicy
 from solver.planner import make_plan
 from solver.problem import build_problem
 from solver.snapshot import parse_snapshot
@@ -33,6 +39,14 @@ QUALITY_CASES = [
     {"name": "fragmented, 200 nodes x 8 GPUs, 600 pods", "nodes": 200, "pods": 600, "fragmented": True},
 ]
 QUICK_CASES = [{"name": "quick: 50 nodes x 8 GPUs, 250 pods", "nodes": 50, "pods": 250, "time_limit": 2.0}]
+WHOLE_COMMAND_CASES = [
+    {"name": "migopt plan, 1000 nodes x 8 GPUs, 5000 pods", "nodes": 1000, "pods": 5000, "time_limit": 2.0},
+    {"name": "migopt plan, 5000 nodes x 8 GPUs, 25000 pods", "nodes": 5000, "pods": 25000, "time_limit": 10.0},
+    {"name": "migopt plan, 10000 nodes x 8 GPUs, 50000 pods", "nodes": 10000, "pods": 50000, "time_limit": 10.0},
+]
+QUICK_WHOLE_COMMAND_CASES = [
+    {"name": "quick: migopt plan, 50 nodes x 8 GPUs, 250 pods", "nodes": 50, "pods": 250, "time_limit": 2.0}
+]
 
 
 def run_case(case: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -68,7 +82,52 @@ def run_case(case: dict[str, Any], seed: int) -> dict[str, Any]:
         "evicted_pods": optimal.objectives.evicted_pods,
         "reconfigured_gpus": optimal.objectives.reconfigured_gpus,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **phase_figures(optimal, greedy),
     }
+
+
+PHASES = ("aggregate", "greedy", "model", "cpsat", "disaggregate", "assemble", "validate")
+
+
+def phase_figures(optimal: Plan, greedy: Plan) -> dict[str, float]:
+    """Where the optimal plan's time went (`Plan.timings`): CP-SAT's own, the whole run's, what is outside CP-SAT,
+    and each phase's (0 when it did not run); and the greedy plan's whole run."""
+    timings = optimal.timings
+    figures = {
+        "cpsat_s": timings.cpsat_seconds,
+        "total_s": timings.total_seconds,
+        "outside_cpsat_s": timings.total_seconds - timings.cpsat_seconds,
+    }
+    figures |= {f"phase_{name}_s": timings.phases.get(name, 0.0) for name in PHASES}
+    figures["greedy_total_s"] = greedy.timings.total_seconds
+    return figures
+
+
+SCALING_NODES = [100, 200, 500, 1000, 2000, 5000, 10000]
+
+
+def scaling_cases(fragmented: bool, max_nodes: int) -> list[dict[str, Any]]:
+    """The scaling table's rows: 8 GPUs and 5 pending pods per node; the time limit grows with the cluster
+    (2 s up to 1,000 nodes, then 1 s per 500 nodes: 10 s at 5,000, 20 s at 10,000)."""
+    kind = "fragmented" if fragmented else "random"
+    return [
+        {
+            "name": f"{kind}, {nodes} nodes x 8 GPUs, {5 * nodes} pods",
+            "nodes": nodes,
+            "pods": 5 * nodes,
+            "fragmented": fragmented,
+            "time_limit": max(2.0, nodes / 500),
+        }
+        for nodes in SCALING_NODES
+        if nodes <= max_nodes
+    ]
+
+
+def _option(name: str, default: int) -> int:
+    """`--name N` from the command line, else the default."""
+    if name in sys.argv:
+        return int(sys.argv[sys.argv.index(name) + 1])
+    return default
 
 
 def measure(case: dict[str, Any], runs: int) -> dict[str, Any]:
@@ -92,15 +151,95 @@ def measure(case: dict[str, Any], runs: int) -> dict[str, Any]:
     return summary
 
 
+def _import_seconds(importtime_log: str) -> float:
+    """Total of `-X importtime`'s top-level cumulative times (lazy imports inside the command included)."""
+    total_us = 0
+    for line in importtime_log.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            _, cumulative, name = line.removeprefix("import time:").split("|")
+            if cumulative.strip().isdigit() and not name.startswith("  "):  # nested imports start with 2+ spaces
+                total_us += int(cumulative)
+    return total_us / 1e6
+
+
+def run_whole_command(case: dict[str, Any], seed: int) -> dict[str, Any]:
+    """`migopt plan --snapshot FILE.json -o json` as a user runs it, in a child of this (fresh) process, so the
+    child's peak RSS is `RUSAGE_CHILDREN`'s: wall time, time spent importing (per `-X importtime`), the rest."""
+    spec = ClusterSpec(nodes=case["nodes"], pending_pods=case["pods"], seed=seed)
+    with tempfile.TemporaryDirectory() as folder:
+        snapshot = Path(folder) / "snapshot.json"
+        text = json.dumps(generate_snapshot(spec))
+        snapshot.write_text(text, encoding="utf-8")
+        command = [sys.executable, "-X", "importtime", "-m", "migopt", "plan", "--snapshot", str(snapshot)]
+        command += ["--time-limit", str(case["time_limit"]), "-o", "json"]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"migopt plan failed ({done.returncode}): {done.stderr[-2000:]}")
+    plan = json.loads(done.stdout)
+    imports = _import_seconds(done.stderr)
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "wall_s": wall,
+        "imports_s": imports,
+        "after_imports_s": wall - imports,
+        "cpu_s": child.ru_utime + child.ru_stime,  # CP-SAT workers included; steadier than wall on a busy host
+        "solve_s": plan["solve_seconds"],
+        "status": plan["status"],
+        "gap": plan["gap"],
+        "snapshot_mib": len(text) / 2**20,
+        "peak_rss_mib": child.ru_maxrss / 1024,
+    }
+
+
+def measure_whole_command(case: dict[str, Any], runs: int) -> dict[str, Any]:
+    """Median over `runs` fresh processes (seeds 1..runs), as `measure` does for the in-process phases."""
+    samples = []
+    for seed in range(1, runs + 1):
+        done = subprocess.run(
+            [sys.executable, __file__, "--whole-one", json.dumps(case), str(seed)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        samples.append(json.loads(done.stdout))
+    summary: dict[str, Any] = {"case": case["name"], "runs": runs}
+    for key, value in samples[0].items():
+        if isinstance(value, str):
+            summary[key] = sorted({s[key] for s in samples})
+        else:
+            summary[key] = round(statistics.median(s[key] for s in samples), 4)
+    summary["max_peak_rss_mib"] = round(max(s["peak_rss_mib"] for s in samples), 1)
+    return summary
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--one":
         print(json.dumps(run_case(json.loads(sys.argv[2]), int(sys.argv[3]))))
         return
+    if len(sys.argv) == 4 and sys.argv[1] == "--whole-one":
+        print(json.dumps(run_whole_command(json.loads(sys.argv[2]), int(sys.argv[3]))))
+        return
+    if "--scaling" in sys.argv:
+        fragmented = "--fragmented" in sys.argv
+        cases = scaling_cases(fragmented, _option("--max-nodes", SCALING_NODES[-1]))
+        table = [measure(c, _option("--runs", 3)) for c in cases]
+        print(json.dumps({"benchmark": "solver_scale", "scaling": table}, indent=2))
+        return
+    if "--whole-command" in sys.argv:
+        quick = "--quick" in sys.argv
+        cases = QUICK_WHOLE_COMMAND_CASES if quick else WHOLE_COMMAND_CASES
+        whole = [measure_whole_command(c, 1 if quick else 3) for c in cases]
+        print(json.dumps({"benchmark": "solver_scale", "whole_command": whole}, indent=2))
+        return
     if "--quick" in sys.argv:
         results = [measure(c, 1) for c in QUICK_CASES]
+        whole = [measure_whole_command(c, 1) for c in QUICK_WHOLE_COMMAND_CASES]
     else:
-        results = [measure(c, 3) for c in SCALE_CASES + QUALITY_CASES]
-    print(json.dumps({"benchmark": "solver_scale", "results": results}, indent=2))
+        fragmented = "--fragmented" in sys.argv
+        scale = [{**c, "name": f"fragmented, {c['name']}", "fragmented": fragmented} for c in SCALE_CASES]
+        results = [measure(c, 3) for c in scale + QUALITY_CASES]
+        whole = [measure_whole_command(c, 3) for c in WHOLE_COMMAND_CASES]
+    print(json.dumps({"benchmark": "solver_scale", "results": results, "whole_command": whole}, indent=2))
 
 
 if __name__ == "__main__":

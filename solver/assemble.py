@@ -2,11 +2,19 @@
 
 Evictions are derived here and only here: every pod holding an instance of a GPU whose map changes. A target
 equal to the current map is no change at all (mig-parted leaves such a GPU untouched, spec §2.4).
+
+A policy weighs several candidate decisions (the greedy baseline, each CP-SAT round) but returns one, so the
+work is split: `draft` scores decisions from what they change (the GPUs that change and the pods placed), and
+`write_plan` writes out every GPU, placement and reason of the draft that is returned, once.
 """
 
 from __future__ import annotations
 
-from solver.decisions import Decisions, resource_key, target_layout
+from dataclasses import dataclass, field
+from functools import cache
+
+from solver.catalog import load_catalog
+from solver.decisions import Decisions, target_layout
 from solver.demand import Demand
 from solver.explain import Explainer
 from solver.plan import (
@@ -22,38 +30,52 @@ from solver.problem import Problem
 from solver.snapshot import GpuState, NodeState
 
 
-def _gpu_plan(node: NodeState, gpu: GpuState, decisions: Decisions) -> GpuPlan:
-    current = gpu.mig_devices
-    target = decisions.targets.get((node.name, gpu.index), current)
-    target = {n: c for n, c in target.items() if c}
-    change = target != current
-    layout = target_layout(gpu.gpu_model.key, tuple(sorted(target.items()))) if change else gpu.layout_pairs
-    return GpuPlan(
-        node=node.name,
-        index=gpu.index,
-        model=gpu.gpu_model.key,
-        current=current,
-        target=target,
-        reconfigure=change,
-        evict=sorted(gpu.holders) if change else [],
-        layout=list(layout),
-    )
+@dataclass
+class Draft:
+    """A policy's decisions with the figures that rank them, before the plan is written out."""
+
+    decisions: Decisions
+    objectives: ObjectiveBreakdown
+    status: PlanStatus
+    policy: str
+    solve_seconds: float
+    bound: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def objective(self) -> int:
+        return self.objectives.served_weight
 
 
-def _fragmentation(node: NodeState, gpu: GpuState, plan: GpuPlan, wanted: set[str]) -> int:
-    """Compute slices neither held by a kept pod nor in an instance some pending request could use."""
-    model = gpu.gpu_model
-    useful = sum(model.profile(p).compute_slices for p, _ in plan.layout if resource_key(node, gpu, p) in wanted)
-    if not plan.reconfigure:
-        useful += sum(
-            model.profile(i.profile).compute_slices
-            for i in gpu.instances
-            if i.pod and resource_key(node, gpu, model.profile(i.profile).name) not in wanted
-        )
+def _changes(problem: Problem, decisions: Decisions) -> list[tuple[NodeState, GpuState, dict[str, int]]]:
+    """The GPUs whose target differs from their current map, with that target (zero counts dropped)."""
+    gpus = problem.gpu_index()
+    changed = []
+    for ref, target in decisions.targets.items():
+        node, gpu = gpus[ref]
+        target = {n: c for n, c in target.items() if c}
+        if target != gpu.mig_devices:
+            changed.append((node, gpu, target))
+    return changed
+
+
+@cache
+def _target_fragmentation(model_key: str, target: tuple[tuple[str, int], ...], wanted: frozenset[str]) -> int:
+    """Compute slices of a rebuilt GPU in no instance some pending request could use (keys as `resource_key`)."""
+    model = load_catalog().model(model_key)
+    useful = sum(model.profile(p).compute_slices for p, _ in target_layout(model_key, target) if p in wanted)
     return model.compute_slices - useful
 
 
-def assemble(
+def _fragmentation_change(problem: Problem, node: NodeState, gpu: GpuState, target: dict[str, int]) -> int:
+    """How the GPU's idle slices change when it is rebuilt to `target` instead of kept."""
+    model = gpu.gpu_model
+    wanted = problem.wanted_profiles(node.strategy, model.key)
+    rebuilt = _target_fragmentation(model.key, tuple(sorted(target.items())), wanted)
+    return rebuilt - problem.kept_fragmentation(node, gpu)
+
+
+def draft(
     problem: Problem,
     decisions: Decisions,
     *,
@@ -61,46 +83,80 @@ def assemble(
     policy_name: str,
     solve_seconds: float,
     bound: int | None,
-) -> Plan:
-    snapshot, policy = problem.snapshot, problem.policy
-    wanted = {k for d in problem.demands for k, _ in d.resources}
-    gpus: list[GpuPlan] = []
-    fragmentation = 0
-    for node in sorted(snapshot.nodes, key=lambda n: n.name):
-        for gpu in sorted(node.gpus, key=lambda g: g.index):
-            plan = _gpu_plan(node, gpu, decisions)
-            gpus.append(plan)
-            fragmentation += _fragmentation(node, gpu, plan, wanted)
-    evicted = sorted({pod for g in gpus for pod in g.evict})
+) -> Draft:
+    """Score the decisions: served pods, evictions, changed GPUs and nodes, fragmentation (as `assemble` counts
+    them for a whole plan), from the changed GPUs and placed pods alone."""
+    snapshot = problem.snapshot
+    changed = _changes(problem, decisions)
+    evicted = {pod for _, gpu, _ in changed for pod in gpu.holders}
     placed = [d for d in problem.demands if d.pod.name in decisions.placements]
     served_weight = sum(d.weight for d in placed)
+    fragmentation = problem.kept_fragmentation_total() + sum(
+        _fragmentation_change(problem, node, gpu, target) for node, gpu, target in changed
+    )
     breakdown = ObjectiveBreakdown(
         served_weight=served_weight,
         served_pods=len(placed),
         evicted_weight=sum(problem.weights.factor(snapshot.running_pod(p).priority) for p in evicted),
         evicted_pods=len(evicted),
-        reconfigured_gpus=sum(g.reconfigure for g in gpus),
-        touched_nodes=len({g.node for g in gpus if g.reconfigure}),
+        reconfigured_gpus=len(changed),
+        touched_nodes=len({node.name for node, _, _ in changed}),
         fragmentation=fragmentation,
     )
-    explainer = Explainer(snapshot, policy, breakdown.evicted_pods, breakdown.reconfigured_gpus)
-    best_bound = max(bound if bound is not None else served_weight, served_weight)
-    return Plan(
+    return Draft(
+        decisions=decisions,
+        objectives=breakdown,
         status=status,
         policy=policy_name,
         solve_seconds=round(solve_seconds, 4),
-        objective=served_weight,
-        bound=best_bound,
-        gap=round((best_bound - served_weight) / best_bound, 6) if best_bound else 0.0,
-        objectives=breakdown,
+        bound=max(bound if bound is not None else served_weight, served_weight),
+        notes=list(decisions.notes),
+    )
+
+
+def _gpu_plan(node: NodeState, gpu: GpuState, target: dict[str, int] | None) -> GpuPlan:
+    """One GPU's line of the plan; `target` is None when it keeps its map."""
+    if target is None:
+        return GpuPlan(
+            node=node.name, index=gpu.index, model=gpu.gpu_model.key, current=gpu.mig_devices,
+            target=gpu.mig_devices, reconfigure=False, evict=[], layout=list(gpu.layout_pairs),
+        )  # fmt: skip
+    layout = target_layout(gpu.gpu_model.key, tuple(sorted(target.items())))
+    return GpuPlan(
+        node=node.name, index=gpu.index, model=gpu.gpu_model.key, current=gpu.mig_devices, target=target,
+        reconfigure=True, evict=sorted(gpu.holders), layout=list(layout),
+    )  # fmt: skip
+
+
+def write_plan(problem: Problem, chosen: Draft) -> Plan:
+    """The whole plan of a draft: every GPU (node and index order), every placement, a reason for every pod left
+    pending."""
+    snapshot, policy, decisions = problem.snapshot, problem.policy, chosen.decisions
+    changed = {(node.name, gpu.index): target for node, gpu, target in _changes(problem, decisions)}
+    gpus = [
+        _gpu_plan(node, gpu, changed.get((node.name, gpu.index)))
+        for node in sorted(snapshot.nodes, key=lambda n: n.name)
+        for gpu in sorted(node.gpus, key=lambda g: g.index)
+    ]
+    objectives = chosen.objectives
+    explainer = Explainer(snapshot, policy, objectives.evicted_pods, objectives.reconfigured_gpus, problem.census())
+    served = chosen.objective
+    return Plan(
+        status=chosen.status,
+        policy=chosen.policy,
+        solve_seconds=chosen.solve_seconds,
+        objective=served,
+        bound=chosen.bound,
+        gap=round((chosen.bound - served) / chosen.bound, 6) if chosen.bound else 0.0,
+        objectives=objectives,
         gpus=gpus,
-        placements=[_placement(d, decisions) for d in placed],
+        placements=[_placement(d, decisions) for d in problem.demands if d.pod.name in decisions.placements],
         unplaced=[
             UnplacedPod(pod=d.pod.name, reason=explainer.reason(d))
             for d in problem.demands
             if d.pod.name not in decisions.placements
         ],
-        notes=list(decisions.notes),
+        notes=list(chosen.notes),
     )
 
 

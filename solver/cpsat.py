@@ -56,6 +56,8 @@ class GeometryModel:
         self.served_caps = served_caps or {}
         self.model = cp_model.CpModel()
         self.pool_index = {pool: i for i, pool in enumerate(problem.pools)}
+        self.cpsat_seconds = 0.0  # CP-SAT's own solving in `solve`, every stage
+        self.solve_seconds = 0.0  # all of `solve`: CP-SAT and the Python between its stages
         self._build()
 
     def _build(self) -> None:
@@ -77,8 +79,9 @@ class GeometryModel:
         p, m = self.problem, self.model
         in_group = {u for g in p.reconfig_groups for u in g.units}
         self.r = {u: m.new_int_var(0, len(p.units[u].members), f"r{u}") for u in sorted(in_group)}
+        members = [sum(len(p.units[u].members) for u in g.units) for g in p.reconfig_groups]
         self.y = {
-            (gi, ti): m.new_int_var(0, sum(len(p.units[u].members) for u in g.units), f"y{gi}_{ti}")
+            (gi, ti): m.new_int_var(0, members[gi], f"y{gi}_{ti}")
             for gi, g in enumerate(p.reconfig_groups)
             for ti in range(len(g.targets))
         }
@@ -138,10 +141,13 @@ class GeometryModel:
         p, m = self.problem, self.model
         for gi, g in enumerate(p.reconfig_groups):
             m.add(sum(self.y[gi, ti] for ti in range(len(g.targets))) == sum(self.r[u] for u in g.units))
+            at: dict[tuple[tuple[str, int], ...] | None, list[cp_model.IntVar]] = {}
+            for u in g.units:
+                at.setdefault(p.units[u].current, []).append(self.r[u])
             for ti, target in enumerate(g.targets):
                 # a member already at target t does not change (mig-parted skips it), so those members must take
                 # other targets; each member excludes one target at most, so this makes an assignment exist (Hall)
-                at_t = [self.r[u] for u in g.units if p.units[u].current == target.as_current]
+                at_t = at.get(target.as_current, [])
                 if at_t:
                     m.add(sum(at_t) <= sum(self.y[gi, other] for other in range(len(g.targets)) if other != ti))
 
@@ -195,8 +201,9 @@ class GeometryModel:
             sum(len(u.members) * u.gpus_per_member * u.model.compute_slices for u in p.units),
         )
 
-    def hint(self, previous: AggregateSolution) -> None:
-        """Start from an earlier answer (its served counts clipped to this model's caps)."""
+    def hint(self, previous: AggregateSolution, allocation: bool = False) -> None:
+        """Start from an earlier answer (its served counts clipped to this model's caps); with `allocation`, its
+        z too, which makes a complete solution of an answer that fits this model (the greedy plan's)."""
         self.model.clear_hints()  # type: ignore[no-untyped-call]
         for u, var in self.r.items():
             self.model.add_hint(var, previous.reconfigured.get(u, 0))
@@ -204,11 +211,19 @@ class GeometryModel:
             self.model.add_hint(var, previous.targets.get(gi, [0] * (ti + 1))[ti])
         for di, var in self.s.items():
             self.model.add_hint(var, min(previous.served.get(di, 0), self.served_caps.get(di, 10**9)))
+        if allocation:
+            for key, var in self.z.items():
+                self.model.add_hint(var, previous.allocation.get(key, 0))
 
     def _hint_from(self, solver: cp_model.CpSolver) -> None:
+        """Hint the next stage with this one's solution: every variable, r, y, s, z in that order (as `add_hint`
+        would write them, in bulk)."""
         self.model.clear_hints()  # type: ignore[no-untyped-call]
-        for var in [*self.r.values(), *self.y.values(), *self.s.values(), *self.z.values()]:
-            self.model.add_hint(var, solver.value(var))
+        solution = solver.response_proto.solution
+        indices = [var.index for var in (*self.r.values(), *self.y.values(), *self.s.values(), *self.z.values())]
+        hint = self.model.proto.solution_hint
+        hint.vars.extend(indices)
+        hint.values.extend([solution[i] for i in indices])
 
     def stages(self) -> list[list[int]]:
         """Terms (0 served, 1 disruption, 2 fragmentation) solved together per stage.
@@ -251,10 +266,15 @@ class GeometryModel:
         solver.parameters.cp_model_presolve = False
         return solver
 
-    def solve(self, time_limit_s: float | None = None) -> AggregateSolution | None:
+    def solve(
+        self, time_limit_s: float | None = None, fallback: AggregateSolution | None = None
+    ) -> AggregateSolution | None:
         """Run the lexicographic stages within `time_limit_s`; None when the first found no solution.
 
         The limit is the plan policy's unless given: a planner solving in rounds passes the time it has left.
+        `fallback` is a complete answer (the greedy plan's) to start from when the first stage finds nothing in
+        half its time: starting from it always gives a solution, but when time suffices the search without it
+        ends on better plans more often (measured with benchmarks/plan_fingerprint.py), so it is the second try.
         """
         if time_limit_s is None:
             time_limit_s = self.problem.policy.time_limit_s
@@ -269,11 +289,22 @@ class GeometryModel:
             left = time_limit_s - (time.perf_counter() - started)
             if number and left <= 0.01:
                 break
-            solver.parameters.max_time_in_seconds = max(left * (0.8 if number == 0 else 1.0), 0.01)
+            stage_s = max(left * (0.8 if number == 0 else 1.0), 0.01)
+            retry = number == 0 and fallback is not None
+            solver.parameters.max_time_in_seconds = max(stage_s / 2, 0.01) if retry else stage_s
             objective, factor = self._objective(terms)
             self.model.maximize(objective)
+            solving = time.perf_counter()
             status = solver.solve(self.model)
+            self.cpsat_seconds += time.perf_counter() - solving
             statuses.append(solver.status_name(status))
+            if retry and fallback is not None and status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                self.hint(fallback, allocation=True)
+                solver.parameters.max_time_in_seconds = max(stage_s - (time.perf_counter() - solving), 0.01)
+                retried = time.perf_counter()
+                status = solver.solve(self.model)
+                self.cpsat_seconds += time.perf_counter() - retried
+                statuses.append(f"from greedy {solver.status_name(status)}")
             if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 break
             if number == 0:
@@ -285,6 +316,7 @@ class GeometryModel:
             for term in terms:
                 value = int(solver.value(expressions[term]))
                 self.model.add(expressions[term] >= value) if term == 0 else self.model.add(expressions[term] <= value)
+        self.solve_seconds += time.perf_counter() - started
         if answer is not None:
             answer.solve_seconds = time.perf_counter() - started
         return answer

@@ -6,6 +6,7 @@ derives evictions, objective terms and explanations the same way for both, so th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -39,9 +40,10 @@ class Decisions:
 def free_devices(node: NodeState, gpu: GpuState, target: dict[str, int] | None) -> list[Device]:
     """The devices of one GPU a pending pod could be given: its free instances if kept, all of the target's if not.
 
-    For a reconfigured GPU the starts are those of one feasible layout; the driver picks the real placement.
+    A target equal to the current map keeps the GPU (mig-parted skips it, spec §2.4), so its held instances stay
+    held. For a reconfigured GPU the starts are those of one feasible layout; the driver picks the real placement.
     """
-    if target is None:
+    if target is None or target == gpu.mig_devices:
         instances = [(gpu.gpu_model.profile(i.profile).name, i.start) for i in gpu.instances if not i.pod]
     else:
         instances = list(target_layout(gpu.gpu_model.key, tuple(sorted(target.items()))))
@@ -55,6 +57,27 @@ def target_layout(model_key: str, target: tuple[tuple[str, int], ...]) -> tuple[
     if layout is None:
         raise ValueError(f"target {dict(target)} is not feasible on {model_key}")
     return tuple((i.profile, i.start) for i in layout)
+
+
+def profiles_after(gpu: GpuState, target: dict[str, int] | None) -> set[str]:
+    """The profiles the GPU holds once the plan is carried out: the target's if it has one, else its current ones."""
+    devices = gpu.mig_devices if target is None else target
+    return {name for name, count in devices.items() if count}
+
+
+def single_profile(node: NodeState, targets: Mapping[GpuRef, dict[str, int]]) -> str | None:
+    """The one profile every GPU of a single-strategy node holds after the plan; None when the node would not
+    advertise any device: several profiles or models, or a GPU with MIG enabled and nothing created (the device
+    plugin then labels the node MIG-INVALID with `gpu.count=0`, spec §1.10)."""
+    profiles: set[str] = set()
+    for gpu in node.gpus:
+        held = profiles_after(gpu, targets.get((node.name, gpu.index)))
+        if not held:
+            return None
+        profiles |= held
+    if len(profiles) != 1 or len({g.gpu_model.key for g in node.gpus}) != 1:
+        return None
+    return profiles.pop()
 
 
 def resource_key(node: NodeState, gpu: GpuState, profile: str) -> str:

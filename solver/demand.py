@@ -10,7 +10,7 @@ A resource key names a kind of MIG device a pod can consume:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from pydantic import BaseModel, ConfigDict
 
@@ -32,6 +32,7 @@ def single_key(model_key: str, profile: str) -> str:
     return f"single:{model_key}:{profile}"
 
 
+@lru_cache(maxsize=4096)
 def key_compute_slices(key: str) -> int:
     """Compute slices of one device of this resource key (what a served device is worth, before priority)."""
     return parse_profile(key.rsplit(":", 1)[-1]).gpu_slices
@@ -89,18 +90,28 @@ def weights_for(snapshot: ClusterSnapshot) -> PriorityWeights:
 def demands(snapshot: ClusterSnapshot, weights: PriorityWeights) -> list[Demand]:
     """Every pending pod as a `Demand`, in name order."""
     result = []
+    requests: dict[tuple[object, ...], tuple[str, tuple[tuple[str, int], ...], int]] = {}
     for pod in sorted(snapshot.pods, key=lambda p: p.name):
-        product = pod.single_product
-        if product is not None:
-            model, profile = split_single_product(product)
-            resources: tuple[tuple[str, int], ...] = ((single_key(model.key, profile), pod.requests[GPU_RESOURCE]),)
-            kind = "single"
-        else:
-            resources = tuple(sorted(pod.mig_requests.items()))
-            kind = "mixed"
-        slices = sum(key_compute_slices(k) * c for k, c in resources)
+        # pods repeat a few requests: each is read once (what it reads: the requests and the product selector)
+        asked = (tuple(pod.requests.items()), pod.node_selector.get(PRODUCT_LABEL))
+        if asked not in requests:
+            requests[asked] = _request(pod)
+        kind, resources, slices = requests[asked]
         result.append(Demand(pod=pod, kind=kind, resources=resources, weight=slices * weights.factor(pod.priority)))
     return result
+
+
+def _request(pod: PendingPod) -> tuple[str, tuple[tuple[str, int], ...], int]:
+    """The pod's strategy, its request as resource keys, and the compute slices it asks for."""
+    product = pod.single_product
+    if product is not None:
+        model, profile = split_single_product(product)
+        resources: tuple[tuple[str, int], ...] = ((single_key(model.key, profile), pod.requests[GPU_RESOURCE]),)
+        kind = "single"
+    else:
+        resources = tuple(sorted(pod.mig_requests.items()))
+        kind = "mixed"
+    return kind, resources, sum(key_compute_slices(k) * c for k, c in resources)
 
 
 def _requirement_holds(req: NodeSelectorRequirement, labels: dict[str, str]) -> bool:

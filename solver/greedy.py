@@ -21,7 +21,7 @@ from functools import cache
 from heapq import heapify, heappop, heappush
 
 from solver.catalog import GpuModel
-from solver.decisions import Decisions, Device, GpuRef, free_devices, resource_key
+from solver.decisions import Decisions, Device, GpuRef, free_devices, resource_key, single_profile
 from solver.demand import Demand, demands, key_compute_slices, rejection, single_key, weights_for
 from solver.geometry import MigDevices, feasible_maps, max_alone, size_order
 from solver.plan import PlanPolicy
@@ -70,7 +70,10 @@ class _NodeView:
 
 def _view(node: NodeState) -> _NodeView:
     gpus = _sorted_gpus(node)
-    free = [[(resource_key(node, g, d.profile), d) for d in free_devices(node, g, None)] for g in gpus]
+    if node.strategy == "single" and single_profile(node, {}) is None:
+        free: list[list[tuple[str, Device]]] = [[] for _ in gpus]  # MIG-INVALID: the plugin advertises nothing
+    else:
+        free = [[(resource_key(node, g, d.profile), d) for d in free_devices(node, g, None)] for g in gpus]
     return _NodeView(node, gpus, free, Counter(key for devices in free for key, _ in devices))
 
 
@@ -308,9 +311,12 @@ class _Pool:
     def __init__(self, view: _NodeView, targets: dict[GpuRef, MigDevices]) -> None:
         self.by_key: dict[str, list[Device]] = {}
         node = view.node
+        single = node.strategy == "single"
+        if single and single_profile(node, targets) is None:
+            return  # the node would hold several profiles (or none) on its GPUs: no device is advertised
         for gpu, current in zip(view.gpus, view.free, strict=True):
             target = targets.get((node.name, gpu.index))
-            if target is None:
+            if target is None and not single:
                 devices = current
             else:
                 devices = [(resource_key(node, gpu, d.profile), d) for d in free_devices(node, gpu, target)]
@@ -345,9 +351,15 @@ def _place(plan: _NodePlan, pool: _Pool, buckets: list[_Bucket], pending: _Pendi
             heappush(heap, (bucket.pods[bucket.head][0], i))
 
 
-def greedy_decisions(snapshot: ClusterSnapshot, policy: PlanPolicy) -> Decisions:
-    """Plan like nos, deterministically: reconfigure idle GPUs node by node and place pods where they fit."""
-    pending = _Pending(sorted(demands(snapshot, weights_for(snapshot)), key=_pod_order))
+def greedy_decisions(
+    snapshot: ClusterSnapshot, policy: PlanPolicy, pending_pods: list[Demand] | None = None
+) -> Decisions:
+    """Plan like nos, deterministically: reconfigure idle GPUs node by node and place pods where they fit.
+
+    `pending_pods`: the snapshot's demands when the caller has them already (`demands` with `weights_for`)."""
+    if pending_pods is None:
+        pending_pods = demands(snapshot, weights_for(snapshot))
+    pending = _Pending(sorted(pending_pods, key=_pod_order))
     filters = _Filters(pending.representatives)
     chooser = _MapChooser()
     views = [_view(node) for node in sorted(snapshot.nodes, key=lambda n: n.name)]

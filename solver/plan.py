@@ -22,7 +22,9 @@ class PlanStatus(StrEnum):
 class PlanPolicy(BaseModel):
     """Limits and weights of one planning run. Defaults are what `migopt plan` uses."""
 
-    time_limit_s: float = Field(default=2.0, gt=0, description="CP-SAT wall-clock limit for the whole plan")
+    time_limit_s: float = Field(
+        default=2.0, gt=0, description="wall-clock limit for the whole planning run; CP-SAT gets what is left of it"
+    )
     protect_priority: int = Field(
         default=1_000_000_000, description="running pods at or above this priority are never evicted"
     )
@@ -75,10 +77,21 @@ class ObjectiveBreakdown(BaseModel):
     fragmentation: int = Field(description="free compute slices no pending request could use")
 
 
+class PlanTimings(BaseModel):
+    """Where one planning run's wall time went. The policy's time limit covers `total_seconds`."""
+
+    cpsat_seconds: float = Field(default=0.0, description="CP-SAT's own solving, every stage and round")
+    total_seconds: float = Field(default=0.0, description="the whole planning run, validation included")
+    phases: dict[str, float] = Field(
+        default={}, description="seconds per phase (aggregate, greedy, model, cpsat, disaggregate, assemble, validate)"
+    )
+
+
 class Plan(BaseModel):
     status: PlanStatus
     policy: str = Field(description="the registered name of the policy that made the plan (solver.policies)")
     solve_seconds: float
+    timings: PlanTimings = Field(default_factory=PlanTimings, description="CP-SAT's time and the whole run's")
     objective: int = Field(description="served_weight of the returned plan (the primary objective)")
     bound: int = Field(description="proven upper bound on served_weight")
     gap: float = Field(description="(bound - objective) / bound, 0 when bound is 0")

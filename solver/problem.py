@@ -15,17 +15,20 @@ GPUs and GPUs holding no pod serve anyone eligible (tier None).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from solver.catalog import GpuModel
+from solver.catalog import GpuModel, load_catalog
+from solver.decisions import Device, free_devices, resource_key
 from solver.demand import Demand, PriorityWeights, demands, rejection, single_key, weights_for
+from solver.explain import Census, census
 from solver.geometry import max_alone, maximal_maps
 from solver.plan import PlanPolicy
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
 Capacity = tuple[tuple[str, int], ...]
+MapKey = tuple[tuple[str, int], ...]  # a mig-devices map as sorted (profile, count) pairs
 PoolKey = tuple[frozenset[int], int | None]
 
 
@@ -132,6 +135,63 @@ class Problem:
     reconfig_groups: list[ReconfigGroup]
     pod_groups: list[PodGroup]
     pools: list[PoolKey]
+    _census: Census | None = field(default=None, repr=False)
+    _gpus: dict[tuple[str, int], tuple[NodeState, GpuState]] | None = field(default=None, repr=False)
+    _keys: frozenset[str] | None = field(default=None, repr=False)
+    _wanted: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, repr=False)
+    _kept_fragmentation: int | None = field(default=None, repr=False)
+    _devices: dict[tuple[object, ...], tuple[tuple[str, Device], ...]] = field(default_factory=dict, repr=False)
+
+    def gpu_index(self) -> dict[tuple[str, int], tuple[NodeState, GpuState]]:
+        """Every GPU by (node name, index), with its node."""
+        if self._gpus is None:
+            self._gpus = {(n.name, g.index): (n, g) for n in self.snapshot.nodes for g in n.gpus}
+        return self._gpus
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """Resource keys some pending pod asks for: capacity of any other key is fragmentation."""
+        if self._keys is None:
+            self._keys = frozenset(k for d in self.demands for k, _ in d.resources)
+        return self._keys
+
+    def wanted_profiles(self, strategy: str, model_key: str) -> frozenset[str]:
+        """The profiles of the model whose devices some pending pod could use on a node of this strategy."""
+        key = (strategy, model_key)
+        if key not in self._wanted:
+            model = load_catalog().model(model_key)
+            self._wanted[key] = frozenset(
+                p for p in model.profile_names if (p if strategy == "mixed" else single_key(model_key, p)) in self.keys
+            )
+        return self._wanted[key]
+
+    def kept_fragmentation(self, node: NodeState, gpu: GpuState) -> int:
+        """Idle compute slices of the GPU if it keeps its map (what `Unit.keep_fragmentation` adds up)."""
+        return _idle_slices(gpu, self.keys, node.strategy)
+
+    def kept_fragmentation_total(self) -> int:
+        """Idle compute slices of the whole cluster if no GPU changes."""
+        if self._kept_fragmentation is None:
+            self._kept_fragmentation = sum(u.keep_fragmentation * len(u.members) for u in self.units)
+        return self._kept_fragmentation
+
+    def keyed_devices(
+        self, node: NodeState, gpu: GpuState, target: dict[str, int] | None
+    ) -> tuple[tuple[str, Device], ...]:
+        """`free_devices` with each device's resource key; remembered, as every round of a plan asks again."""
+        key = (node.name, gpu.index, None if target is None else tuple(sorted(target.items())))
+        found = self._devices.get(key)
+        if found is None:
+            found = self._devices[key] = tuple(
+                (resource_key(node, gpu, d.profile), d) for d in free_devices(node, gpu, target)
+            )
+        return found
+
+    def census(self) -> Census:
+        """What unplaced-pod reasons read of the cluster, counted once and shared by every plan of this problem."""
+        if self._census is None:
+            self._census = census(self.snapshot, self.policy, self.demands)
+        return self._census
 
     def usable(self, group: PodGroup, pool: PoolKey) -> bool:
         signature, tier = pool
@@ -146,7 +206,7 @@ def _free_capacity(gpu: GpuState) -> dict[str, int]:
     return free
 
 
-def _idle_slices(gpu: GpuState, keys: set[str], kind: str) -> int:
+def _idle_slices(gpu: GpuState, keys: Collection[str], kind: str) -> int:
     """Compute slices neither held by a pod nor in a free instance some pending pod could use."""
     model = gpu.gpu_model
     useful = 0
@@ -187,10 +247,6 @@ def _single_targets(model: GpuModel, gpus: int, keys: set[str]) -> list[Target]:
             )
         )
     return targets
-
-
-def targets_as_current(targets: list[Target]) -> set[tuple[tuple[str, int], ...]]:
-    return {t.as_current for t in targets}
 
 
 def _single_keep(node: NodeState) -> dict[str, int]:
@@ -295,6 +351,14 @@ class _TargetCache:
     def __init__(self, keys: set[str]) -> None:
         self.keys = keys
         self._cache: dict[tuple[str, str, int], list[Target]] = {}
+        self._maps: dict[tuple[str, str, int], frozenset[tuple[tuple[str, int], ...]]] = {}
+
+    def maps(self, kind: str, model: GpuModel, gpus: int) -> frozenset[tuple[tuple[str, int], ...]]:
+        """The targets' maps in `Unit.current`'s form."""
+        key = (kind, model.key, gpus)
+        if key not in self._maps:
+            self._maps[key] = frozenset(t.as_current for t in self.get(kind, model, gpus))
+        return self._maps[key]
 
     def get(self, kind: str, model: GpuModel, gpus: int) -> list[Target]:
         key = (kind, model.key, gpus)
@@ -317,20 +381,6 @@ class _MemberState:
     fragmentation: int  # idle slices if the member is kept
 
 
-def _member_states(snapshot: ClusterSnapshot, keys: set[str]) -> Iterator[_MemberState]:
-    """Every member, nodes by name: a whole node under the single strategy, each GPU (by index) under mixed."""
-    for node in sorted(snapshot.nodes, key=lambda n: n.name):
-        if not node.gpus:
-            continue
-        gpus = sorted(node.gpus, key=lambda g: g.index)
-        if node.strategy == "single":
-            fragmentation = sum(_idle_slices(g, keys, "single") for g in node.gpus)
-            yield _MemberState(node, gpus, "single", _single_keep(node), fragmentation)
-            continue
-        for gpu in gpus:
-            yield _MemberState(node, [gpu], "mixed", _free_capacity(gpu), _idle_slices(gpu, keys, "mixed"))
-
-
 @dataclass(frozen=True)
 class _UnitFactory:
     """Describes a member as a unit; what cannot matter is left out, so that more members share one unit."""
@@ -341,12 +391,38 @@ class _UnitFactory:
     targets: _TargetCache
     signatures: dict[str, frozenset[int]]
 
+    def mixed_key(
+        self, node: NodeState, gpu: GpuState, layouts: dict[tuple[object, ...], tuple[Capacity, int, MapKey]]
+    ) -> UnitKey:
+        """`unit(...).key` of a mixed-strategy GPU, without building the unit; what follows from the layout alone
+        (free devices, idle slices, map) is remembered in `layouts` per layout and which instances are held."""
+        model = gpu.gpu_model
+        shape = (model.key, tuple((i.profile, i.start, i.pod is None) for i in gpu.instances))
+        facts = layouts.get(shape)
+        if facts is None:
+            keys = self.data.keys
+            keep = tuple(sorted((k, c) for k, c in _free_capacity(gpu).items() if c > 0 and k in keys))
+            facts = layouts[shape] = (keep, _idle_slices(gpu, keys, "mixed"), tuple(sorted(gpu.mig_devices_items)))
+        keep_capacity, fragmentation, current = facts
+        running = [self.snapshot.running_pod(name) for name in gpu.holders]
+        reconfigurable = bool(self.targets.get("mixed", model, 1)) and all(self.policy.may_evict(p) for p in running)
+        if not reconfigurable:
+            return UnitKey("mixed", model.key, keep_capacity, fragmentation, self.signatures[node.name], None, False, 0,
+                           0, 1, None)  # fmt: skip
+        return UnitKey(
+            "mixed", model.key, keep_capacity, fragmentation, self.signatures[node.name],
+            max((p.priority for p in running), default=None), True, len(running),
+            sum(self.data.weights.factor(p.priority) for p in running), 1,
+            current if current in self.targets.maps("mixed", model, 1) else None,
+        )  # fmt: skip
+
     def unit(self, member: _MemberState) -> Unit:
         gpus = member.gpus
         holders = sorted({pod for g in gpus for pod in g.holders})
         running = [self.snapshot.running_pod(name) for name in holders]
         model = gpus[0].gpu_model
         targets = self.targets.get(member.kind, model, len(gpus))
+        maps = self.targets.maps(member.kind, model, len(gpus))
         protected = not all(self.policy.may_evict(p) for p in running)
         reconfigurable = bool(targets) and not protected and len({g.gpu_model.key for g in gpus}) == 1
         return Unit(
@@ -360,24 +436,41 @@ class _UnitFactory:
             evict_pods=len(holders) if reconfigurable else 0,
             evict_weight=sum(self.data.weights.factor(p.priority) for p in running) if reconfigurable else 0,
             gpus_per_member=len(gpus),
-            current=_common_map(gpus, targets) if reconfigurable else None,
+            current=_common_map(gpus, maps) if reconfigurable else None,
         )
 
 
-def _common_map(gpus: list[GpuState], targets: list[Target]) -> tuple[tuple[str, int], ...] | None:
+def _common_map(
+    gpus: list[GpuState], targets: frozenset[tuple[tuple[str, int], ...]]
+) -> tuple[tuple[str, int], ...] | None:
     """The map all GPUs hold, when they hold one and the same map that is also a target; else None."""
-    maps = {tuple(sorted(g.mig_devices.items())) for g in gpus}
-    return next(iter(maps)) if len(maps) == 1 and maps <= targets_as_current(targets) else None
+    maps = {tuple(sorted(g.mig_devices_items)) for g in gpus}
+    return next(iter(maps)) if len(maps) == 1 and maps <= targets else None
 
 
 def _units(snapshot: ClusterSnapshot, factory: _UnitFactory) -> list[Unit]:
-    """Members classed into units by `Unit.key`, units in order of their first member."""
+    """Members classed into units by `Unit.key`, units in order of their first member.
+
+    A mixed-strategy GPU's key is computed directly (`_UnitFactory.mixed_key`, what `unit` would give), and the
+    unit itself only for the first member with that key: clusters have tens of thousands of GPUs and few units."""
     units: dict[UnitKey, Unit] = {}
-    for member in _member_states(snapshot, factory.data.keys):
-        unit = factory.unit(member)
-        units.setdefault(unit.key, unit).members.append(
-            Member(node=member.node.name, gpus=tuple(g.index for g in member.gpus))
-        )
+    layouts: dict[tuple[object, ...], tuple[Capacity, int, MapKey]] = {}
+    for node in sorted(snapshot.nodes, key=lambda n: n.name):
+        if not node.gpus:
+            continue
+        gpus = sorted(node.gpus, key=lambda g: g.index)
+        if node.strategy == "single":
+            fragmentation = sum(_idle_slices(g, factory.data.keys, "single") for g in node.gpus)
+            unit = factory.unit(_MemberState(node, gpus, "single", _single_keep(node), fragmentation))
+            units.setdefault(unit.key, unit).members.append(Member(node=node.name, gpus=tuple(g.index for g in gpus)))
+            continue
+        for gpu in gpus:
+            key = factory.mixed_key(node, gpu, layouts)
+            unit = units.get(key)  # type: ignore[assignment]
+            if unit is None:
+                free, idle = _free_capacity(gpu), _idle_slices(gpu, factory.data.keys, "mixed")
+                unit = units[key] = factory.unit(_MemberState(node, [gpu], "mixed", free, idle))
+            unit.members.append(Member(node=node.name, gpus=(gpu.index,)))
     return list(units.values())
 
 

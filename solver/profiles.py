@@ -1,5 +1,8 @@
 """MIG profile names in the mig-parted grammar (spec §2.1) and the device plugin's resource names (spec §3).
 
+Parsing is a pure function of the text and a plan reads the same few names once per pod and GPU, so the parsers
+remember their recent answers (a bounded number: names come from user files).
+
 `<G>g.<GB>gb` or `<C>c.<G>g.<GB>gb`, then optionally `+attr[,attr…]` (required attributes) or `-attr[,…]`
 (excluded attributes), never both. `1g.5gb` is shorthand for `1c.1g.5gb`.
 """
@@ -7,6 +10,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict
 
@@ -42,6 +46,7 @@ class ProfileName(BaseModel):
         return head
 
 
+@lru_cache(maxsize=4096)
 def parse_profile(text: str) -> ProfileName:
     """Parse a profile string, raising `MigoptError` that quotes it when it does not follow the grammar."""
     match = _PROFILE.match(text.strip())
@@ -73,6 +78,7 @@ def resource_name(profile: str) -> str:
     return MIG_RESOURCE_PREFIX + profile.replace("+", ".")
 
 
+@lru_cache(maxsize=4096)
 def profile_from_resource(resource: str) -> str:
     """Inverse of `resource_name`: `nvidia.com/mig-1g.10gb.me` → `1g.10gb+me`, validated against the grammar."""
     if not resource.startswith(MIG_RESOURCE_PREFIX):

@@ -8,8 +8,9 @@ Parsing validates everything a user can get wrong and reports it on one line nam
 from __future__ import annotations
 
 from collections import Counter
-from functools import cached_property
-from typing import Any, Literal
+from collections.abc import Mapping
+from functools import cache, cached_property
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -41,6 +42,22 @@ def clamp_priority(priority: int) -> int:
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy, without the values cached from the fields (`cached_property`): an update would leave them
+        stale, and planning reads them."""
+        copied = super().model_copy(update=update, deep=deep)
+        if update:
+            for name in _cached_properties(type(self)):
+                copied.__dict__.pop(name, None)
+        return copied
+
+
+@cache
+def _cached_properties(cls: type) -> tuple[str, ...]:
+    return tuple(
+        name for klass in cls.__mro__ for name, value in vars(klass).items() if isinstance(value, cached_property)
+    )
+
 
 class InstanceState(_Strict):
     """One MIG instance of a GPU's current layout; `pod` names the pod holding it, absent when free."""
@@ -63,21 +80,35 @@ class GpuState(_Strict):
     def layout(self) -> list[Instance]:
         return [Instance(profile=self.gpu_model.profile(i.profile).name, start=i.start) for i in self.instances]
 
-    @property
+    # The facts below are read for every GPU many times per plan; the model is frozen, so each is computed once.
+
+    @cached_property
     def layout_pairs(self) -> tuple[tuple[str, int], ...]:
         """The current layout as (profile, start) pairs, start order."""
         return tuple(sorted(((i.profile, i.start) for i in self.layout), key=lambda x: x[1]))
 
+    @cached_property
+    def mig_devices_items(self) -> tuple[tuple[str, int], ...]:
+        """`mig_devices` as (profile, count) pairs, catalog order: hashable, and shared instead of rebuilt."""
+        counts = Counter(self.gpu_model.profile(i.profile).name for i in self.instances)
+        return tuple((p.name, counts[p.name]) for p in self.gpu_model.profiles if counts[p.name])
+
     @property
     def mig_devices(self) -> dict[str, int]:
         """The current layout as a `mig-devices` map (catalog order): what mig-parted compares a target with."""
-        counts = Counter(self.gpu_model.profile(i.profile).name for i in self.instances)
-        return {p.name: counts[p.name] for p in self.gpu_model.profiles if counts[p.name]}
+        return dict(self.mig_devices_items)
 
-    @property
-    def holders(self) -> set[str]:
+    @cached_property
+    def free_instances(self) -> tuple[tuple[str, int], ...]:
+        """The instances no pod holds, as (catalog profile name, start) pairs, start order."""
+        model = self.gpu_model
+        free = ((model.profile(i.profile).name, i.start) for i in self.instances if not i.pod)
+        return tuple(sorted(free, key=lambda x: x[1]))
+
+    @cached_property
+    def holders(self) -> frozenset[str]:
         """The pods holding an instance of this GPU."""
-        return {i.pod for i in self.instances if i.pod}
+        return frozenset(i.pod for i in self.instances if i.pod)
 
 
 class Taint(_Strict):

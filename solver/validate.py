@@ -4,14 +4,18 @@ A plan is valid when: every target is a feasible map of its GPU's model; a GPU t
 pods holding its instances and a GPU that stays evicts nobody; no protected pod is evicted; policy caps hold;
 every placed pod gets exactly the devices it asked for, on one node that accepts it, from devices that exist
 and are free after the plan, none given twice; capacity freed by evicting pods of priority P serves only
-pods above P; and every pending pod is either placed or explained.
+pods above P; a single-strategy node the plan changes or places pods on holds one profile on every GPU after
+it (else the device plugin advertises nothing there, spec §1.10); and every pending pod is either placed or
+explained.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from functools import lru_cache
 
-from solver.decisions import free_devices, resource_key
+from solver.catalog import load_catalog
+from solver.decisions import GpuRef, profiles_after, resource_key, single_profile, target_layout
 from solver.demand import Demand, demands, rejection, weights_for
 from solver.geometry import find_layout
 from solver.plan import GpuPlan, Plan, PlanPolicy, PodPlacement
@@ -32,7 +36,7 @@ def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> 
                 problems.append(f"{node.name}/{gpu.index}: missing from plan")
                 continue
             if gp.reconfigure:
-                if find_layout(gpu.gpu_model, gp.target) is None:
+                if not _feasible(gpu.gpu_model.key, tuple(sorted(gp.target.items()))):
                     problems.append(f"{node.name}/{gpu.index}: target {gp.target} infeasible on {gpu.gpu_model.key}")
                     continue
                 if sorted(gpu.holders) != sorted(gp.evict):
@@ -44,9 +48,12 @@ def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> 
                     tier[node.name, gpu.index] = max(p.priority for p in holders)
             elif gp.evict:
                 problems.append(f"{node.name}/{gpu.index}: evicts {gp.evict} without reconfiguring")
-            target = gp.target if gp.reconfigure else None
-            for device in free_devices(node, gpu, target):
-                available[node.name, gpu.index, device.profile, device.start if target is None else -1] += 1
+            if gp.reconfigure:  # a rebuilt GPU's devices count by profile: the driver picks their placements
+                for profile, _ in target_layout(gpu.gpu_model.key, tuple(sorted(gp.target.items()))):
+                    available[node.name, gpu.index, profile, -1] += 1
+            else:
+                for profile, start in gpu.free_instances:
+                    available[node.name, gpu.index, profile, start] += 1
     evicted = {p for g in plan.gpus for p in g.evict}
     if policy.max_evictions is not None and len(evicted) > policy.max_evictions:
         problems.append(f"{len(evicted)} evictions exceed the cap of {policy.max_evictions}")
@@ -54,13 +61,37 @@ def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> 
     if policy.max_reconfigurations is not None and reconfigured > policy.max_reconfigurations:
         problems.append(f"{reconfigured} reconfigurations exceed the cap of {policy.max_reconfigurations}")
 
+    problems += _single_strategy_problems(snapshot, plan)
     pending = {d.pod.name: d for d in demands(snapshot, weights_for(snapshot))}
+    verdicts: dict[tuple[str, tuple[object, ...]], str | None] = {}  # `rejection` per node and kind of pod
     for placement in plan.placements:
-        problems += _placement_problems(placement, pending.get(placement.pod), nodes, gpu_plans, available, tier)
+        problems += _placement_problems(
+            placement, pending.get(placement.pod), nodes, gpu_plans, available, tier, verdicts
+        )
     placed = {p.pod for p in plan.placements}
     unplaced = {u.pod for u in plan.unplaced}
     if placed & unplaced or (placed | unplaced) != set(pending) or len(plan.placements) != len(placed):
         problems.append("pending pods are not each either placed once or explained")
+    return problems
+
+
+@lru_cache(maxsize=4096)
+def _feasible(model_key: str, target: tuple[tuple[str, int], ...]) -> bool:
+    """Whether some layout realises the map on the model (plans repeat a few maps over many GPUs)."""
+    return find_layout(load_catalog().model(model_key), dict(target)) is not None
+
+
+def _single_strategy_problems(snapshot: ClusterSnapshot, plan: Plan) -> list[str]:
+    """Single-strategy nodes the plan touches (a GPU changes, or a pod is placed there) that would hold other than
+    one profile on every GPU: the device plugin would label them MIG-INVALID and advertise no device."""
+    targets: dict[GpuRef, dict[str, int]] = {(g.node, g.index): g.target for g in plan.gpus if g.reconfigure}
+    placed_on = {p.node for p in plan.placements}
+    problems = []
+    for node in snapshot.nodes:
+        touched = node.name in placed_on or any((node.name, g.index) in targets for g in node.gpus)
+        if node.strategy == "single" and touched and single_profile(node, targets) is None:
+            held = [sorted(profiles_after(g, targets.get((node.name, g.index)))) for g in node.gpus]
+            problems.append(f"{node.name}: single-strategy node would hold {held} per GPU, not one profile on all")
     return problems
 
 
@@ -71,13 +102,17 @@ def _placement_problems(
     gpu_plans: dict[tuple[str, int], GpuPlan],
     available: Counter[tuple[str, int, str, int]],
     tier: dict[tuple[str, int], int],
+    verdicts: dict[tuple[str, tuple[object, ...]], str | None],
 ) -> list[str]:
     """One pod's placement: right node, right devices, free ones, not from higher-priority evictions."""
     node = nodes.get(placement.node)
     if demand is None or node is None:
         return [f"{placement.pod}: placed but not pending, or on an unknown node"]
     problems = []
-    why = rejection(node, demand)
+    asked = (node.name, demand.eligibility_key)
+    if asked not in verdicts:
+        verdicts[asked] = rejection(node, demand)
+    why = verdicts[asked]
     if why is not None:
         problems.append(f"{placement.pod}: node {node.name} rejects it ({why})")
     got: Counter[str] = Counter()

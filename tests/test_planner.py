@@ -21,7 +21,7 @@ PRIORITIES = [0, 10, 100]
 
 
 def _comparable(plan: Plan) -> dict[str, Any]:
-    return plan.model_dump(exclude={"solve_seconds"})
+    return plan.model_dump(exclude={"solve_seconds", "timings"})
 
 
 @st.composite

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
+from solver import problem as problem_module
 from solver.cpsat import GeometryModel
 from solver.plan import PlanPolicy
 from solver.problem import Problem, UnitKey, build_problem
@@ -46,3 +52,27 @@ def test_policy_caps_become_constraints_and_workers_come_from_the_policy() -> No
     capped = GeometryModel(_problem(PlanPolicy(max_evictions=0, max_reconfigurations=1, workers=2)))
     assert len(capped.model.Proto().constraints) == len(free.constraints) + 2
     assert capped._solver().parameters.num_workers == 2
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(0, 10_000),
+    st.sampled_from([0.3, 0.6, 0.9]),
+    st.booleans(),
+    st.sampled_from([100, 1000]),
+)
+def test_a_gpus_unit_key_is_what_its_unit_would_have(seed: int, used: float, fragmented: bool, floor: int) -> None:
+    """The shortcut that classes mixed-strategy GPUs without building a unit per GPU gives each the same key."""
+    spec = ClusterSpec(nodes=8, gpus_per_node=4, pending_pods=60, used_fraction=used, fragmented=fragmented, seed=seed)
+    snapshot = parse_snapshot(generate_snapshot(spec))
+    data = problem_module._pending_data(snapshot)
+    factory = problem_module._UnitFactory(
+        snapshot, PlanPolicy(protect_priority=floor), data, problem_module._TargetCache(data.keys),
+        problem_module._signatures(snapshot.nodes, data.representative),
+    )  # fmt: skip
+    layouts: dict[tuple[object, ...], Any] = {}
+    for node in snapshot.nodes:
+        for gpu in node.gpus:
+            free, idle = problem_module._free_capacity(gpu), problem_module._idle_slices(gpu, data.keys, "mixed")
+            unit = factory.unit(problem_module._MemberState(node, [gpu], "mixed", free, idle))
+            assert factory.mixed_key(node, gpu, layouts) == unit.key

@@ -21,6 +21,9 @@ def node_changes(snapshot: ClusterSnapshot, plan: Plan, plan_id: str) -> list[No
     for gpu in plan.gpus:
         by_node.setdefault(gpu.node, []).append(gpu)
     nodes = {n.name: n for n in snapshot.nodes}
+    serving: dict[str, list[str]] = {}  # grouped once: a scan of every placement per changed node is quadratic
+    for placement in plan.placements:
+        serving.setdefault(placement.node, []).append(placement.pod)
     changes = []
     for name, gpus in sorted(by_node.items()):
         if not any(g.reconfigure for g in gpus):
@@ -32,7 +35,7 @@ def node_changes(snapshot: ClusterSnapshot, plan: Plan, plan_id: str) -> list[No
                 gpus=sorted(gpus, key=lambda g: g.index),
                 evict=sorted({pod for g in gpus for pod in g.evict}),
                 expected=_expected(nodes[name], gpus),
-                serves=sorted(p.pod for p in plan.placements if p.node == name),
+                serves=sorted(serving.get(name, [])),
             )
         )
     return changes

@@ -12,6 +12,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any, Literal
 
@@ -48,11 +49,22 @@ from optimizer.kube.objects import (
     pods_without_disruption_budget,
     running_pod,
 )
+from optimizer.kube.snapshot_pieces import (
+    NodeInputs,
+    NodePiece,
+    PodPiece,
+    report_observed_at,
+    report_verdict,
+    scheduling_key,
+)
 from solver.errors import MigoptError
 from solver.protection import Protection
 from solver.snapshot import PRODUCT_LABEL, ClusterSnapshot, NodeState, PendingPod, RunningPod
 
 log = logging.getLogger(__name__)
+
+MAX_PENDING_TEMPLATES = 4096
+"""Distinct pending-pod specs remembered (a bound on memory, not a limit on pods)."""
 
 
 class KubeSettings(BaseModel):
@@ -136,6 +148,9 @@ class KubeClusterPort:
         self._on_report_rejected = on_report_rejected  # (node, reason): the metrics exporter counts them
         self._rejected: dict[str, str] = {}  # node -> reason its report is rejected for now
         self._advertised: dict[str, tuple[object, float | None]] = {}  # node -> (GPU resources, seen changing at)
+        self._pod_pieces: dict[str, PodPiece] = {}  # the last snapshot's, by informer key
+        self._node_pieces: dict[str, NodePiece] = {}  # the last snapshot's, by node name
+        self._pending_templates: dict[str, PendingPod] = {}  # scheduling key -> a pending pod validated with it
         self.sources: dict[str, str] = {}
         self.skipped_pods: dict[str, str] = {}
 
@@ -169,44 +184,108 @@ class KubeClusterPort:
     # ---- ClusterPort: reading -------------------------------------------------------------------------
 
     def snapshot(self) -> ClusterSnapshot:
-        pods = self.pods.items()
+        """The cluster as the caches hold it. Built from pieces, one per pod and one per node, each rebuilt only
+        when what it was built from changed since the last call (`snapshot_pieces`): a pass over a thousand
+        unchanged nodes reuses them all and returns an equal snapshot."""
+        now = self.now()
+        pod_pieces = {key: self._pod_piece(key, pod) for key, pod in self.pods.entries()}
+        self._pod_pieces = pod_pieces
         held_by_node: dict[str, list[HeldDevices]] = defaultdict(list)
         pending: list[PendingPod] = []
-        bound = []
+        bound: list[PodPiece] = []
         skipped: dict[str, str] = {}
-        for pod in pods:
-            if holds_devices(pod):
+        for pod in pod_pieces.values():
+            if pod.held is not None and pod.node is not None:
                 bound.append(pod)
-                held_by_node[pod["spec"]["nodeName"]].append(HeldDevices(pod=pod_key(pod), requests=pod_requests(pod)))
-            elif is_unschedulable(pod):
-                try:
-                    pending.append(pending_pod(pod))
-                except MigoptError as err:
-                    skipped[pod_key(pod)] = str(err)
+                held_by_node[pod.node].append(pod.held)
+            elif pod.pending is not None:
+                pending.append(pod.pending)
+            elif pod.skipped is not None:
+                skipped[pod_key(pod.raw)] = pod.skipped
         self._report_skipped(skipped)
-        no_budget = pods_without_disruption_budget(self.pdbs.items(), bound)
-        running = {p.name: p for p in (running_pod(pod, no_budget) for pod in bound)}
+        no_budget = pods_without_disruption_budget(self.pdbs.items(), [pod.raw for pod in bound])
+        running = {p.name: p for p in (self._running(pod, no_budget) for pod in bound)}
         config = self._config()
         holders = self._holders() if self._holders else None
-        nodes, sources = [], {}
+        holders_by_node: dict[str, list[DeviceHolder]] = defaultdict(list)
+        for holder in holders or []:
+            holders_by_node[holder.node].append(holder)
+        records = self.read_records()
+        nodes: list[NodeState] = []
+        sources: dict[str, str] = {}
+        node_pieces: dict[str, NodePiece] = {}
         for raw in sorted(self.nodes.items(), key=lambda n: n["metadata"]["name"]):
             if not _is_gpu_node(raw):
                 continue
-            node, source, extra = self._node(raw, config, held_by_node.get(raw["metadata"]["name"], []), holders)
-            sources[raw["metadata"]["name"]] = source
-            if node is not None:
-                nodes.append(node)
-            running |= extra
+            name = raw["metadata"]["name"]
+            on_node = None if holders is None else tuple(holders_by_node.get(name, ()))
+            inputs = NodeInputs(raw, config, tuple(held_by_node.get(name, ())), on_node, records.get(name))
+            piece = self._node_piece(name, inputs, now)
+            node_pieces[name] = piece
+            sources[name] = piece.source
+            if piece.node is not None:
+                nodes.append(piece.node)
+            running |= piece.extra
+        self._node_pieces = node_pieces
         self.sources = sources
         return ClusterSnapshot(nodes=nodes, pods=pending, running=list(running.values()))
 
-    def _node(
-        self,
-        raw: Mapping[str, Any],
-        config: MigPartedConfig | None,
-        held: list[HeldDevices],
-        holders: Sequence[DeviceHolder] | None,
-    ) -> tuple[NodeState | None, str, dict[str, RunningPod]]:
+    def _pod_piece(self, key: str, pod: Mapping[str, Any]) -> PodPiece:
+        """The last pass's piece while the informer still holds the same object; else built anew."""
+        cached = self._pod_pieces.get(key)
+        if cached is not None and cached.raw is pod:
+            return cached
+        if cached is not None and cached.raw == pod:  # relisted: an equal copy; compared by identity from now on
+            return replace(cached, raw=pod)
+        if holds_devices(pod):
+            held = HeldDevices(pod=pod_key(pod), requests=pod_requests(pod))
+            return PodPiece(raw=pod, node=pod["spec"]["nodeName"], held=held)
+        if is_unschedulable(pod):
+            try:
+                return PodPiece(raw=pod, pending=self._pending(pod))
+            except MigoptError as err:
+                return PodPiece(raw=pod, skipped=str(err))
+        return PodPiece(raw=pod)
+
+    def _pending(self, pod: Mapping[str, Any]) -> PendingPod:
+        """`pending_pod(pod)`; a pod whose scheduling spec was validated before (another replica) is that result
+        renamed, which costs a twentieth. A spec that fails is not kept: its error names the pod."""
+        key = scheduling_key(pod)
+        template = self._pending_templates.get(key)
+        if template is not None:
+            return template.model_copy(update={"name": pod_key(pod)})
+        result = pending_pod(pod)
+        if len(self._pending_templates) >= MAX_PENDING_TEMPLATES:
+            self._pending_templates.clear()  # specs of long-gone pods: start afresh
+        self._pending_templates[key] = result
+        return result
+
+    @staticmethod
+    def _running(piece: PodPiece, no_budget: Mapping[str, str]) -> RunningPod:
+        """What evicting the bound pod costs; kept on its piece per blocking budget (usually none)."""
+        budget = no_budget.get(pod_key(piece.raw)) if no_budget else None
+        found = piece.running.get(budget)
+        if found is None:
+            found = piece.running[budget] = running_pod(piece.raw, no_budget)
+        return found
+
+    def _node_piece(self, name: str, inputs: NodeInputs, now: float) -> NodePiece:
+        """The last pass's piece while its inputs are the same and its agent report's freshness is too."""
+        s = self.settings
+        cached = self._node_pieces.get(name)
+        if (
+            cached is not None
+            and cached.inputs.same_as(inputs)
+            and report_verdict(cached.observed_at, now, s.report_max_age_s, s.report_max_skew_s) == cached.verdict
+        ):
+            return cached if cached.inputs.raw is inputs.raw else replace(cached, inputs=inputs)
+        node, source, extra = self._node(inputs, now)
+        observed = report_observed_at(inputs.raw, name)
+        verdict = report_verdict(observed, now, s.report_max_age_s, s.report_max_skew_s)
+        return NodePiece(inputs, node, source, extra, observed, verdict)
+
+    def _node(self, inputs: NodeInputs, now: float) -> tuple[NodeState | None, str, dict[str, RunningPod]]:
+        raw = inputs.raw
         meta = raw["metadata"]
         name = meta["name"]
         labels = dict(meta.get("labels") or {})
@@ -219,18 +298,18 @@ class KubeClusterPort:
             taints=node_taints(raw),
             unschedulable=bool((raw.get("spec") or {}).get("unschedulable")),
         )
-        on_node = [h for h in holders or [] if h.node == name] if holders is not None else None
+        on_node = None if inputs.holders is None else list(inputs.holders)
         rejected: list[ReportRejected] = []
-        checks = self._report_checks(name, raw, base.allocatable)
+        checks = self._report_checks(name, raw, base.allocatable, now)
         try:
             layout = resolve_layout(
-                name, labels, annotations, config, held, on_node, checks=checks, on_reject=rejected.append
-            )
+                name, labels, annotations, inputs.config, list(inputs.held), on_node, checks=checks,
+                on_reject=rejected.append,
+            )  # fmt: skip
         except MigoptError as err:
             self._report_rejection(name, rejected)
             self._report_once(name, str(err))
-            record = self.read_records().get(name)
-            status = read_status(name, record) if record is not None else None
+            status = read_status(name, inputs.record) if inputs.record is not None else None
             if status is not None and status.phase is Phase.EVICTING:
                 return None, f"waiting: {err}", {}  # a drain needs to know who holds what: wait for it
             return base, f"not planned: {err}", {}
@@ -256,11 +335,12 @@ class KubeClusterPort:
             self._parsed = (text, parsed)
         return self._parsed[1]
 
-    def _report_checks(self, name: str, raw: Mapping[str, Any], allocatable: dict[str, int]) -> ReportChecks:
+    def _report_checks(
+        self, name: str, raw: Mapping[str, Any], allocatable: dict[str, int], now: float
+    ) -> ReportChecks:
         """What the node's report is verified against: this process's wall clock, the node's GPU resources, and
         when they were last seen to change (None: not since this process started watching)."""
         capacity = node_allocatable({"status": {"allocatable": (raw.get("status") or {}).get("capacity")}})
-        now = self.now()
         resources = (sorted(allocatable.items()), sorted(capacity.items()))
         seen = self._advertised.get(name)
         since = None if seen is None else seen[1] if seen[0] == resources else now

@@ -75,6 +75,12 @@ class Informer:
         with self._lock:
             return list(self._objects.values())
 
+    def entries(self) -> list[tuple[str, Obj]]:
+        """(key, object) pairs. An object is replaced, never edited, when its event arrives: one still here is
+        unchanged (what lets the adapter reuse what it built from it)."""
+        with self._lock:
+            return list(self._objects.items())
+
     def get(self, key: str) -> Obj | None:
         with self._lock:
             return self._objects.get(key)

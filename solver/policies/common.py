@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from solver.errors import MigoptError
-from solver.plan import Plan, PlanPolicy
+from solver.plan import ObjectiveBreakdown, Plan, PlanPolicy
 from solver.snapshot import ClusterSnapshot
+from solver.timing import PlanClock
 from solver.validate import plan_problems
 
 
-def rank(plan: Plan) -> tuple[int, ...]:
+class Scored(Protocol):
+    """A plan, or a draft of one: anything with the objective's terms."""
+
+    @property
+    def objectives(self) -> ObjectiveBreakdown: ...
+
+
+def rank(plan: Scored) -> tuple[int, ...]:
     """Lexicographic objective as a sortable key: higher is better."""
     o = plan.objectives
     return (o.served_weight, -o.evicted_weight, -o.reconfigured_gpus, -o.touched_nodes, -o.fragmentation)
@@ -19,6 +29,14 @@ def checked(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> Plan:
     problems = plan_problems(snapshot, plan, policy)
     if problems:
         raise MigoptError(f"internal error: the {plan.policy} plan is invalid: {problems[0]}")
+    return plan
+
+
+def finished(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, clock: PlanClock) -> Plan:
+    """The plan, validated (`checked`), with the run's timings: validation is the last phase the limit covers."""
+    with clock.phase("validate"):
+        checked(snapshot, plan, policy)
+    plan.timings = clock.timings()
     return plan
 
 

@@ -2,37 +2,49 @@
 
 from __future__ import annotations
 
-import time
+from dataclasses import replace
 from pathlib import Path
 
-from solver.assemble import assemble
+from solver.assemble import Draft, draft, write_plan
+from solver.collector import collector_paused
 from solver.greedy import greedy_decisions
 from solver.plan import Plan, PlanPolicy, PlanStatus
-from solver.policies.common import checked, no_model_built
+from solver.policies.common import finished, no_model_built
 from solver.problem import Problem, build_problem
 from solver.snapshot import ClusterSnapshot
+from solver.timing import PlanClock
 
 
+@collector_paused
 def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | None = None) -> Plan:
     """The greedy plan. It builds no CP-SAT model, so asking to dump one is an error."""
     if dump_model is not None:
         raise no_model_built("the greedy policy does not use CP-SAT")
-    started = time.perf_counter()
-    problem = build_problem(snapshot, policy)
-    result = baseline(problem, started)
-    return checked(snapshot, result if problem.demands else empty(result), policy)
+    clock = PlanClock(policy.time_limit_s)
+    with clock.phase("aggregate"):
+        problem = build_problem(snapshot, policy)
+    result = baseline(problem, clock)
+    return finished(snapshot, written(problem, result if problem.demands else empty(result), clock), policy, clock)
 
 
-def baseline(problem: Problem, started: float) -> Plan:
-    """The greedy plan of the problem, unchecked; its solve time counts from `started`, when planning began."""
-    decisions = greedy_decisions(problem.snapshot, problem.policy)
-    trivial_bound = sum(d.weight for d in problem.demands)
-    return assemble(
-        problem, decisions, status=PlanStatus.GREEDY, policy_name="greedy",
-        solve_seconds=time.perf_counter() - started, bound=trivial_bound,
-    )  # fmt: skip
+def baseline(problem: Problem, clock: PlanClock) -> Draft:
+    """The greedy plan of the problem, scored but not written out; its solve time counts from when planning
+    began."""
+    with clock.phase("greedy"):
+        decisions = greedy_decisions(problem.snapshot, problem.policy, problem.demands)
+        trivial_bound = sum(d.weight for d in problem.demands)
+        return draft(
+            problem, decisions, status=PlanStatus.GREEDY, policy_name="greedy",
+            solve_seconds=clock.elapsed(), bound=trivial_bound,
+        )  # fmt: skip
 
 
-def empty(plan: Plan) -> Plan:
+def empty(result: Draft) -> Draft:
     """The plan when no pending pod asks for MIG devices: nothing was decided, whichever policy was asked."""
-    return plan.model_copy(update={"status": PlanStatus.EMPTY, "policy": "optimal"})
+    return replace(result, status=PlanStatus.EMPTY, policy="optimal")
+
+
+def written(problem: Problem, chosen: Draft, clock: PlanClock) -> Plan:
+    """The chosen draft as a whole plan."""
+    with clock.phase("assemble"):
+        return write_plan(problem, chosen)

@@ -1,0 +1,44 @@
+"""Python's cyclic garbage collector, paused while a plan is made.
+
+Planning allocates millions of small objects and frees nearly all of them by reference counting; meanwhile the
+collector's full passes walk the whole snapshot again and again, which measured as a third of the planning time
+outside CP-SAT on large clusters. Nothing planning builds needs the collector to be freed, so it is paused for
+the call and resumed after (by the outermost planner when calls overlap, and only if it was running).
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Callable
+from functools import wraps
+from typing import ParamSpec, TypeVar
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+_lock = threading.Lock()
+_depth = 0
+_resume = False
+
+
+def collector_paused(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """`function`, run with the cyclic collector paused."""
+
+    @wraps(function)
+    def paused(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        global _depth, _resume
+        with _lock:
+            if _depth == 0:
+                _resume = gc.isenabled()
+                gc.disable()
+            _depth += 1
+        try:
+            return function(*args, **kwargs)
+        finally:
+            with _lock:
+                _depth -= 1
+                if _depth == 0 and _resume:
+                    gc.enable()
+
+    return paused

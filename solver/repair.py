@@ -1,0 +1,352 @@
+"""Place the several-device pods the aggregated answer could not co-locate, by re-targeting spare GPUs of a node.
+
+The integer program relaxes co-location (a pod's devices may come from several members), so disaggregation can
+strand a several-device pod. For each such pod (pod groups heaviest first) and each node that accepts it and
+has all its profiles (name order), the pod gets the node's free devices it may use plus GPUs that serve no pod
+in the plan and whose holders it may displace (lower priority, evictable), re-targeted to the maps that best
+cover what is still missing, within the policy caps. Under the single strategy a node's GPUs change together.
+
+The scan is indexed so that it stays near-linear in nodes plus stranded pods: a node's answer for a pod depends
+only on the node's own state, the pod's request, filters and priority, and the caps, which only tighten as
+repairs succeed; so pods of one group resume the scan where the previous one succeeded, and a group whose pod
+found no node skips the rest of its pods.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from functools import cache
+
+from solver.catalog import load_catalog
+from solver.decisions import Decisions, Device, GpuRef, free_devices, single_profile
+from solver.demand import Demand, rejection
+from solver.geometry import max_alone, maximal_maps
+from solver.plan import PlanPolicy
+from solver.problem import PodGroup, Problem
+from solver.snapshot import ClusterSnapshot, GpuState, NodeState
+
+
+def repair(problem: Problem, decisions: Decisions) -> None:
+    """Place what can be placed of the stranded several-device pods (recorded in `decisions`)."""
+    stranded = [
+        (group, [d for d in group.demands if d.pod.name not in decisions.placements])
+        for group in problem.pod_groups
+        if group.demands[0].devices > 1
+    ]
+    stranded = [(group, pods) for group, pods in stranded if pods]
+    if not stranded:
+        return
+    used: dict[str, set[Device]] = defaultdict(set)
+    for devices in decisions.placements.values():
+        for device in devices:
+            used[device.node].add(device)
+    caps = _Caps(problem, decisions)
+    nodes = _NodeIndex(problem, [d for _, pods in stranded for d in pods[:1]])
+    bounds = _Bounds(problem, decisions, used)
+    for group, pods in stranded:
+        candidates = nodes.candidates(group)
+        start = 0
+        for demand in pods:
+            found = None
+            for position in range(start, len(candidates)):
+                node = candidates[position]
+                if not bounds.may_fit(node, demand):
+                    continue
+                repair_on = _repair_single_on if node.strategy == "single" else _repair_on
+                changing = caps.changing_count
+                taken = repair_on(problem, decisions, node, demand, used[node.name], caps)
+                if taken:
+                    used[node.name].update(taken)
+                    caps.record(node, decisions)
+                    bounds.forget(node)
+                    # a single-strategy node re-targeted back to its current maps may lift a cap: look again
+                    found = 0 if caps.changing_count < changing else position
+                    break
+            if found is None:
+                break  # no node took this pod; its group's other pods are alike and would fare the same
+            start = found
+
+
+class _NodeIndex:
+    """Nodes in name order, with what decides whether a group's pods may use them, computed per kind of node."""
+
+    def __init__(self, problem: Problem, representatives: list[Demand]) -> None:
+        self.nodes = sorted(problem.snapshot.nodes, key=lambda n: n.name)
+        keys = {k for d in representatives for k in d.pod.node_selector}
+        keys |= {r.key for d in representatives for t in d.pod.node_affinity for r in t.match_expressions}
+        self._shape_of: list[int] = []
+        self._shapes: list[tuple[NodeState, frozenset[str]]] = []  # a node of the kind, and its GPUs' profiles
+        seen: dict[tuple[object, ...], int] = {}
+        for node in self.nodes:
+            profiles = frozenset(p for g in node.gpus for p in g.gpu_model.profile_names)
+            shape = (
+                tuple(sorted((k, v) for k, v in node.labels.items() if k in keys)),
+                tuple(node.taints),
+                node.unschedulable,
+                node.strategy,
+                profiles,
+            )
+            if shape not in seen:
+                seen[shape] = len(self._shapes)
+                self._shapes.append((node, profiles))
+            self._shape_of.append(seen[shape])
+
+    def candidates(self, group: PodGroup) -> list[NodeState]:
+        """The nodes that accept the group's pods and have every profile they ask for, name order."""
+        demand = group.demands[0]
+        needed = {k.rsplit(":", 1)[-1] for k, _ in demand.resources}
+        fits = [needed <= profiles and rejection(node, demand) is None for node, profiles in self._shapes]
+        return [node for node, shape in zip(self.nodes, self._shape_of, strict=True) if fits[shape]]
+
+
+class _Bounds:
+    """Per mixed-strategy node and pod priority, the most devices of each profile a repair there could give: each
+    GPU's devices the pod may use as the plan stands, or, where the pod may take the GPU's place, as many as the
+    profile ever has on it. A node below the request on some profile cannot take the pod, so it is skipped without
+    trying; bounds are kept until a repair changes their node."""
+
+    def __init__(self, problem: Problem, decisions: Decisions, used: dict[str, set[Device]]) -> None:
+        self._problem = problem
+        self._decisions = decisions
+        self._used = used
+        self._bounds: dict[str, dict[int, Counter[str]]] = defaultdict(dict)
+        self._floors: dict[int, float] = {}
+
+    def may_fit(self, node: NodeState, demand: Demand) -> bool:
+        if node.strategy == "single":
+            return True  # re-targeting a whole node is cheap to try and has no simple bound
+        priority = demand.pod.priority
+        bound = self._bounds[node.name].get(priority)
+        if bound is None:
+            bound = self._bounds[node.name][priority] = self._bound(node, priority)
+        return all(bound[key] >= count for key, count in demand.resources)
+
+    def forget(self, node: NodeState) -> None:
+        self._bounds.pop(node.name, None)
+
+    def _bound(self, node: NodeState, priority: int) -> Counter[str]:
+        snapshot = self._problem.snapshot
+        used = self._used[node.name]
+        taken = Counter((d.gpu, d.profile) for d in used)
+        busy = {d.gpu for d in used}
+        bound: Counter[str] = Counter()
+        for gpu in node.gpus:
+            target = self._decisions.targets.get((node.name, gpu.index))
+            offer: dict[str, int] = {}
+            if _tier(snapshot, gpu, target) < priority:
+                devices = _free_counts(gpu) if target is None or target == gpu.mig_devices else target
+                offer = {p: c - taken[gpu.index, p] for p, c in devices.items()}
+            if gpu.index not in busy and self._floor(gpu) < priority:
+                for name, most in _most(gpu.gpu_model.key):
+                    bound[name] += max(offer.get(name, 0), most)
+            else:
+                bound.update(offer)
+        return bound
+
+    def _floor(self, gpu: GpuState) -> float:
+        """The priority a pod must exceed to take the GPU's place (`_displaceable`), remembered per GPU."""
+        floor = self._floors.get(id(gpu))
+        if floor is None:
+            holders = [self._problem.snapshot.running_pod(p) for p in gpu.holders]
+            if not all(self._problem.policy.may_evict(p) for p in holders):
+                floor = float("inf")
+            else:
+                floor = max((p.priority for p in holders), default=float("-inf"))
+            self._floors[id(gpu)] = floor
+        return floor
+
+
+@cache
+def _most(model_key: str) -> tuple[tuple[str, int], ...]:
+    """Each profile of the model with the most instances a GPU of it ever holds."""
+    return tuple((p.name, p.max_count) for p in load_catalog().model(model_key).profiles)
+
+
+def _free_counts(gpu: GpuState) -> dict[str, int]:
+    return dict(Counter(p for p, _ in gpu.free_instances))
+
+
+class _Caps:
+    """The policy caps against the plan so far: GPUs that change and pods they evict, kept up to date."""
+
+    def __init__(self, problem: Problem, decisions: Decisions) -> None:
+        self.policy = problem.policy
+        self.active = self.policy.max_evictions is not None or self.policy.max_reconfigurations is not None
+        self._gpus = {(n.name, g.index): g for n in problem.snapshot.nodes for g in n.gpus} if self.active else {}
+        self._decisions = decisions
+        self.changing: set[GpuRef] = set()
+        self.evicted: set[str] = set()
+        self._recount()
+
+    @property
+    def changing_count(self) -> int:
+        return len(self.changing)
+
+    def _recount(self) -> None:
+        if not self.active:
+            return
+        targets = self._decisions.targets
+        self.changing = {ref for ref, target in targets.items() if target != self._gpus[ref].mig_devices}
+        self.evicted = {p for ref in self.changing for p in self._gpus[ref].holders}
+
+    def allow(self, node: NodeState, new: dict[int, dict[str, int]]) -> bool:
+        """Whether re-targeting these GPUs of the node (each a change) keeps the plan within the caps."""
+        if not self.active:
+            return True
+        refs = [(node.name, i) for i in new if (node.name, i) not in self.changing]
+        pods = {p for ref in refs for p in self._gpus[ref].holders} - self.evicted
+        policy = self.policy
+        return (policy.max_evictions is None or len(self.evicted) + len(pods) <= policy.max_evictions) and (
+            policy.max_reconfigurations is None or len(self.changing) + len(refs) <= policy.max_reconfigurations
+        )
+
+    def record(self, node: NodeState, decisions: Decisions) -> None:
+        """Take in the node's targets after a repair there."""
+        if not self.active:
+            return
+        for gpu in node.gpus:
+            ref = (node.name, gpu.index)
+            target = decisions.targets.get(ref)
+            if target is not None and target != gpu.mig_devices:
+                self.changing.add(ref)
+                self.evicted |= gpu.holders
+            elif ref in self.changing:
+                self._recount()  # a change undone: which pods are still evicted needs a full recount
+                return
+
+
+def _repair_on(
+    problem: Problem, decisions: Decisions, node: NodeState, demand: Demand, used: set[Device], caps: _Caps
+) -> list[Device]:
+    """Mixed strategy: the devices the pod gets on this node after re-targeting spare GPUs (recorded in
+    `decisions`), or []."""
+    policy, snapshot = problem.policy, problem.snapshot
+    priority = demand.pod.priority
+    busy = {d.gpu for d in used}
+    offer: dict[int, list[Device]] = {}
+    counts: dict[int, Counter[str]] = {}
+    for gpu in node.gpus:
+        target = decisions.targets.get((node.name, gpu.index))
+        if _tier(snapshot, gpu, target) < priority:
+            offer[gpu.index] = [d for d in free_devices(node, gpu, target) if d not in used]
+            counts[gpu.index] = Counter(d.profile for d in offer[gpu.index])  # mixed: the key is the profile
+    total: Counter[str] = sum(counts.values(), Counter())
+    wanted = Counter(dict(demand.resources))
+    new_targets: dict[int, dict[str, int]] = {}
+    for gpu in sorted(node.gpus, key=lambda g: (len(g.holders), g.index)):
+        own = counts.get(gpu.index, Counter())
+        missing = wanted - (total - own)
+        if not missing or gpu.index in busy or not _displaceable(snapshot, gpu, priority, policy):
+            continue
+        choice = _best_map(gpu.gpu_model.key, gpu.mig_devices_items, tuple(sorted(missing.items())))
+        if choice is not None and choice[1] > sum((own & missing).values()):
+            new_targets[gpu.index] = dict(choice[0])
+            offer[gpu.index] = free_devices(node, gpu, new_targets[gpu.index])
+            counts[gpu.index] = Counter(d.profile for d in offer[gpu.index])
+            total = total - own + counts[gpu.index]
+    if wanted - total or not caps.allow(node, new_targets):
+        return []
+    for index, target in new_targets.items():
+        decisions.targets[(node.name, index)] = target
+    pool = [d for i in sorted(offer) for d in offer[i]]
+    taken = [d for key, count in demand.resources for d in [d for d in pool if d.profile == key][:count]]
+    decisions.placements[demand.pod.name] = taken
+    return taken
+
+
+def _repair_single_on(
+    problem: Problem, decisions: Decisions, node: NodeState, demand: Demand, used: set[Device], caps: _Caps
+) -> list[Device]:
+    """Single strategy: the node's devices for the pod (recorded in `decisions`), or [].
+
+    Such a node holds one profile on every GPU or advertises nothing (spec §1.10), so its GPUs never change one
+    at a time: the pod gets free devices of the profile the node already holds after the plan, or else every
+    GPU of the node is re-targeted to the pod's profile alone, which needs every GPU that changes to be unused
+    by the plan and its holders displaceable, within the policy caps.
+    """
+    ((key, _),) = demand.resources
+    model_key, profile = key.removeprefix("single:").rsplit(":", 1)
+    if any(g.gpu_model.key != model_key for g in node.gpus):
+        return []
+    taken = _single_take(problem.snapshot, node, decisions.targets, demand, used)
+    if taken:
+        decisions.placements[demand.pod.name] = taken
+        return taken
+    whole = {profile: max_alone(node.gpus[0].gpu_model, profile)}
+    busy = {d.gpu for d in used}
+    new_targets: dict[int, dict[str, int]] = {}
+    for gpu in node.gpus:
+        if decisions.targets.get((node.name, gpu.index), gpu.mig_devices) == whole:
+            continue
+        stays = whole == gpu.mig_devices  # mig-parted leaves it alone: its holders stay
+        priority = demand.pod.priority
+        if gpu.index in busy or not (stays or _displaceable(problem.snapshot, gpu, priority, problem.policy)):
+            return []
+        new_targets[gpu.index] = whole
+    changing = {i: t for i, t in new_targets.items() if t != _gpu(node, i).mig_devices}
+    if not new_targets or not caps.allow(node, changing):
+        return []
+    trial = {**decisions.targets, **{(node.name, i): t for i, t in new_targets.items()}}
+    taken = _single_take(problem.snapshot, node, trial, demand, used)
+    if taken:
+        decisions.targets.update((ref, t) for ref, t in trial.items() if ref[0] == node.name)
+        decisions.placements[demand.pod.name] = taken
+    return taken
+
+
+def _single_take(
+    snapshot: ClusterSnapshot,
+    node: NodeState,
+    targets: dict[GpuRef, dict[str, int]],
+    demand: Demand,
+    used: set[Device],
+) -> list[Device]:
+    """The pod's devices on a single-strategy node under these targets (lowest GPU index and start first), or []
+    when the node would not hold the pod's profile alone or has too few devices the pod may take."""
+    ((key, count),) = demand.resources
+    if single_profile(node, targets) != key.rsplit(":", 1)[-1]:
+        return []
+    devices: list[Device] = []
+    for gpu in sorted(node.gpus, key=lambda g: g.index):
+        target = targets.get((node.name, gpu.index))
+        if _tier(snapshot, gpu, target) < demand.pod.priority:
+            devices += [d for d in free_devices(node, gpu, target) if d not in used]
+    return devices[:count] if len(devices) >= count else []
+
+
+def _gpu(node: NodeState, index: int) -> GpuState:
+    return next(g for g in node.gpus if g.index == index)
+
+
+def _tier(snapshot: ClusterSnapshot, gpu: GpuState, target: dict[str, int] | None) -> float:
+    """The priority a pod must exceed to use this GPU's devices: its holders' if it changes, else none."""
+    if target is None or not gpu.holders or target == gpu.mig_devices:
+        return float("-inf")
+    return max(snapshot.running_pod(p).priority for p in gpu.holders)
+
+
+def _displaceable(snapshot: ClusterSnapshot, gpu: GpuState, priority: int, policy: PlanPolicy) -> bool:
+    """A pod of this priority may take the GPU's place: every holder may be evicted and ranks below it."""
+    holders = [snapshot.running_pod(p) for p in gpu.holders]
+    return all(policy.may_evict(p) and p.priority < priority for p in holders)
+
+
+@cache
+def _best_map(
+    model_key: str, current: tuple[tuple[str, int], ...], missing: tuple[tuple[str, int], ...]
+) -> tuple[tuple[tuple[str, int], ...], int] | None:
+    """The map (never the current one) of a mixed-strategy GPU covering most of what is missing, and how much it
+    covers; the first such map in `maximal_maps` order. A pure function of its arguments, so computed once each."""
+    model = load_catalog().model(model_key)
+    wanted = dict(missing)
+    profiles = [p for p in model.profile_names if p in wanted]
+    if not profiles:
+        return None
+    best: tuple[tuple[tuple[str, int], ...], int] | None = None
+    for devices in maximal_maps(model, profiles):
+        if devices == dict(current):
+            continue
+        covered = sum(min(c, wanted[p]) for p, c in devices.items())
+        if best is None or covered > best[1]:
+            best = (tuple(devices.items()), covered)
+    return best
