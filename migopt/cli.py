@@ -177,7 +177,9 @@ def geometries(
 def plan(
     snapshot: Annotated[Path, typer.Option("--snapshot", "-f", help="Cluster snapshot, YAML or JSON.")],
     policy: Annotated[str, typer.Option("--policy", help="optimal (CP-SAT) or greedy (baseline).")] = "optimal",
-    time_limit: Annotated[float, typer.Option("--time-limit", help="Solver time limit, seconds.")] = 2.0,
+    time_limit: Annotated[
+        float, typer.Option("--time-limit", help="Seconds for the whole planning run (CP-SAT gets what is left).")
+    ] = 2.0,
     max_evictions: Annotated[int | None, typer.Option("--max-evictions", help="Cap on evicted pods.")] = None,
     max_reconfigurations: Annotated[
         int | None, typer.Option("--max-reconfigurations", help="Cap on reconfigured GPUs.")
