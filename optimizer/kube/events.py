@@ -96,7 +96,17 @@ class EventRecorder:
         self._thread.start()
 
     def stop(self, timeout_s: float = 2.0) -> None:
+        """End the drain thread now. Events still queued are dropped and counted, as those that did not fit were:
+        a thread left draining a full queue is still writing when the interpreter exits, and a daemon thread
+        caught in a socket call then can abort the whole process (exit code 134)."""
         if self._thread is not None:
+            while True:
+                try:
+                    body = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if body is not None:
+                    self.dropped += 1
             with contextlib.suppress(queue.Full):
                 self._queue.put(None, timeout=timeout_s)
             self._thread.join(timeout=timeout_s)
