@@ -130,12 +130,13 @@ def _option(name: str, default: int) -> int:
     return default
 
 
-def measure(case: dict[str, Any], runs: int) -> dict[str, Any]:
-    """Median over `runs` fresh processes (seeds 1..runs) of every numeric figure; statuses listed."""
+def _medians(mode: str, case: dict[str, Any], runs: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Median over `runs` fresh processes (`mode`: --one or --whole-one; seeds 1..runs) of every numeric figure,
+    statuses listed; and the samples."""
     samples = []
     for seed in range(1, runs + 1):
         done = subprocess.run(
-            [sys.executable, __file__, "--one", json.dumps(case), str(seed)],
+            [sys.executable, __file__, mode, json.dumps(case), str(seed)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         samples.append(json.loads(done.stdout))
@@ -145,6 +146,12 @@ def measure(case: dict[str, Any], runs: int) -> dict[str, Any]:
             summary[key] = sorted({s[key] for s in samples})
         else:
             summary[key] = round(statistics.median(s[key] for s in samples), 4)
+    return summary, samples
+
+
+def measure(case: dict[str, Any], runs: int) -> dict[str, Any]:
+    """The in-process phases: median over fresh processes of every numeric figure; statuses listed."""
+    summary, samples = _medians("--one", case, runs)
     summary["served_ratio_optimal_over_greedy"] = round(
         statistics.median(s["optimal_served_weight"] / max(s["greedy_served_weight"], 1) for s in samples), 4
     )
@@ -194,20 +201,8 @@ def run_whole_command(case: dict[str, Any], seed: int) -> dict[str, Any]:
 
 
 def measure_whole_command(case: dict[str, Any], runs: int) -> dict[str, Any]:
-    """Median over `runs` fresh processes (seeds 1..runs), as `measure` does for the in-process phases."""
-    samples = []
-    for seed in range(1, runs + 1):
-        done = subprocess.run(
-            [sys.executable, __file__, "--whole-one", json.dumps(case), str(seed)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        samples.append(json.loads(done.stdout))
-    summary: dict[str, Any] = {"case": case["name"], "runs": runs}
-    for key, value in samples[0].items():
-        if isinstance(value, str):
-            summary[key] = sorted({s[key] for s in samples})
-        else:
-            summary[key] = round(statistics.median(s[key] for s in samples), 4)
+    """The whole `migopt plan` command: median over fresh processes, as `measure` does for the phases."""
+    summary, samples = _medians("--whole-one", case, runs)
     summary["max_peak_rss_mib"] = round(max(s["peak_rss_mib"] for s in samples), 1)
     return summary
 
