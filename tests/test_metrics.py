@@ -12,7 +12,7 @@ from simulations.engine import run_policy, workload_pods
 from simulations.scenario import ClusterShape, Scenario, SyntheticSource
 from simulations.workloads import SyntheticWorkload
 from tests.controller_fixtures import mig_controller
-from tests.usage_fixtures import busy_cluster, drive
+from tests.usage_fixtures import busy_cluster, drive, first_recommended_plan
 
 
 def _value(observer: MetricsObserver, name: str, **labels: str) -> float | None:
@@ -45,11 +45,7 @@ def test_a_run_that_evicts_and_reconfigures_is_counted_and_its_phases_shown() ->
 
 def test_the_first_plan_shows_planned_next_to_current_geometry_and_its_gains() -> None:
     twin, observer = busy_cluster(), MetricsObserver()
-    controller = mig_controller(twin, ControllerSettings(mode="recommend"), observer=observer)
-    twin.add_pod("team-y/big", {"nvidia.com/mig-7g.80gb": 1}, priority=100)
-    while controller.plans_made == 0:
-        twin.advance(5)
-        controller.tick()
+    first_recommended_plan(twin, mig_controller(twin, ControllerSettings(mode="recommend"), observer=observer))
     gpu0 = dict(gpu="0", model="A100-80GB", node="node-0")
     assert _value(observer, "migopt_gpu_geometry_info", devices="1g.10gb=7", state="current", **gpu0) == 1
     assert _value(observer, "migopt_gpu_geometry_info", devices="7g.80gb=1", state="planned", **gpu0) == 1

@@ -14,18 +14,14 @@ from migopt.settings import load_settings
 from optimizer.controller.reconcile import ControllerSettings
 from optimizer.metrics.exporter import MetricsObserver, serve_http
 from tests.controller_fixtures import mig_controller
-from tests.usage_fixtures import busy_cluster
+from tests.usage_fixtures import busy_cluster, first_recommended_plan
 
 
 @pytest.fixture
 def observed() -> MetricsObserver:
     """A plan made in recommend mode on a busy two-GPU node: one GPU changes, the other does not."""
     twin, observer = busy_cluster(), MetricsObserver()
-    controller = mig_controller(twin, ControllerSettings(mode="recommend"), observer=observer)
-    twin.add_pod("team-y/big", {"nvidia.com/mig-7g.80gb": 1}, priority=100)
-    while controller.plans_made == 0:
-        twin.advance(5)
-        controller.tick()
+    first_recommended_plan(twin, mig_controller(twin, ControllerSettings(mode="recommend"), observer=observer))
     return observer
 
 

@@ -137,3 +137,11 @@ def drive(twin: Twin, controller: Any, seconds: float = 900, tick_s: float = 5) 
         twin.advance(tick_s)
         controller.tick()
         elapsed += tick_s
+
+
+def first_recommended_plan(twin: Twin, controller: Any) -> None:
+    """Ask `busy_cluster` for a 7g pod and tick until the (recommend-mode) controller has made its first plan."""
+    twin.add_pod("team-y/big", {"nvidia.com/mig-7g.80gb": 1}, priority=100)
+    while controller.plans_made == 0:
+        twin.advance(5)
+        controller.tick()
