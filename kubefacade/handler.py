@@ -419,7 +419,7 @@ def _field_warnings(res: Resource, patch_type: str, body: bytes, query: dict[str
         return []
     try:
         obj = json.loads(body or b"{}")
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # not JSON, or nested past the parser's recursion limit
         return []  # the verb itself answers a malformed body
     return check_fields(schemas(), res.gvk, obj, query.get("fieldValidation"))
 

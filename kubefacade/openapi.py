@@ -202,11 +202,13 @@ def v3_index() -> dict[str, Any] | None:
 def v3_group_version(path: str) -> tuple[str, str] | None:
     """`/openapi/v3/api/v1` → ("", "v1"); `/openapi/v3/apis/policy/v1` → ("policy", "v1")."""
     parts = [p for p in path.removeprefix("/openapi/v3").split("/") if p]
+    found = None
     if len(parts) == 2 and parts[0] == "api":
-        return "", parts[1]
+        found = "", parts[1]
     if len(parts) == 3 and parts[0] == "apis":
-        return parts[1], parts[2]
-    return None
+        found = parts[1], parts[2]
+    served = {(r.group, r.version) for r in RESOURCES}
+    return found if found in served else None  # only served pairs reach the cached builder: its cache stays bounded
 
 
 @functools.cache

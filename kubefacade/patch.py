@@ -90,7 +90,7 @@ def apply_patch(
     kind = content_type.split(";")[0].strip()
     try:
         patch = json.loads(body or b"null")
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # not JSON, or nested past the parser's recursion limit
         raise bad_request("the patch is not valid JSON") from None
     if kind in (MERGE, STRATEGIC):
         if not isinstance(patch, dict):

@@ -26,7 +26,7 @@ from kubefacade.store import ObjectStore, Stored, dumps
 def parse_body(body: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(body or b"{}")
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # not JSON, or nested past the parser's recursion limit
         raise bad_request("the request body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise bad_request("the request body must be a JSON object")

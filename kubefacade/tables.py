@@ -205,12 +205,21 @@ COLUMNS = {
 }  # fmt: skip
 
 
+def _cell(cell: Callable[[dict[str, Any], datetime], Any], obj: dict[str, Any], now: datetime) -> Any:
+    """One cell; an object stored with a field of the wrong shape shows `<invalid>` there, as kubectl prints a
+    value it cannot read, instead of failing the whole list."""
+    try:
+        return cell(obj, now)
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return "<invalid>"
+
+
 def table(res: Resource, items: Iterable[Stored], resource_version: int, now: datetime | None = None) -> dict[str, Any]:
     columns = COLUMNS.get(res.key, DEFAULT_COLUMNS)
     moment = now or datetime.now(UTC)
     rows = [
         {
-            "cells": [cell(s.obj, moment) for *_, cell in columns],
+            "cells": [_cell(cell, s.obj, moment) for *_, cell in columns],
             "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": s.obj["metadata"]},
         }
         for s in items

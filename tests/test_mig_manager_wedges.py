@@ -401,3 +401,17 @@ def test_a_restore_writes_exactly_the_paused_labels_never_paused_and_keeps_earli
     assert PAUSED not in written.values()
     for label, value in written.items():
         assert value == (before[label] if before.get(label) not in (None, PAUSED) else "true")
+
+
+def test_only_the_operands_mig_manager_pauses_are_migopts_to_restore() -> None:
+    """The GPU Operator's other deploy labels (driver, toolkit, sandbox) are never read as paused operands nor
+    recorded for restoring, whatever value they hold."""
+    from optimizer.actuators.wedges import deploy_labels, paused_operands
+
+    labels = {
+        "nvidia.com/gpu.deploy.device-plugin": "paused-for-mig-change",
+        "nvidia.com/gpu.deploy.driver": "paused-for-mig-change",
+        "nvidia.com/gpu.deploy.sandbox-device-plugin": "false",
+    }
+    assert paused_operands(labels) == ("nvidia.com/gpu.deploy.device-plugin",)
+    assert deploy_labels(labels) == {"nvidia.com/gpu.deploy.device-plugin": "paused-for-mig-change"}

@@ -252,3 +252,28 @@ def test_without_the_schema_package_the_facade_serves_no_openapi_and_checks_noth
     code, patched, _ = call(server, "/api/v1/namespaces/default/configmaps/c", patch, "PATCH",
                             "application/strategic-merge-patch+json")  # fmt: skip
     assert code == 200 and [o["uid"] for o in patched["metadata"]["ownerReferences"]] == ["2"]  # replaced, not merged
+
+
+def test_malformed_bodies_and_stored_objects_are_4xx_or_invalid_cells_never_500(server: TwinApiServer) -> None:
+    """A pod update whose spec or tolerations have the wrong JSON type is refused with 422; an event stored with
+    a non-numeric count still lists as a Table (that cell `<invalid>`); an unserved OpenAPI group is 404; a body
+    nested past the JSON parser's recursion limit is 400."""
+    pods = "/api/v1/namespaces/default/pods"
+    code, created, _ = call(server, pods, pod_body("typed"))
+    assert code == 201
+    for spec in ("x", [1], {"tolerations": {"a": 1}, "containers": created["spec"]["containers"]}):
+        code, answer, _ = call(server, f"{pods}/typed", {**created, "spec": spec}, method="PUT")
+        assert code == 422, (spec, answer)
+    event = {"metadata": {"name": "odd"}, "involvedObject": "pod", "count": "x", "firstTimestamp": "yesterday",
+             "reason": "R", "message": "m", "type": "Normal"}  # fmt: skip
+    assert call(server, "/api/v1/namespaces/default/events", event)[0] == 201
+    table = "application/json;as=Table;v=v1;g=meta.k8s.io"
+    code, listed, _ = call(server, "/api/v1/namespaces/default/events", accept=table)
+    assert code == 200 and "<invalid>" in [c for row in listed["rows"] for c in row["cells"]]
+    assert call(server, "/openapi/v3/apis/nope.example.com/v9")[0] == 404
+    deep = "[" * 100_000 + "]" * 100_000
+    request = urllib.request.Request(server.url + pods, data=deep.encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400

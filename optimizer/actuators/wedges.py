@@ -26,7 +26,14 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from nvidia_protocol.labels import DEPLOY_PREFIX, MIG_CONFIG_LABEL, MIG_STATE_LABEL, PAUSED
+from nvidia_protocol.labels import (
+    CLIENT_DEPLOY_LABEL,
+    DEPLOY_LABELS,
+    DEPLOY_PREFIX,
+    MIG_CONFIG_LABEL,
+    MIG_STATE_LABEL,
+    PAUSED,
+)
 from optimizer.actuators.node_record import ChangeRecord
 from optimizer.controller.actuator import ACTIVE, ActuationSettings, Phase
 from optimizer.controller.port import ClusterPort
@@ -75,13 +82,18 @@ class Wedge(BaseModel):
         )
 
 
+MIG_MANAGER_OPERANDS = frozenset(DEPLOY_LABELS) | {CLIENT_DEPLOY_LABEL}
+"""The deploy labels mig-manager pauses and restores; the GPU Operator's others (driver, toolkit, sandbox…) are
+never migopt's to write, whatever value they hold."""
+
+
 def paused_operands(labels: Mapping[str, str]) -> tuple[str, ...]:
-    return tuple(sorted(k for k, v in labels.items() if k.startswith(DEPLOY_PREFIX) and v == PAUSED))
+    return tuple(sorted(k for k, v in labels.items() if k in MIG_MANAGER_OPERANDS and v == PAUSED))
 
 
 def deploy_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    """The node's `nvidia.com/gpu.deploy.*` labels, as a change records them before it sets the config label."""
-    return {k: v for k, v in labels.items() if k.startswith(DEPLOY_PREFIX)}
+    """The node's mig-manager operand labels, as a change records them before it sets the config label."""
+    return {k: v for k, v in labels.items() if k in MIG_MANAGER_OPERANDS}
 
 
 def find_wedge(node: NodeState, pending_since: float | None, now: float, settings: ActuationSettings) -> Wedge | None:

@@ -95,10 +95,7 @@ class Controller:
         if self.observer:
             self.observer.snapshot_taken(snapshot, now, statuses)
         self.actuator.tend(self.port, snapshot, may_repair=self.settings.mode == "enforce")
-        for node in snapshot.nodes:
-            status = statuses.get(node.name)
-            if status is not None and status.active:
-                self.actuator.advance(self.port, snapshot, node)
+        self._advance_active(snapshot, statuses)
         held = isolation(statuses, now, self.settings.isolation)
         self._report_quarantine(held, statuses)
         suspect = self._promises.check(self.port, snapshot, now)
@@ -137,16 +134,19 @@ class Controller:
             return []
         try:
             snapshot = self.port.snapshot()
-            before = self.actuator.statuses(self.port, snapshot)
-            for node in snapshot.nodes:
-                status = before.get(node.name)
-                if status is not None and status.active:
-                    self.actuator.advance(self.port, snapshot, node)
+            self._advance_active(snapshot, self.actuator.statuses(self.port, snapshot))
             statuses = self.actuator.statuses(self.port, self.port.snapshot())
         except LeadershipLost as err:
             log.warning("%s; leaving the changes in flight to the next leader", err)
             return []
         return sorted(name for name, status in statuses.items() if status.active)
+
+    def _advance_active(self, snapshot: ClusterSnapshot, statuses: dict[str, ActuationStatus]) -> None:
+        """One step of every change in flight."""
+        for node in snapshot.nodes:
+            status = statuses.get(node.name)
+            if status is not None and status.active:
+                self.actuator.advance(self.port, snapshot, node)
 
     def _report_quarantine(self, held: Isolation, statuses: dict[str, ActuationStatus]) -> None:
         """One Event and log line per failed change that put its node in quarantine."""

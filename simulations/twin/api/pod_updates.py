@@ -42,7 +42,10 @@ def _without_mutable(spec: Mapping[str, Any], images_from: Mapping[str, Any]) ->
 
 
 def updated_spec(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The pod's new client spec, None when the update leaves it as it was; a 422 for a forbidden change."""
+    """The pod's new client spec, None when the update leaves it as it was; a 422 for a forbidden change (or a
+    spec, or tolerations, that is not even the right JSON type)."""
+    if not isinstance(new, Mapping) or not isinstance(new.get("tolerations") or [], list):
+        raise invalid("Pod", name, FORBIDDEN)
     before, after = client_spec(old), client_spec(new)
     if before == after:
         return None
