@@ -146,6 +146,11 @@ class NodeState(_Strict):
     taints: list[Taint] = []
     unschedulable: bool = False
     gpus: list[GpuState] = Field(default=[], max_length=MAX_GPUS_PER_NODE)
+    unmanaged: str | None = Field(
+        default=None,
+        description="why migopt must not change this node's GPUs (outside the managed-nodes selector, GPUs "
+        "managed by NVIDIA's DRA driver); None when it may. Its free instances still serve pending pods.",
+    )
 
     @property
     def strategy(self) -> Literal["mixed", "single"]:
