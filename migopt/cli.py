@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from migopt.render import Output, console, emit_data, format_map, render_plan, table
-from migopt.snapshot_io import load_snapshot
+from migopt.snapshot_io import load_scope, load_snapshot
 from migopt.twin_cli import twin_app
 from optimizer.agent.node_agent import agent as agent_command
 from optimizer.agent.nvml_discovery import compare_gpu, load_nvml, read_gpus
@@ -25,6 +25,7 @@ from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
 from solver.geometry import explain_map, feasible_maps, find_layout, maximal_maps
 from solver.plan import PlanPolicy
+from solver.scope import PlanScope
 
 app = typer.Typer(
     name="migopt",
@@ -191,6 +192,10 @@ def plan(
     dump_model: Annotated[
         Path | None, typer.Option("--dump-model", help="Write the CP-SAT model of the first solve here, as text.")
     ] = None,
+    scope: Annotated[
+        Path | None,
+        typer.Option("--scope", help="YAML: managedNodes (a label selector) and per-model target allowlists."),
+    ] = None,
 ) -> None:
     """Plan the MIG geometry of every GPU for the pending pods of a snapshot."""
     from solver.policies import get_planner  # OR-Tools loads only for the commands that plan
@@ -205,6 +210,7 @@ def plan(
         max_evictions=max_evictions,
         max_reconfigurations=max_reconfigurations,
         protect_priority=protect_priority,
+        scope=load_scope(scope) if scope is not None else PlanScope(),
     )
     result = planner(load_snapshot(snapshot), knobs, dump_model=dump_model)
     if output is Output.table:
@@ -347,13 +353,15 @@ def snapshot(
     from optimizer.controller.isolation import isolation
     from optimizer.kube.adapter import KubeClusterPort
     from optimizer.kube.api import make_api_client
+    from solver.scope import scoped
 
     if output is Output.table:
         raise MigoptError("a snapshot is data: -o yaml or -o json")
     settings = load_settings(config, kubeconfig=kubeconfig, context=context)
     port = KubeClusterPort(make_api_client(settings.kubeconfig, settings.context), settings.kube)
     port.sync_once()
-    taken = port.snapshot()
+    scope = settings.controller.policy.scope
+    taken = scoped(port.snapshot(), scope)  # nodes outside the managed ones say so, for `migopt plan`
     if output_file is None:
         sys.stdout.write(snapshot_text(taken, output is Output.json))
     else:
@@ -366,6 +374,8 @@ def snapshot(
     notes.print(f"GPU sources: {sources or 'no GPU nodes'}")
     for pod, reason in sorted(port.skipped_pods.items()):
         notes.print(f"skipped {pod}: {reason}")
+    for note in scope.notes(taken):
+        notes.print(f"scope: {note}")
     statuses = MigManagerActuator().statuses(port, taken)
     held = isolation(statuses, port.now(), settings.controller.isolation)
     for node, status in sorted(statuses.items()):

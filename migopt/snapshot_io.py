@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from migopt.render import json_text, yaml_text
 from nvidia_protocol.safe_yaml import read_yaml_file
-from solver.errors import MigoptError
+from solver.errors import MigoptError, first_problem
+from solver.scope import PlanScope
 from solver.snapshot import ClusterSnapshot, parse_snapshot
 
 
@@ -15,6 +18,17 @@ def load_snapshot(path: Path) -> ClusterSnapshot:
     read by the JSON parser, YAML by libyaml's (`read_yaml_file`): the same limits and errors either way."""
     data = read_yaml_file(path, f"snapshot {str(path)!r}", language="YAML/JSON")
     return parse_snapshot(data)
+
+
+def load_scope(path: Path) -> PlanScope:
+    """A scope file (`PlanScope`: managedNodes, models), validated; any problem is one line naming the field."""
+    what = f"scope {str(path)!r}"
+    data = read_yaml_file(path, what)
+    try:
+        return PlanScope.model_validate(data if data is not None else {})
+    except ValidationError as err:
+        where, message = first_problem(err, "scope")
+        raise MigoptError(f"{what}: {where}: {message}") from None
 
 
 def snapshot_text(snapshot: ClusterSnapshot, as_json: bool) -> str:

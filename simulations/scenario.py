@@ -16,6 +16,7 @@ from simulations.policies import check_simulation_policy
 from simulations.workloads import GpuMilliMapping, SyntheticWorkload
 from solver.catalog import load_catalog
 from solver.errors import MigoptError, first_problem
+from solver.scope import PlanScope
 from solver.snapshot import MAX_GPUS_PER_NODE
 
 
@@ -64,6 +65,7 @@ class ControllerKnobs(_Strict):
     batch_timeout_s: float = Field(default=60.0, ge=0)
     time_limit_s: float = Field(default=1.0, gt=0)
     max_evictions: int | None = Field(default=None, ge=0)
+    scope: PlanScope = Field(default=PlanScope(), description="managed nodes and per-model target allowlists")
     config_propagation_s: float | None = Field(
         default=None,
         ge=0,

@@ -156,7 +156,7 @@ def write_plan(problem: Problem, chosen: Draft) -> Plan:
             for d in problem.demands
             if d.pod.name not in decisions.placements
         ],
-        notes=list(chosen.notes),
+        notes=list(chosen.notes) + policy.scope.notes(snapshot),
     )
 
 

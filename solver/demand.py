@@ -114,7 +114,7 @@ def _request(pod: PendingPod) -> tuple[str, tuple[tuple[str, int], ...], int]:
     return kind, resources, sum(key_compute_slices(k) * c for k, c in resources)
 
 
-def _requirement_holds(req: NodeSelectorRequirement, labels: dict[str, str]) -> bool:
+def requirement_holds(req: NodeSelectorRequirement, labels: dict[str, str]) -> bool:
     value = labels.get(req.key)
     if req.operator == "In":
         return value is not None and value in req.values
@@ -155,7 +155,7 @@ def rejection(node: NodeState, demand: Demand) -> str | None:
         if node.labels.get(key) != value:
             return "selector"
     if pod.node_affinity and not any(
-        all(_requirement_holds(r, node.labels) for r in term.match_expressions) for term in pod.node_affinity
+        all(requirement_holds(r, node.labels) for r in term.match_expressions) for term in pod.node_affinity
     ):
         return "affinity"
     for taint in node.taints:

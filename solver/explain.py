@@ -113,6 +113,7 @@ def census(snapshot: ClusterSnapshot, policy: PlanPolicy, pending: Iterable[Dema
             node.unschedulable,
             node.strategy,
             tuple(g.gpu_model.key for g in gpus),
+            node.unmanaged is not None,
         )
         number = classes.get(shape)
         if number is None:
@@ -175,6 +176,7 @@ class Explainer:
         self._cache: dict[tuple[object, ...], str] = {}
         self._capable_nodes: dict[tuple[tuple[str, int], ...], list[int]] = {}
         self._offers: list[frozenset[str]] = []
+        self._scope_targets: dict[tuple[str, frozenset[str]], bool] = {}
 
     @property
     def census(self) -> Census:
@@ -187,6 +189,20 @@ class Explainer:
         if key not in self._cache:
             self._cache[key] = self._reason(demand)
         return self._cache[key]
+
+    def _kept_by_scope(self, gpu: _GpuClass, names: set[str]) -> bool:
+        """The GPU may not be changed into anything offering these profiles: its node is not migopt's to change,
+        or its model's allowlist has no target with any of them."""
+        if self.census.nodes[gpu.node_class].node.unmanaged is not None:
+            return True
+        model = self.census.models[gpu.model]
+        if self.policy.scope.allowlist(model) is None:
+            return False
+        key = (gpu.model, frozenset(names))
+        if key not in self._scope_targets:
+            offered = [n for n in names if model.has_profile(n)]
+            self._scope_targets[key] = bool(offered and self.policy.scope.target_maps(model, offered))
+        return not self._scope_targets[key]
 
     def _capable_classes(self, demand: Demand) -> list[int]:
         """Node classes where some GPU offers each requested key (all of a pod's devices must be on one node)."""
@@ -223,7 +239,7 @@ class Explainer:
     def _gpu_reason(self, demand: Demand, wanted: str, eligible: set[int]) -> str:
         """The reason once some node accepts the pod: what its GPUs hold, then the caps, then the competition."""
         names = {k.rsplit(":", 1)[-1] for k, _ in demand.resources}
-        gpus = free = behind_priority = behind_protected = reconfigurable = 0
+        gpus = free = behind_priority = behind_protected = kept_by_scope = reconfigurable = 0
         protections: Counter[str] = Counter()
         for gpu, count in self.census.gpus.items():
             if gpu.node_class not in eligible or not _capable(self.census.models[gpu.model], demand):
@@ -231,6 +247,8 @@ class Explainer:
             gpus += count
             if gpu.free & names:
                 free += count
+            elif self._kept_by_scope(gpu, names):
+                kept_by_scope += count
             elif gpu.protection is not None:
                 behind_protected += count
                 protections[gpu.protection] += count
@@ -238,6 +256,12 @@ class Explainer:
                 behind_priority += count
             else:
                 reconfigurable += count
+        if not free and not reconfigurable and kept_by_scope:
+            return (
+                f"capacity for {wanted} exists only on GPUs migopt may not change ({kept_by_scope} GPUs outside "
+                f"the managed nodes or their model's allowlist), behind evicting pods of equal or higher priority "
+                f"({behind_priority} GPUs) or protected pods ({behind_protected} GPUs{_breakdown(protections)})"
+            )
         if not free and not reconfigurable:
             return (
                 f"capacity for {wanted} exists only behind evicting pods of equal or higher priority "

@@ -25,6 +25,7 @@ from solver.decisions import Decisions, Device, GpuRef, free_devices, resource_k
 from solver.demand import Demand, demands, key_compute_slices, rejection, single_key, weights_for
 from solver.geometry import MigDevices, feasible_maps, max_alone, size_order
 from solver.plan import PlanPolicy
+from solver.scope import PlanScope, scoped
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
 _Resources = tuple[tuple[str, int], ...]
@@ -220,7 +221,8 @@ class _MapChooser:
     holds, so few distinct vectors occur however many GPUs are decided.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scope: PlanScope) -> None:
+        self.scope = scope
         self._maps: dict[str, tuple[list[MigDevices], dict[str, int]]] = {}
         self._best: dict[tuple[str, tuple[int, ...]], tuple[MigDevices | None, int]] = {}
 
@@ -244,7 +246,7 @@ class _MapChooser:
 
     def _model(self, model: GpuModel) -> tuple[list[MigDevices], dict[str, int]]:
         if model.key not in self._maps:
-            maps = feasible_maps(model)
+            maps = [m for m in feasible_maps(model) if self.scope.permits(model, m)]
             caps = {p: max((m.get(p, 0) for m in maps), default=0) for p in model.profile_names}
             self._maps[model.key] = (maps, caps)
         return self._maps[model.key]
@@ -283,7 +285,7 @@ def _choose_mixed(
 
 
 def _choose_single(
-    view: _NodeView, plan: _NodePlan, requested: Counter[str], later: Counter[str], room: int | None
+    view: _NodeView, plan: _NodePlan, requested: Counter[str], later: Counter[str], room: int | None, scope: PlanScope
 ) -> None:
     """Turn every GPU of an idle, one-model single-strategy node into one profile, if that beats keeping it."""
     gpus = view.gpus
@@ -294,6 +296,8 @@ def _choose_single(
     best_score = _score(view.supply, requested, later)
     for profile in size_order(model):
         count = max_alone(model, profile.name)
+        if not scope.permits(model, {profile.name: count}):
+            continue
         offer = Counter({single_key(model.key, profile.name): count * len(gpus)})
         score = _score(offer, requested, later)
         if score > best_score:
@@ -357,11 +361,12 @@ def greedy_decisions(
     """Plan like nos, deterministically: reconfigure idle GPUs node by node and place pods where they fit.
 
     `pending_pods`: the snapshot's demands when the caller has them already (`demands` with `weights_for`)."""
+    snapshot = scoped(snapshot, policy.scope)
     if pending_pods is None:
         pending_pods = demands(snapshot, weights_for(snapshot))
     pending = _Pending(sorted(pending_pods, key=_pod_order))
     filters = _Filters(pending.representatives)
-    chooser = _MapChooser()
+    chooser = _MapChooser(policy.scope)
     views = [_view(node) for node in sorted(snapshot.nodes, key=lambda n: n.name)]
     later: Counter[str] = Counter()  # free devices of the nodes after the current one: all the sweep can still use
     for view in views:
@@ -377,8 +382,10 @@ def greedy_decisions(
             continue
         plan = _NodePlan()
         room = None if cap is None else cap - len(state.targets)
-        if view.node.strategy == "single":
-            _choose_single(view, plan, pending.requested, later, room)
+        if view.node.unmanaged is not None:  # kept as it is: only its free devices serve
+            pass
+        elif view.node.strategy == "single":
+            _choose_single(view, plan, pending.requested, later, room, policy.scope)
         else:
             _choose_mixed(view, plan, pending.requested, later, room, chooser)
         pool = _Pool(view, plan.targets)

@@ -6,6 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from solver.scope import PlanScope
 from solver.snapshot import RunningPod
 
 
@@ -31,6 +32,7 @@ class PlanPolicy(BaseModel):
     max_evictions: int | None = Field(default=None, ge=0, description="cap on pods evicted by one plan")
     max_reconfigurations: int | None = Field(default=None, ge=0, description="cap on GPUs reconfigured by one plan")
     workers: int = Field(default=1, ge=1, description="CP-SAT workers; 1 keeps plans reproducible")
+    scope: PlanScope = Field(default=PlanScope(), description="managed nodes and per-model target allowlists")
 
     def may_evict(self, pod: RunningPod) -> bool:
         """The one rule for which running pods a plan may evict: evictable ones below `protect_priority`."""

@@ -23,8 +23,9 @@ from solver.catalog import GpuModel, load_catalog
 from solver.decisions import Device, free_devices, resource_key
 from solver.demand import Demand, PriorityWeights, demands, rejection, single_key, weights_for
 from solver.explain import Census, census
-from solver.geometry import max_alone, maximal_maps
+from solver.geometry import max_alone
 from solver.plan import PlanPolicy
+from solver.scope import PlanScope, scoped
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
 Capacity = tuple[tuple[str, int], ...]
@@ -218,27 +219,34 @@ def _idle_slices(gpu: GpuState, keys: Collection[str], kind: str) -> int:
     return model.compute_slices - useful
 
 
-def _mixed_targets(model: GpuModel, keys: set[str]) -> list[Target]:
+def _mixed_targets(model: GpuModel, keys: set[str], scope: PlanScope) -> list[Target]:
+    """The scope's candidate maps for the demanded profiles; instances no pending pod asks for (an allowed
+    geometry may hold some) offer nothing and count as fragmentation."""
     demanded = [p.name for p in model.profiles if p.name in keys]
     if not demanded:
         return []
-    return [
-        Target(
-            devices=tuple(m.items()),
-            capacity=tuple(sorted(m.items())),
-            fragmentation=model.compute_slices - sum(model.profile(n).compute_slices * c for n, c in m.items()),
+    targets = []
+    for m in scope.target_maps(model, demanded):
+        offered = sorted((n, c) for n, c in m.items() if n in keys)
+        targets.append(
+            Target(
+                devices=tuple(m.items()),
+                capacity=tuple(offered),
+                fragmentation=model.compute_slices - sum(model.profile(n).compute_slices * c for n, c in offered),
+            )
         )
-        for m in maximal_maps(model, demanded)
-    ]
+    return targets
 
 
-def _single_targets(model: GpuModel, gpus: int, keys: set[str]) -> list[Target]:
+def _single_targets(model: GpuModel, gpus: int, keys: set[str], scope: PlanScope) -> list[Target]:
     targets = []
     for profile in model.profiles:
         key = single_key(model.key, profile.name)
         if key not in keys:
             continue
         count = max_alone(model, profile.name)
+        if not scope.permits(model, {profile.name: count}):
+            continue
         targets.append(
             Target(
                 devices=((profile.name, count),),
@@ -294,8 +302,9 @@ def _signatures(nodes: list[NodeState], representative: dict[int, Demand]) -> di
 
 def build_problem(snapshot: ClusterSnapshot, policy: PlanPolicy) -> Problem:
     """Aggregate the snapshot: pending data, then units, reconfiguration groups, pod groups and pools."""
+    snapshot = scoped(snapshot, policy.scope)
     data = _pending_data(snapshot)
-    targets = _TargetCache(data.keys)
+    targets = _TargetCache(data.keys, policy.scope)
     signatures = _signatures(snapshot.nodes, data.representative)
     factory = _UnitFactory(snapshot, policy, data, targets, signatures)
     units = _units(snapshot, factory)
@@ -348,8 +357,9 @@ def _pending_data(snapshot: ClusterSnapshot) -> _PendingData:
 class _TargetCache:
     """Targets depend only on strategy, model and member size; many members share them, so each is built once."""
 
-    def __init__(self, keys: set[str]) -> None:
+    def __init__(self, keys: set[str], scope: PlanScope) -> None:
         self.keys = keys
+        self.scope = scope
         self._cache: dict[tuple[str, str, int], list[Target]] = {}
         self._maps: dict[tuple[str, str, int], frozenset[tuple[tuple[str, int], ...]]] = {}
 
@@ -364,9 +374,9 @@ class _TargetCache:
         key = (kind, model.key, gpus)
         if key not in self._cache:
             if kind == "mixed":
-                self._cache[key] = _mixed_targets(model, self.keys)
+                self._cache[key] = _mixed_targets(model, self.keys, self.scope)
             else:
-                self._cache[key] = _single_targets(model, gpus, self.keys)
+                self._cache[key] = _single_targets(model, gpus, self.keys, self.scope)
         return self._cache[key]
 
 
@@ -405,7 +415,11 @@ class _UnitFactory:
             facts = layouts[shape] = (keep, _idle_slices(gpu, keys, "mixed"), tuple(sorted(gpu.mig_devices_items)))
         keep_capacity, fragmentation, current = facts
         running = [self.snapshot.running_pod(name) for name in gpu.holders]
-        reconfigurable = bool(self.targets.get("mixed", model, 1)) and all(self.policy.may_evict(p) for p in running)
+        reconfigurable = (
+            node.unmanaged is None
+            and bool(self.targets.get("mixed", model, 1))
+            and all(self.policy.may_evict(p) for p in running)
+        )
         if not reconfigurable:
             return UnitKey("mixed", model.key, keep_capacity, fragmentation, self.signatures[node.name], None, False, 0,
                            0, 1, None)  # fmt: skip
@@ -424,7 +438,8 @@ class _UnitFactory:
         targets = self.targets.get(member.kind, model, len(gpus))
         maps = self.targets.maps(member.kind, model, len(gpus))
         protected = not all(self.policy.may_evict(p) for p in running)
-        reconfigurable = bool(targets) and not protected and len({g.gpu_model.key for g in gpus}) == 1
+        one_model = len({g.gpu_model.key for g in gpus}) == 1
+        reconfigurable = member.node.unmanaged is None and bool(targets) and not protected and one_model
         return Unit(
             kind=member.kind,
             model=model,

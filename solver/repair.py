@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from functools import cache
 
-from solver.catalog import load_catalog
+from solver.catalog import GpuModel, load_catalog
 from solver.decisions import Decisions, Device, GpuRef, free_devices, single_profile
 from solver.demand import Demand, rejection
 from solver.geometry import max_alone, maximal_maps
 from solver.plan import PlanPolicy
 from solver.problem import PodGroup, Problem
+from solver.scope import PlanScope
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
 
@@ -136,7 +137,7 @@ class _Bounds:
             if _tier(snapshot, gpu, target) < priority:
                 devices = _free_counts(gpu) if target is None or target == gpu.mig_devices else target
                 offer = {p: c - taken[gpu.index, p] for p, c in devices.items()}
-            if gpu.index not in busy and self._floor(gpu) < priority:
+            if gpu.index not in busy and node.unmanaged is None and self._floor(gpu) < priority:
                 for name, most in _most(gpu.gpu_model.key):
                     bound[name] += max(offer.get(name, 0), most)
             else:
@@ -238,7 +239,9 @@ def _repair_on(
         missing = wanted - (total - own)
         if not missing or gpu.index in busy or not _displaceable(snapshot, gpu, priority, policy):
             continue
-        choice = _best_map(gpu.gpu_model.key, gpu.mig_devices_items, tuple(sorted(missing.items())))
+        if node.unmanaged is not None:
+            break  # kept as it is: only its free devices serve
+        choice = _scoped_best_map(policy.scope, gpu.gpu_model, gpu.mig_devices_items, tuple(sorted(missing.items())))
         if choice is not None and choice[1] > sum((own & missing).values()):
             new_targets[gpu.index] = dict(choice[0])
             offer[gpu.index] = free_devices(node, gpu, new_targets[gpu.index])
@@ -272,7 +275,10 @@ def _repair_single_on(
     if taken:
         decisions.placements[demand.pod.name] = taken
         return taken
-    whole = {profile: max_alone(node.gpus[0].gpu_model, profile)}
+    model = node.gpus[0].gpu_model
+    whole = {profile: max_alone(model, profile)}
+    if node.unmanaged is not None or not problem.policy.scope.permits(model, whole):
+        return []
     busy = {d.gpu for d in used}
     new_targets: dict[int, dict[str, int]] = {}
     for gpu in node.gpus:
@@ -331,6 +337,15 @@ def _displaceable(snapshot: ClusterSnapshot, gpu: GpuState, priority: int, polic
     return all(policy.may_evict(p) and p.priority < priority for p in holders)
 
 
+def _scoped_best_map(
+    scope: PlanScope, model: GpuModel, current: tuple[tuple[str, int], ...], missing: tuple[tuple[str, int], ...]
+) -> tuple[tuple[tuple[str, int], ...], int] | None:
+    """`_best_map` among the targets the scope allows the model."""
+    if scope.allowlist(model) is None:
+        return _best_map(model.key, current, missing)
+    return _most_covering(scope.target_maps(model, [p for p, _ in missing]), current, missing)
+
+
 @cache
 def _best_map(
     model_key: str, current: tuple[tuple[str, int], ...], missing: tuple[tuple[str, int], ...]
@@ -338,12 +353,17 @@ def _best_map(
     """The map (never the current one) of a mixed-strategy GPU covering most of what is missing, and how much it
     covers; the first such map in `maximal_maps` order. A pure function of its arguments, so computed once each."""
     model = load_catalog().model(model_key)
+    profiles = [p for p in model.profile_names if p in dict(missing)]
+    return _most_covering(maximal_maps(model, profiles), current, missing) if profiles else None
+
+
+def _most_covering(
+    maps: list[dict[str, int]], current: tuple[tuple[str, int], ...], missing: tuple[tuple[str, int], ...]
+) -> tuple[tuple[tuple[str, int], ...], int] | None:
+    """The first of `maps` (never the current one) covering most of what is missing, and how much it covers."""
     wanted = dict(missing)
-    profiles = [p for p in model.profile_names if p in wanted]
-    if not profiles:
-        return None
     best: tuple[tuple[tuple[str, int], ...], int] | None = None
-    for devices in maximal_maps(model, profiles):
+    for devices in maps:
         if devices == dict(current):
             continue
         covered = sum(min(c, wanted[p]) for p, c in devices.items())

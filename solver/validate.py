@@ -39,6 +39,10 @@ def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> 
                 if not _feasible(gpu.gpu_model.key, tuple(sorted(gp.target.items()))):
                     problems.append(f"{node.name}/{gpu.index}: target {gp.target} infeasible on {gpu.gpu_model.key}")
                     continue
+                if (reason := policy.scope.unmanaged_reason(node)) is not None:
+                    problems.append(f"{node.name}/{gpu.index}: reconfigured, but migopt does not manage it ({reason})")
+                if not policy.scope.permits(gpu.gpu_model, gp.target):
+                    problems.append(f"{node.name}/{gpu.index}: target {gp.target} outside the scope's allowlist")
                 if sorted(gpu.holders) != sorted(gp.evict):
                     problems.append(f"{node.name}/{gpu.index}: evicts {gp.evict}, holders are {sorted(gpu.holders)}")
                 holders = [snapshot.running_pod(p) for p in gpu.holders]

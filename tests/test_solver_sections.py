@@ -12,6 +12,7 @@ from solver import problem as problem_module
 from solver.cpsat import GeometryModel
 from solver.plan import PlanPolicy
 from solver.problem import Problem, UnitKey, build_problem
+from solver.scope import PlanScope
 from solver.snapshot import parse_snapshot
 
 
@@ -60,14 +61,20 @@ def test_policy_caps_become_constraints_and_workers_come_from_the_policy() -> No
     st.sampled_from([0.3, 0.6, 0.9]),
     st.booleans(),
     st.sampled_from([100, 1000]),
+    st.booleans(),
 )
-def test_a_gpus_unit_key_is_what_its_unit_would_have(seed: int, used: float, fragmented: bool, floor: int) -> None:
+def test_a_gpus_unit_key_is_what_its_unit_would_have(
+    seed: int, used: float, fragmented: bool, floor: int, some_unmanaged: bool
+) -> None:
     """The shortcut that classes mixed-strategy GPUs without building a unit per GPU gives each the same key."""
     spec = ClusterSpec(nodes=8, gpus_per_node=4, pending_pods=60, used_fraction=used, fragmented=fragmented, seed=seed)
     snapshot = parse_snapshot(generate_snapshot(spec))
+    if some_unmanaged:
+        nodes = [n.model_copy(update={"unmanaged": "test"}) if i % 2 else n for i, n in enumerate(snapshot.nodes)]
+        snapshot = snapshot.model_copy(update={"nodes": nodes})
     data = problem_module._pending_data(snapshot)
     factory = problem_module._UnitFactory(
-        snapshot, PlanPolicy(protect_priority=floor), data, problem_module._TargetCache(data.keys),
+        snapshot, PlanPolicy(protect_priority=floor), data, problem_module._TargetCache(data.keys, PlanScope()),
         problem_module._signatures(snapshot.nodes, data.representative),
     )  # fmt: skip
     layouts: dict[tuple[object, ...], Any] = {}
