@@ -91,7 +91,7 @@ class PlanScope(BaseModel):
                     if not any(_key(model, m) == _key(model, geometry) for m in feasible_maps(model, geometry)):
                         raise MigoptError(f"geometry {geometry} is not feasible on {model.key}")
             except MigoptError as err:
-                raise ValueError(f"scope.models[{name!r}]: {err}") from None
+                raise ValueError(f"models[{name!r}]: {err}") from None
         return self
 
     @property
