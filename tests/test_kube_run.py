@@ -202,3 +202,22 @@ def test_snapshot_shows_a_quarantined_node(facade: tuple[str, Path], tmp_path: P
     result = run_cli_process("snapshot", "--kubeconfig", str(kubeconfig), "--output-file", str(tmp_path / "snap.yaml"))
     assert result.code == 0, result.err
     assert "node node-0: last change plan-7 failed, quarantined for" in result.err
+
+
+def test_snapshot_marks_the_nodes_outside_the_managed_ones(facade: tuple[str, Path], tmp_path: Path) -> None:
+    url, kubeconfig = facade
+    create_pod(client.ApiClient(client.Configuration(host=url)), "infer-0", "nvidia.com/mig-7g.40gb")
+    config = tmp_path / "settings.yaml"
+    selector = "matchLabels: {kubernetes.io/hostname: node-1}"
+    config.write_text(f"controller:\n  policy:\n    scope:\n      managedNodes: {{{selector}}}\n")
+    out = tmp_path / "snap.yaml"
+    result = run_cli_process(
+        "snapshot", "--kubeconfig", str(kubeconfig), "--config", str(config), "--output-file", str(out)
+    )
+    assert result.code == 0, result.err
+    kept = "scope: 1 GPU nodes kept as they are, not managed by migopt (outside the managed-nodes selector): node-0"
+    assert kept in result.err
+    assert "unmanaged: outside the managed-nodes selector" in out.read_text()
+    planned = run_cli_process("plan", "--snapshot", str(out), "-o", "json")
+    assert planned.code == 0, planned.err
+    assert "node-0" not in {g["node"] for g in json.loads(planned.out)["gpus"] if g["reconfigure"]}
