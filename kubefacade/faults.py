@@ -31,7 +31,7 @@ class FaultRule(BaseModel):
     resource: str = "*"
     name: str | None = None
     namespace: str | None = None
-    code: Literal[403, 409, 429, 500, 503] = 500
+    code: Literal[403, 404, 409, 429, 500, 503] = 500
     count: int = Field(default=1, ge=1)
     retry_after_s: int = Field(default=1, ge=0, description="the Retry-After header of a 429")
     message: str | None = None
@@ -107,6 +107,8 @@ def _error(rule: FaultRule, verb: str, resource: str, group: str, name: str, nam
             409, rule.message or f'Operation cannot be fulfilled on {qualified} "{name}": the object has been '
             "modified; please apply your changes to the latest version and try again",
         )  # fmt: skip
+    if rule.code == 404:  # what a server that does not serve the resource (or its group version) answers
+        return ApiError(404, rule.message or "the server could not find the requested resource")
     if rule.code == 503:
         return ApiError(503, rule.message or "the server is currently unable to handle the request")
     return ApiError(500, rule.message or "Internal error occurred: injected fault")

@@ -119,6 +119,22 @@ RESOURCES = (
     ),
     Resource(group="coordination.k8s.io", version="v1", name="leases", singular="lease", kind="Lease", namespaced=True),
     Resource(
+        group="resource.k8s.io",
+        version="v1",
+        name="resourceclaims",
+        singular="resourceclaim",
+        kind="ResourceClaim",
+        namespaced=True,
+    ),
+    Resource(
+        group="resource.k8s.io",
+        version="v1",
+        name="resourceslices",
+        singular="resourceslice",
+        kind="ResourceSlice",
+        namespaced=False,
+    ),
+    Resource(
         group="events.k8s.io",
         version="v1",
         name="events",

@@ -7,6 +7,10 @@ reach into the two OpenAPI dialects kube-apiserver publishes: v2 (`#/definitions
 (`#/components/schemas/...`, a reference with siblings wrapped in `allOf`, as kube-apiserver writes it). Nothing
 here imports the package's Python code: only its data files are read. Without the package, `load_schemas` answers
 None and the facade serves no OpenAPI (clients then need `--validate=false`, as before).
+
+A served kind the claimed release does not define yet (resource.k8s.io/v1, GA in Kubernetes 1.34, served beside a
+claimed 1.32) is described by the nearest newer release that defines it (`with_newer_kinds`): its own definitions
+are added, the ones both releases share (ObjectMeta, NodeSelector) stay the claimed release's.
 """
 
 from __future__ import annotations
@@ -171,18 +175,55 @@ def build_schemas(definitions: Mapping[str, Schema], release: str, kinds: Iterab
     )
 
 
+def _read_definitions(folder: Path) -> dict[str, Schema]:
+    with (folder / "_definitions.json").open(encoding="utf-8") as handle:
+        definitions: dict[str, Schema] = json.load(handle)["$defs"]
+    return definitions
+
+
+def _release_key(name: str) -> tuple[int, int, int]:
+    found = _RELEASE.match(name)
+    return (int(found[1]), int(found[2]), int(found[3])) if found else (-1, -1, -1)
+
+
+def with_newer_kinds(
+    definitions: Mapping[str, Schema], newer: Iterable[Mapping[str, Schema]], kinds: Iterable[tuple[str, str, str]]
+) -> dict[str, Schema]:
+    """`definitions` plus, for each kind they lack, what the first of the `newer` releases (nearest first) that
+    defines it reaches from it and its list; a definition `definitions` already has is kept as it is."""
+    merged = dict(definitions)
+    known = {gvk for schema in merged.values() for gvk in gvk_of(schema)}
+    missing = set(kinds) - known
+    for release in newer:
+        if not missing:
+            break
+        by_kind = {gvk: name for name, schema in release.items() for gvk in gvk_of(schema)}
+        found = sorted(missing & by_kind.keys())
+        lists = [(g, v, f"{k}List") for g, v, k in found]
+        roots = [by_kind[k] for k in found] + [by_kind[k] for k in lists if k in by_kind]
+        for name in reachable(release, roots):
+            merged.setdefault(name, release[name])
+        missing -= set(found)
+    return merged
+
+
 @functools.cache
 def load_schemas(major: int, minor: int, kinds: tuple[tuple[str, str, str], ...]) -> Schemas | None:
     """The served kinds' schemas, or None (logged once) when `kubernetes-validate` is not installed."""
     root = _schema_root()
-    release = pick_release((p.name for p in root.iterdir()), major, minor) if root and root.is_dir() else None
+    available = [p.name for p in root.iterdir()] if root and root.is_dir() else []
+    release = pick_release(available, major, minor)
     if root is None or release is None:
         log.warning(
             "%s is not installed: the facade serves no OpenAPI (kubectl needs --validate=false)", SCHEMA_PACKAGE
         )
         return None
-    with (root / release / "_definitions.json").open(encoding="utf-8") as handle:
-        definitions = json.load(handle)["$defs"]
+    definitions = _read_definitions(root / release)
+    newer = sorted((n for n in available if _release_key(n) > _release_key(release) and _RELEASE.match(n)),
+                   key=_release_key)  # fmt: skip
+    known = {gvk for schema in definitions.values() for gvk in gvk_of(schema)}
+    if set(kinds) - known:
+        definitions = with_newer_kinds(definitions, (_read_definitions(root / n) for n in newer), kinds)
     return build_schemas(definitions, release, kinds)
 
 

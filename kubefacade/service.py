@@ -1,8 +1,9 @@
 """The verbs on every served resource, independent of HTTP: get, list, create, update, patch, delete, evict.
 
 Kinds the backend owns (the twin's nodes and pods) are read from the store the backend keeps in sync and
-written through the backend; everything else (ConfigMaps, Leases, Events, Namespaces, PodDisruptionBudgets) is a
-plain object store, and the backend hears of every write to it. Callers hold the server lock.
+written through the backend; everything else (ConfigMaps, Leases, Events, Namespaces, PodDisruptionBudgets,
+ResourceClaims, ResourceSlices) is a plain object store, and the backend hears of every write to it. Callers hold
+the server lock.
 """
 
 from __future__ import annotations

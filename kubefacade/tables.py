@@ -1,8 +1,9 @@
 """Server-side printing: the `meta.k8s.io/v1` Table that `kubectl get` asks for (`Accept: ...;as=Table`).
 
 Columns follow what kube-apiserver prints (its `printers/internalversion`) for nodes, pods, events (both APIs),
-PodDisruptionBudgets, Leases, ConfigMaps and Namespaces; priority 1 columns appear with `-o wide`. Rows carry
-the object's metadata, which kubectl uses for `--show-labels` and the NAMESPACE column of `-A`.
+PodDisruptionBudgets, Leases, ConfigMaps, Namespaces, ResourceClaims and ResourceSlices; priority 1 columns appear
+with `-o wide`. Rows carry the object's metadata, which kubectl uses for `--show-labels` and the NAMESPACE column
+of `-A`.
 """
 
 from __future__ import annotations
@@ -198,10 +199,36 @@ NAMESPACE_COLUMNS: list[Column] = [
     ("Status", "", 0, lambda o, _: str((o.get("status") or {}).get("phase", ""))),
     ("Age", "", 0, _meta_age),
 ]
+
+
+def _claim_state(obj: dict[str, Any], _: datetime) -> str:
+    """`pending`, `allocated`, `allocated,reserved`, with `deleted` first while it is being deleted."""
+    status = obj.get("status") or {}
+    states = ["deleted"] if obj["metadata"].get("deletionTimestamp") else []
+    if status.get("allocation"):
+        states += ["allocated", "reserved"] if status.get("reservedFor") else ["allocated"]
+    elif not states:
+        states = ["pending"]
+    return ",".join(states)
+
+
+RESOURCECLAIM_COLUMNS: list[Column] = [
+    ("Name", "name", 0, lambda o, _: o["metadata"]["name"]),
+    ("State", "", 0, _claim_state),
+    ("Age", "", 0, _meta_age),
+]
+RESOURCESLICE_COLUMNS: list[Column] = [
+    ("Name", "name", 0, lambda o, _: o["metadata"]["name"]),
+    ("Node", "", 0, lambda o, _: str((o.get("spec") or {}).get("nodeName") or "<none>")),
+    ("Driver", "", 0, lambda o, _: str((o.get("spec") or {}).get("driver") or "")),
+    ("Pool", "", 0, lambda o, _: str(((o.get("spec") or {}).get("pool") or {}).get("name") or "")),
+    ("Age", "", 0, _meta_age),
+]
 COLUMNS = {
     "nodes": NODE_COLUMNS, "pods": POD_COLUMNS, "events": EVENT_COLUMNS, "events.events.k8s.io": EVENT_COLUMNS,
     "poddisruptionbudgets.policy": PDB_COLUMNS, "leases.coordination.k8s.io": LEASE_COLUMNS,
     "configmaps": CONFIGMAP_COLUMNS, "namespaces": NAMESPACE_COLUMNS,
+    "resourceclaims.resource.k8s.io": RESOURCECLAIM_COLUMNS, "resourceslices.resource.k8s.io": RESOURCESLICE_COLUMNS,
 }  # fmt: skip
 
 

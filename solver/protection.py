@@ -15,6 +15,7 @@ class Protection(StrEnum):
 
     DAEMONSET = "daemonset"  # owned by a DaemonSet: it would come straight back on the same node
     MIRROR_POD = "mirror-pod"  # a static pod's mirror: the API cannot evict what the kubelet runs from a file
+    DRA_CLAIM = "dra-claim"  # holds devices through a ResourceClaim: their driver, not migopt, owns those GPUs
     OPTED_OUT = "opted-out"  # annotated `migopt.io/evictable: "false"`
     PDB = "pdb"  # a PodDisruptionBudget covering it allows no disruption now
     UNATTRIBUTED = "unattributed"  # a stand-in for a busy device whose pod is unknown (its GPU must stay as it is)

@@ -225,10 +225,20 @@ class PendingPod(_Strict):
         return product if self.requests.get(GPU_RESOURCE) and "-MIG-" in product else None
 
 
+class ForecastDemand(_Strict):
+    """Pods of one request shape expected to arrive soon (the controller's forecast from recent arrivals)."""
+
+    requests: dict[str, int] = Field(min_length=1)
+    count: int = Field(ge=1, le=10_000)
+
+
 class ClusterSnapshot(_Strict):
     nodes: list[NodeState] = []
     pods: list[PendingPod] = []
     running: list[RunningPod] = []
+    forecast: list[ForecastDemand] = Field(
+        default=[], description="expected arrivals; only the proactive policy reads them, and never evicts for them"
+    )
 
     @cached_property
     def running_by_name(self) -> dict[str, RunningPod]:

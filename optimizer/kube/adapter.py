@@ -3,14 +3,16 @@
 Reads come from list+watch caches (nodes, GPU pods, PodDisruptionBudgets, the owned ConfigMap), so a reconcile
 costs no list requests; writes go straight to the API under `ApiCaller`'s failure policy and are applied to
 the caches from the API's response. What a node's GPUs hold comes from the best source available per node
-(`optimizer.kube.layouts`); `sources` says which one each node's last snapshot used.
+(`optimizer.kube.layouts`); `sources` says which one each node's last snapshot used. Nodes whose GPUs NVIDIA's DRA
+driver manages are marked unmanaged, and the devices its allocated ResourceClaims hold are busy, held by pods
+migopt never evicts (`optimizer.kube.dra`); a cluster that does not serve resource.k8s.io/v1 simply has none.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
@@ -18,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION
+from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION, NodeGpuReport
 from nvidia_protocol.labels import MIG_CAPABLE_LABEL
 from nvidia_protocol.migparted import MigPartedConfig, parse_config
 from optimizer.actuators.mig_manager import read_status
@@ -26,6 +28,7 @@ from optimizer.controller.actuator import Phase
 from optimizer.controller.port import ClusterPort, EvictionOutcome
 from optimizer.controller.reasons import EventReason
 from optimizer.kube.api import ApiCaller, ApiClient, KubeApi
+from optimizer.kube.dra import DraReader, claim_of_driver, place_holds, slice_of_driver
 from optimizer.kube.errors import Conflict, NotFound, TooManyRequests
 from optimizer.kube.events import EventRecorder
 from optimizer.kube.informer import Informer, wait_all_synced
@@ -36,6 +39,7 @@ from optimizer.kube.layouts import (
     LayoutSource,
     ReportChecks,
     ReportRejected,
+    report_from_annotation,
     resolve_layout,
 )
 from optimizer.kube.objects import (
@@ -122,6 +126,7 @@ class KubeClusterPort:
         holders: Callable[[], Sequence[DeviceHolder] | None] | None = None,
         instance: str = "migopt",
         on_report_rejected: Callable[[str, str], None] | None = None,
+        on_dra_skipped: Callable[[str, str], None] | None = None,
     ) -> None:
         self.settings = settings or KubeSettings()
         self.caller = caller or ApiCaller()
@@ -135,7 +140,11 @@ class KubeClusterPort:
         self.configmaps = Informer(owned_config, self.caller, watch_timeout_s=timeout)
         records = self.api.config_map_collection(s.records_name, s.records_namespace)
         self.records = Informer(records, self.caller, watch_timeout_s=timeout)
-        self.informers = [self.nodes, self.pods, self.pdbs, self.configmaps, self.records]
+        # NVIDIA's DRA driver: optional, since clusters before Kubernetes 1.34 do not serve resource.k8s.io/v1
+        claims, slices = self.api.resource_claims(), self.api.resource_slices()
+        self.claims = Informer(claims, self.caller, keep=claim_of_driver, watch_timeout_s=timeout, optional=True)
+        self.slices = Informer(slices, self.caller, keep=slice_of_driver, watch_timeout_s=timeout, optional=True)
+        self.informers = [self.nodes, self.pods, self.pdbs, self.configmaps, self.records, self.claims, self.slices]
         self.events = EventRecorder(
             self.api.create_event,
             self.caller,
@@ -146,13 +155,18 @@ class KubeClusterPort:
         self._parsed: tuple[str, MigPartedConfig | None] | None = None
         self._reported: set[tuple[str, str]] = set()
         self._on_report_rejected = on_report_rejected  # (node, reason): the metrics exporter counts them
+        self._on_dra_skipped = on_dra_skipped  # (resource, reason): a slice or claim that could not be read
         self._rejected: dict[str, str] = {}  # node -> reason its report is rejected for now
         self._advertised: dict[str, tuple[object, float | None]] = {}  # node -> (GPU resources, seen changing at)
         self._pod_pieces: dict[str, PodPiece] = {}  # the last snapshot's, by informer key
         self._node_pieces: dict[str, NodePiece] = {}  # the last snapshot's, by node name
         self._pending_templates: dict[str, PendingPod] = {}  # scheduling key -> a pending pod validated with it
+        self._dra = DraReader()
+        self._dra_noted: set[tuple[str, str]] = set()  # (node, note) of devices placed only conservatively
         self.sources: dict[str, str] = {}
         self.skipped_pods: dict[str, str] = {}
+        self.dra_skipped: dict[str, str] = {}  # `resourceslices/<name>` or `resourceclaims/<ns>/<name>` -> why
+        self.dra_skipped_total: Counter[str] = Counter()  # by resource: each object counted once per reason
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -205,6 +219,8 @@ class KubeClusterPort:
         self._report_skipped(skipped)
         no_budget = pods_without_disruption_budget(self.pdbs.items(), [pod.raw for pod in bound])
         running = {p.name: p for p in (self._running(pod, no_budget) for pod in bound)}
+        dra = self._dra.read(self.slices.entries(), self.claims.entries())
+        self._report_dra_skipped(dra.skipped)
         config = self._config()
         holders = self._holders() if self._holders else None
         holders_by_node: dict[str, list[DeviceHolder]] = defaultdict(list)
@@ -219,7 +235,8 @@ class KubeClusterPort:
                 continue
             name = raw["metadata"]["name"]
             on_node = None if holders is None else tuple(holders_by_node.get(name, ()))
-            inputs = NodeInputs(raw, config, tuple(held_by_node.get(name, ())), on_node, records.get(name))
+            held = tuple(held_by_node.get(name, ()))
+            inputs = NodeInputs(raw, config, held, on_node, records.get(name), dra.nodes.get(name))
             piece = self._node_piece(name, inputs, now)
             node_pieces[name] = piece
             sources[name] = piece.source
@@ -228,6 +245,8 @@ class KubeClusterPort:
             running |= piece.extra
         self._node_pieces = node_pieces
         self.sources = sources
+        for name, claimant in dra.holders.items():
+            running[name] = _held_through_claim(running.get(name), claimant)
         return ClusterSnapshot(nodes=nodes, pods=pending, running=list(running.values()))
 
     def _pod_piece(self, key: str, pod: Mapping[str, Any]) -> PodPiece:
@@ -297,6 +316,7 @@ class KubeClusterPort:
             allocatable=node_allocatable(raw),
             taints=node_taints(raw),
             unschedulable=bool((raw.get("spec") or {}).get("unschedulable")),
+            unmanaged=inputs.dra.managed_by if inputs.dra is not None else None,
         )
         on_node = None if inputs.holders is None else list(inputs.holders)
         rejected: list[ReportRejected] = []
@@ -319,7 +339,12 @@ class KubeClusterPort:
             for pod in layout.unattributed
         }
         extra |= {pod: RunningPod(name=pod, protection=Protection.GUESSED) for pod in layout.guessed}
-        node = base.model_copy(update={"gpus": layout.gpus})
+        gpus = layout.gpus
+        if inputs.dra is not None and inputs.dra.holds:
+            gpus, notes = place_holds(gpus, inputs.dra.holds, _agent_report(annotations, name))
+            for note in notes:
+                self._note_dra(name, note)
+        node = base.model_copy(update={"gpus": gpus})
         return node, str(layout.source if layout.source is not LayoutSource.AGENT else "agent"), extra
 
     def _config(self) -> MigPartedConfig | None:
@@ -375,6 +400,22 @@ class KubeClusterPort:
         if (subject, message) not in self._reported:
             self._reported.add((subject, message))
             log.warning("node=%s not planned: %s", subject, message)
+
+    def _note_dra(self, node: str, note: str) -> None:
+        if (node, note) not in self._dra_noted:
+            self._dra_noted.add((node, note))
+            log.info("node=%s dra: %s", node, note)
+
+    def _report_dra_skipped(self, skipped: dict[str, str]) -> None:
+        """A slice or claim that starts to be unreadable (or for another reason): one log line, one count."""
+        for key, reason in sorted(skipped.items()):
+            if self.dra_skipped.get(key) != reason:
+                resource = key.partition("/")[0]
+                log.warning("%s skipped: %s", key, reason)
+                self.dra_skipped_total[resource] += 1
+                if self._on_dra_skipped is not None:
+                    self._on_dra_skipped(resource, reason)
+        self.dra_skipped = skipped
 
     def _report_skipped(self, skipped: dict[str, str]) -> None:
         for pod, reason in skipped.items():
@@ -482,6 +523,28 @@ class KubeClusterPort:
 
     def now(self) -> float:
         return time.time()
+
+
+def _agent_report(annotations: Mapping[str, str], node: str) -> NodeGpuReport | None:
+    """The node agent's report, for its GPUs' UUIDs; None without one that parses and describes GPUs."""
+    text = annotations.get(GPU_REPORT_ANNOTATION)
+    try:
+        report = report_from_annotation(text, node) if text else None
+    except MigoptError:
+        return None
+    return report if report is not None and report.error is None else None
+
+
+def _held_through_claim(found: RunningPod | None, holder: RunningPod) -> RunningPod:
+    """A pod holding devices through a ResourceClaim: never evicted by migopt, whatever else is known of it. A
+    reason declared before `dra-claim` (a DaemonSet's pod, a mirror pod) is kept: one reason per pod, the first."""
+    if found is None:
+        return holder
+    order = list(Protection)
+    if found.protection is not None and order.index(found.protection) < order.index(Protection.DRA_CLAIM):
+        return found
+    return RunningPod(name=found.name, priority=found.priority, uid=found.uid or holder.uid,
+                      protection=Protection.DRA_CLAIM)  # fmt: skip
 
 
 def _conforms(port: KubeClusterPort) -> ClusterPort:

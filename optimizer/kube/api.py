@@ -220,6 +220,7 @@ class KubeApi:
         self._core = client.CoreV1Api(api_client)
         self._policy = client.PolicyV1Api(api_client)
         self._coordination = client.CoordinationV1Api(api_client)
+        self._resource = client.ResourceV1Api(api_client)
 
     @classmethod
     def of(cls, api: KubeApi | ApiClient) -> KubeApi:
@@ -236,6 +237,14 @@ class KubeApi:
 
     def pod_disruption_budgets(self) -> Collection:
         return Collection("poddisruptionbudgets", self._policy.list_pod_disruption_budget_for_all_namespaces)
+
+    def resource_claims(self) -> Collection:
+        """resource.k8s.io/v1 ResourceClaims in every namespace (Kubernetes 1.34+; 404 on older clusters)."""
+        return Collection("resourceclaims", self._resource.list_resource_claim_for_all_namespaces)
+
+    def resource_slices(self) -> Collection:
+        """resource.k8s.io/v1 ResourceSlices, cluster-scoped (Kubernetes 1.34+; 404 on older clusters)."""
+        return Collection("resourceslices", self._resource.list_resource_slice)
 
     def config_map_collection(self, name: str, namespace: str) -> Collection:
         """One ConfigMap, as a collection of at most one (a field selector on its name), so it can be watched."""

@@ -7,6 +7,10 @@ event would cost more than everything else the controller does.
 
 The adapter's own writes are applied at once (`apply`) from the API's response, so the next reconcile sees
 them even before their watch event arrives (read-your-writes: the actuation's crash-safety records depend on it).
+
+An `optional` informer is for an API group a cluster may not serve (resource.k8s.io/v1 before Kubernetes 1.34):
+a 404 on its list means "not served here", so it holds nothing, counts as synced, says so once, and lists again
+every `watch_timeout_s` in case the cluster starts serving it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from optimizer.kube.api import ApiCaller, Collection, WatchStream, watch_error
-from optimizer.kube.errors import Gone, KubeApiError
+from optimizer.kube.errors import Gone, KubeApiError, NotFound
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -51,6 +55,7 @@ class Informer:
         keep: Callable[[Obj], bool] = lambda _: True,
         watch_timeout_s: int = 300,
         error_backoff_s: float = 1.0,
+        optional: bool = False,
     ) -> None:
         self.resource = collection.resource
         self._collection = collection
@@ -58,6 +63,8 @@ class Informer:
         self._keep = keep
         self._watch_timeout_s = watch_timeout_s
         self._error_backoff_s = error_backoff_s
+        self.optional = optional
+        self.served: bool | None = None  # None until the first list answers; False: an optional one got 404
         self._objects: dict[str, Obj] = {}
         self._lock = threading.Lock()
         self._synced = threading.Event()
@@ -123,12 +130,17 @@ class Informer:
             try:
                 if self.resource_version is None:
                     self._relist()
+                    if self.served is False:  # an optional resource this cluster does not serve: ask again later
+                        self._stop.wait(self._watch_timeout_s)
+                        continue
                 self._watch()
             except Gone:
                 log.info("resource=%s watch expired (410): relisting", self.resource)
                 self.resource_version = None
                 continue
             except KubeApiError as err:  # before ValueError: it is one (a MigoptError)
+                if self.optional and isinstance(err, NotFound):  # a watch's 404: served no more? the relist tells
+                    self.resource_version = None
                 self._pause(f"{err.status} {err.reason}" if err.status else err.detail)
             except ValueError as err:  # a line that is not JSON
                 self._pause(str(err).splitlines()[0] if str(err) else type(err).__name__)
@@ -150,12 +162,32 @@ class Informer:
 
     def _relist(self) -> None:
         self._caller.count("list", self.resource)
-        body = self._collection.list()
+        try:
+            body = self._collection.list()
+        except NotFound:
+            if not self.optional:
+                raise
+            self._not_served()
+            return
+        if self.served is False:
+            log.info("resource=%s is served now: reading it", self.resource)
+        self.served = True
         fresh = {object_key(o): o for o in body.get("items") or [] if self._keep(o)}
         with self._lock:
             self._objects = fresh
             self.resource_version = str(body["metadata"]["resourceVersion"])
         self.relists += 1
+        self._recovered()
+        self._synced.set()
+
+    def _not_served(self) -> None:
+        """An optional resource the cluster does not serve (404): nothing to hold, and nothing to wait for."""
+        if self.served is not False:
+            log.info("resource=%s is not served by this cluster (404): reading nothing from it", self.resource)
+        self.served = False
+        with self._lock:
+            self._objects = {}
+            self.resource_version = None
         self._recovered()
         self._synced.set()
 

@@ -8,8 +8,9 @@ from and is reused while that is still so:
   the same object means the same pod; after a relist, an equal object does); a new pending pod whose scheduling
   spec equals one already validated (the replicas of a Job) is that pod renamed (`scheduling_key`);
 - a node piece: the node object, the parsed owned config, the devices the pods bound to it hold, dcgm's holders on
-  it, its change record, and, for a node with an agent report, whether that report is fresh, stale or from the
-  future at this moment (the one input that changes with the clock alone; see `report_verdict`).
+  it, its change record, what NVIDIA's DRA driver manages and holds on it, and, for a node with an agent report,
+  whether that report is fresh, stale or from the future at this moment (the one input that changes with the clock
+  alone; see `report_verdict`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from nvidia_protocol.agent_report import GPU_REPORT_ANNOTATION
 from nvidia_protocol.migparted import MigPartedConfig
+from optimizer.kube.dra import NodeDra
 from optimizer.kube.layouts import DeviceHolder, HeldDevices, report_from_annotation
 from solver.errors import MigoptError
 from solver.snapshot import NodeState, PendingPod, RunningPod
@@ -46,6 +48,7 @@ class NodeInputs:
     held: tuple[HeldDevices, ...]
     holders: tuple[DeviceHolder, ...] | None  # None: no dcgm source at all
     record: str | None
+    dra: NodeDra | None = None  # None: no DRA driver's slice or claim places anything on it
 
     def same_as(self, other: NodeInputs) -> bool:
         """The node object by identity (the informer replaces what changes) or else by value (a relist brings
@@ -56,6 +59,7 @@ class NodeInputs:
             and self.held == other.held
             and self.holders == other.holders
             and self.record == other.record
+            and self.dra == other.dra
         )
 
 
