@@ -33,6 +33,13 @@ class PlanPolicy(BaseModel):
     max_reconfigurations: int | None = Field(default=None, ge=0, description="cap on GPUs reconfigured by one plan")
     workers: int = Field(default=1, ge=1, description="CP-SAT workers; 1 keeps plans reproducible")
     scope: PlanScope = Field(default=PlanScope(), description="managed nodes and per-model target allowlists")
+    forecast_share: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="proactive policy: at most this share of the idle GPUs' compute slices is reshaped for forecast "
+        "demand",
+    )
 
     def may_evict(self, pod: RunningPod) -> bool:
         """The one rule for which running pods a plan may evict: evictable ones below `protect_priority`."""
@@ -60,6 +67,7 @@ class GpuPlan(BaseModel):
     reconfigure: bool
     evict: list[str] = []
     layout: list[tuple[str, int]] = Field(default=[], description="target placements (profile, start)")
+    forecast: bool = Field(default=False, description="reconfigured for forecast demand (proactive), not a pending pod")
 
 
 class UnplacedPod(BaseModel):

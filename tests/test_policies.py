@@ -18,7 +18,7 @@ from solver.validate import plan_problems
 from tests.cli_runner import run_cli
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "snapshot.yaml"
-UNKNOWN = "unknown policy 'nonsense': known policies are greedy, optimal"
+UNKNOWN = "unknown policy 'nonsense': known policies are greedy, optimal, proactive"
 NO_PODS = "nodes: [{name: n1, gpus: [{index: 0, model: A100-40GB}]}]"
 
 
@@ -27,7 +27,7 @@ def _example() -> ClusterSnapshot:
 
 
 def test_names_are_listed_sorted() -> None:
-    assert planner_names() == ["greedy", "optimal"] == sorted(PLANNERS)
+    assert planner_names() == ["greedy", "optimal", "proactive"] == sorted(PLANNERS)
 
 
 @pytest.mark.parametrize("check", [get_planner, check_planner_name, lambda name: make_plan(_example(), None, name)])

@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from optimizer.controller.actuator import ActuationSettings, ActuationStatus, Actuator
 from optimizer.controller.enactment import node_changes
+from optimizer.controller.forecast import ArrivalForecast, ForecastSettings
 from optimizer.controller.guard import GuardedPort, LeadershipLost
 from optimizer.controller.isolation import Isolation, IsolationSettings, isolation, plannable
 from optimizer.controller.observer import ControllerObserver
@@ -30,7 +31,7 @@ from optimizer.controller.promises import PromiseSettings, PromiseWatch
 from optimizer.controller.reasons import EventReason
 from solver.plan import Plan, PlanPolicy
 from solver.planner import make_plan
-from solver.policies import check_planner_name, planner_names
+from solver.policies import FORECAST_READERS, check_planner_name, planner_names
 from solver.snapshot import ClusterSnapshot
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,12 @@ class ControllerSettings(BaseModel):
     actuation: ActuationSettings = ActuationSettings()
     isolation: IsolationSettings = IsolationSettings()
     promises: PromiseSettings = PromiseSettings()
+    forecast: ForecastSettings = ForecastSettings()
+
+    @property
+    def plans_for_forecast(self) -> bool:
+        """Whether the planner reads the snapshot's forecast (the proactive policy)."""
+        return self.planner in FORECAST_READERS
 
 
 class Controller:
@@ -77,6 +84,7 @@ class Controller:
         self._planned_for: tuple[object, ...] | None = None
         self._quarantine_reported: dict[str, str] = {}  # node -> the failed change already reported
         self._promises = PromiseWatch(self.settings.promises)
+        self._forecast = ArrivalForecast(self.settings.forecast)
 
     def tick(self) -> Plan | None:
         """One reconcile pass; returns the plan made in this pass, if any."""
@@ -103,9 +111,13 @@ class Controller:
         if self.observer:
             self.observer.isolation_changed(held)
         seen = plannable(snapshot, held)
-        if not self._window_closed(seen):
-            return None
-        situation = (frozenset(p.name for p in seen.pods), _layouts(seen), held.held)
+        if self.settings.plans_for_forecast:
+            self._forecast.observe(now, snapshot)
+            seen = seen.model_copy(update={"forecast": self._forecast.demand(now)})
+        if not self._window_closed(seen) and not (seen.forecast and not seen.pods):
+            return None  # the batch window is open, or nothing is pending and nothing forecast
+        forecast = tuple((tuple(sorted(d.requests.items())), d.count) for d in seen.forecast)
+        situation = (frozenset(p.name for p in seen.pods), _layouts(seen), held.held, forecast)
         if situation == self._planned_for:
             return None
         plan = make_plan(seen, self.settings.policy, self.settings.planner)

@@ -92,6 +92,14 @@ _GAUGES: dict[str, tuple[str, Labels]] = {
     "migopt_plan_evictions": ("Pods the last plan evicts.", ()),
     "migopt_plan_reconfigurations": ("GPUs the last plan reconfigures.", ()),
     "migopt_plan_touched_nodes": ("Nodes the last plan changes.", ()),
+    "migopt_plan_forecast_reconfigurations": (
+        "GPUs the last plan reshapes for forecast demand, not a pending pod (proactive policy).",
+        (),
+    ),
+    "migopt_forecast_pods": (
+        "Pods of each request shape the proactive policy expects over its lead time.",
+        ("request",),
+    ),
     "migopt_plan_fragmentation_slices": ("Free compute slices no pending request could use, after the last plan.", ()),
     "migopt_plan_timestamp_seconds": ("Cluster time of the last plan.", ()),
     "migopt_snapshot_timestamp_seconds": ("Cluster time of the latest snapshot.", ()),
@@ -325,6 +333,11 @@ class MetricsObserver:
                 "migopt_plan_evictions": [((), float(o.evicted_pods))],
                 "migopt_plan_reconfigurations": [((), float(o.reconfigured_gpus))],
                 "migopt_plan_touched_nodes": [((), float(o.touched_nodes))],
+                "migopt_plan_forecast_reconfigurations": [((), float(sum(g.forecast for g in plan.gpus)))],
+                "migopt_forecast_pods": [
+                    ((",".join(f"{r}={c}" for r, c in sorted(d.requests.items())),), float(d.count))
+                    for d in snapshot.forecast
+                ],
                 "migopt_plan_fragmentation_slices": [((), float(o.fragmentation))],
                 "migopt_solver_info": [((plan.status, plan.policy), 1.0)],
                 "migopt_solver_last_duration_seconds": [((), plan.solve_seconds)],

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from solver.errors import MigoptError
 from solver.plan import Plan, PlanPolicy
-from solver.policies import greedy, optimal
+from solver.policies import greedy, optimal, proactive
 from solver.snapshot import ClusterSnapshot
 
 
@@ -27,7 +27,9 @@ class Planner(Protocol):
 PLANNERS: dict[str, Planner] = {
     "greedy": greedy.plan,
     "optimal": optimal.plan,
+    "proactive": proactive.plan,
 }
+FORECAST_READERS = frozenset({"proactive"})  # the policies that read the snapshot's forecast
 
 
 def planner_names() -> list[str]:
