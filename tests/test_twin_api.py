@@ -70,9 +70,12 @@ def test_discovery_documents_and_unknown_paths(server: TwinApiServer) -> None:
     }
     assert "group" not in by_name["pods"]
     _, groups, _ = http(server, "/apis")
-    assert {g["name"] for g in groups["groups"]} == {"policy", "coordination.k8s.io", "events.k8s.io"}
+    names = {g["name"] for g in groups["groups"]}
+    assert names == {"policy", "coordination.k8s.io", "events.k8s.io", "resource.k8s.io"}
     _, policy, _ = http(server, "/apis/policy/v1")
     assert policy["resources"][0]["shortNames"] == ["pdb"]
+    _, dra, _ = http(server, "/apis/resource.k8s.io/v1")
+    assert {r["name"]: r["namespaced"] for r in dra["resources"]} == {"resourceclaims": True, "resourceslices": False}
     for path in ("/apis/apps/v1", "/api/v1/widgets", "/openapi/v3/apis/apps/v1", "/api/v1/nodes/x/y/z"):
         code, body, _ = http(server, path)
         assert code == 404 and body["kind"] == "Status" and body["reason"] == "NotFound", path

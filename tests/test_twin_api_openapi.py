@@ -62,7 +62,9 @@ def the_schemas() -> Any:
 def test_v3_index_and_documents_describe_what_is_served(server: TwinApiServer) -> None:
     code, index, _ = call(server, "/openapi/v3")
     assert code == 200
-    assert set(index["paths"]) == {"api/v1", "apis/policy/v1", "apis/coordination.k8s.io/v1", "apis/events.k8s.io/v1"}
+    assert set(index["paths"]) == {
+        "api/v1", "apis/policy/v1", "apis/coordination.k8s.io/v1", "apis/events.k8s.io/v1", "apis/resource.k8s.io/v1"
+    }  # fmt: skip
     url = index["paths"]["api/v1"]["serverRelativeURL"]
     assert url.startswith("/openapi/v3/api/v1?hash=")
     code, core, _ = call(server, url)
@@ -102,6 +104,9 @@ def test_the_schema_release_is_the_claimed_one_or_the_newest() -> None:
     assert pick_release(shipped, 1, 40) == "v1.33.0-local"
     assert pick_release(["README"], 1, 32) is None
     assert the_schemas().release == "v1.32.0-local"
+    # resource.k8s.io/v1 is GA from 1.34: described by the nearest release that has it, the rest stays 1.32's
+    for kind in ("ResourceClaim", "ResourceSliceList"):
+        assert the_schemas().kind("resource.k8s.io", "v1", kind) == f"io.k8s.api.resource.v1.{kind}"
 
 
 # ---- field validation and dry runs ------------------------------------------------------------------------
