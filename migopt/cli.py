@@ -374,6 +374,8 @@ def snapshot(
     notes.print(f"GPU sources: {sources or 'no GPU nodes'}")
     for pod, reason in sorted(port.skipped_pods.items()):
         notes.print(f"skipped {pod}: {reason}")
+    for what, reason in sorted(port.dra_skipped.items()):
+        notes.print(f"skipped {what}: {reason}")
     for note in scope.notes(taken):
         notes.print(f"scope: {note}")
     statuses = MigManagerActuator().statuses(port, taken)

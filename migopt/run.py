@@ -53,6 +53,7 @@ class Runner:
             holders=self._holders if self.usage else None,
             instance=settings.identity,
             on_report_rejected=self.metrics.report_rejected,
+            on_dra_skipped=self.metrics.dra_object_skipped,
         )
         self.elector = LeaderElector(
             api_client, settings.leader, settings.identity, self.caller, on_change=self.metrics.set_leader

@@ -231,6 +231,12 @@ class MetricsObserver:
         self.passes = Counter(
             "migopt_reconcile_passes", "Reconcile passes by result: ok or failed.", ["result"], registry=r
         )
+        self.dra_skipped = Counter(
+            "migopt_dra_objects_skipped",
+            "ResourceClaims and ResourceSlices the adapter could not read (each counted once per reason).",
+            ["resource"],
+            registry=r,
+        )
         self.reports_rejected = Counter(
             "migopt_layout_source_rejected",
             "Node agent reports not trusted, by the check they failed; counted when a node's report starts "
@@ -381,6 +387,10 @@ class MetricsObserver:
     def report_rejected(self, node: str, reason: str) -> None:
         """The Kubernetes adapter's listener (`KubeClusterPort(on_report_rejected=...)`)."""
         self.reports_rejected.labels(reason).inc()
+
+    def dra_object_skipped(self, resource: str, reason: str) -> None:
+        """The Kubernetes adapter's listener (`KubeClusterPort(on_dra_skipped=...)`)."""
+        self.dra_skipped.labels(resource).inc()
 
     def pass_finished(self, ok: bool) -> None:
         """The runner's reconcile pass ended: `ok`, or failed (an exception it logged)."""
