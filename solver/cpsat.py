@@ -16,7 +16,11 @@ else solved in stages, each fixing the previous optimum (or best found) as a bou
   1. maximise sum_d weight(d) s[d]                              (priority-weighted demand served)
   2. minimise sum_u r[u] (evict_weight(u) * B + gpus(u))       (evictions by priority, then GPUs reconfigured;
                                                                  B exceeds any possible GPU count)
-  3. minimise idle slices of kept and reconfigured members      (fragmentation)
+  3. with a forecast (the proactive policy's expected arrivals E_k per key k), maximise
+     sum_k slices(k) x[k], x[k] <= E_k, x[k] <= the pools' devices of key k left after serving
+                                                                (expected demand the plan leaves room for)
+  4. minimise idle slices of kept and reconfigured members      (fragmentation; devices of an expected key
+                                                                 count as useful)
 
 Pods asking for devices on one node are relaxed to draw from any pool they may use, so the stage-1 bound stays
 a valid upper bound; co-location is restored when the answer is disaggregated.
@@ -29,9 +33,12 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
+from solver.demand import key_compute_slices
 from solver.problem import Problem
 
 _EXACT = 2**53  # integers up to here survive CP-SAT's floating-point objective handling exactly
+SERVED, DISRUPTION, FRAGMENTATION, EXPECTED = range(4)  # the objective's terms, as `stages` numbers them
+_MAXIMISED = (SERVED, EXPECTED)
 
 
 @dataclass
@@ -194,12 +201,30 @@ class GeometryModel:
         for gi, g in enumerate(p.reconfig_groups):
             frag_terms += [t.fragmentation * self.y[gi, ti] for ti, t in enumerate(g.targets)]
         self.fragmentation = sum(frag_terms)
-        # upper bounds of the three terms, to fold several into one integer objective without overlap
+        self.expected = self._expected_room()
+        # upper bounds of the terms, to fold several into one integer objective without overlap
         self.maxima = (
             sum(d.weight * len(d.demands) for d in p.pod_groups),
             sum((p.units[u].evict_weight * big + p.units[u].gpus_per_member) * len(p.units[u].members) for u in self.r),
             sum(len(u.members) * u.gpus_per_member * u.model.compute_slices for u in p.units),
+            sum(key_compute_slices(k) * c for k, c in p.expected.items()),
         )
+
+    def _expected_room(self) -> cp_model.LinearExprT:
+        """Compute slices of the forecast demand the devices left after serving could take (0 without one)."""
+        terms: list[cp_model.LinearExprT] = []
+        left: dict[str, list[cp_model.LinearExprT]] = {}
+        for (_, key), supplied in self.supply.items():
+            if key in self.problem.expected:
+                left.setdefault(key, []).extend(supplied)
+        for (_, _, key), var in self.z.items():
+            if key in left:
+                left[key].append(-var)
+        for key, count in sorted(self.problem.expected.items()):
+            room = self.model.new_int_var(0, count, f"x_{key}")
+            self.model.add(room <= sum(left.get(key, [])))
+            terms.append(key_compute_slices(key) * room)
+        return sum(terms)
 
     def hint(self, previous: AggregateSolution, allocation: bool = False) -> None:
         """Start from an earlier answer (its served counts clipped to this model's caps); with `allocation`, its
@@ -226,25 +251,26 @@ class GeometryModel:
         hint.values.extend([solution[i] for i in indices])
 
     def stages(self) -> list[list[int]]:
-        """Terms (0 served, 1 disruption, 2 fragmentation) solved together per stage.
+        """Terms (`SERVED`, `DISRUPTION`, `FRAGMENTATION`, `EXPECTED`) solved together per stage.
 
         Disruption is folded into the served stage when the scaled sum stays exact in a double (< 2**53): the
         first solution found then already avoids needless evictions, and one presolve is spared. Folding
-        fragmentation too made proofs much slower in measurements, so it always gets a stage of its own.
+        fragmentation too made proofs much slower in measurements, so it always gets a stage of its own; the
+        expected-demand term, when there is a forecast, gets its own stage before it.
         """
-        if (self.maxima[0] + 1) * (self.maxima[1] + 1) < _EXACT:
-            return [[0, 1], [2]]
-        return [[0], [1], [2]]
+        folded = (self.maxima[SERVED] + 1) * (self.maxima[DISRUPTION] + 1) < _EXACT
+        first = [[SERVED, DISRUPTION]] if folded else [[SERVED], [DISRUPTION]]
+        return [*first, *([[EXPECTED]] if self.problem.expected else []), [FRAGMENTATION]]
 
     def _objective(self, terms: list[int]) -> tuple[cp_model.LinearExprT, int]:
         """The stage's objective to maximise, and the factor of its first term."""
-        expressions = (self.served_weight, self.disruption, self.fragmentation)
+        expressions = (self.served_weight, self.disruption, self.fragmentation, self.expected)
         parts: list[cp_model.LinearExprT] = []
         coefficients: list[int] = []
         factor = 1
         for term in reversed(terms):
             parts.append(expressions[term])
-            coefficients.append(factor if term == 0 else -factor)
+            coefficients.append(factor if term in _MAXIMISED else -factor)
             factor *= self.maxima[term] + 1
         return cp_model.LinearExpr.weighted_sum(parts, coefficients), factor // (self.maxima[terms[0]] + 1)
 
@@ -284,7 +310,7 @@ class GeometryModel:
         served = bound = 0
         proven = False
         answer: AggregateSolution | None = None
-        expressions = (self.served_weight, self.disruption, self.fragmentation)
+        expressions = (self.served_weight, self.disruption, self.fragmentation, self.expected)
         for number, terms in enumerate(self.stages()):
             left = time_limit_s - (time.perf_counter() - started)
             if number and left <= 0.01:
@@ -315,7 +341,10 @@ class GeometryModel:
             self._hint_from(solver)
             for term in terms:
                 value = int(solver.value(expressions[term]))
-                self.model.add(expressions[term] >= value) if term == 0 else self.model.add(expressions[term] <= value)
+                if term in _MAXIMISED:
+                    self.model.add(expressions[term] >= value)
+                else:
+                    self.model.add(expressions[term] <= value)
         self.solve_seconds += time.perf_counter() - started
         if answer is not None:
             answer.solve_seconds = time.perf_counter() - started

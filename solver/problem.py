@@ -14,7 +14,7 @@ GPUs and GPUs holding no pod serve anyone eligible (tier None).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -26,7 +26,7 @@ from solver.explain import Census, census
 from solver.geometry import max_alone
 from solver.plan import PlanPolicy
 from solver.scope import PlanScope, scoped
-from solver.snapshot import ClusterSnapshot, GpuState, NodeState
+from solver.snapshot import ClusterSnapshot, GpuState, NodeState, PendingPod
 
 Capacity = tuple[tuple[str, int], ...]
 MapKey = tuple[tuple[str, int], ...]  # a mig-devices map as sorted (profile, count) pairs
@@ -136,6 +136,7 @@ class Problem:
     reconfig_groups: list[ReconfigGroup]
     pod_groups: list[PodGroup]
     pools: list[PoolKey]
+    expected: dict[str, int] = field(default_factory=dict)  # forecast devices per resource key (proactive)
     _census: Census | None = field(default=None, repr=False)
     _gpus: dict[tuple[str, int], tuple[NodeState, GpuState]] | None = field(default=None, repr=False)
     _keys: frozenset[str] | None = field(default=None, repr=False)
@@ -151,9 +152,10 @@ class Problem:
 
     @property
     def keys(self) -> frozenset[str]:
-        """Resource keys some pending pod asks for: capacity of any other key is fragmentation."""
+        """Resource keys some pending pod asks for, or the forecast expects: capacity of any other key is
+        fragmentation."""
         if self._keys is None:
-            self._keys = frozenset(k for d in self.demands for k, _ in d.resources)
+            self._keys = frozenset(k for d in self.demands for k, _ in d.resources) | frozenset(self.expected)
         return self._keys
 
     def wanted_profiles(self, strategy: str, model_key: str) -> frozenset[str]:
@@ -319,6 +321,7 @@ def build_problem(snapshot: ClusterSnapshot, policy: PlanPolicy) -> Problem:
         reconfig_groups=groups,
         pod_groups=_pod_groups(data),
         pools=_pools(units, groups),
+        expected=data.expected,
     )
 
 
@@ -333,12 +336,14 @@ class _PendingData:
     demands: list[Demand]
     classes: dict[tuple[object, ...], int]  # eligibility key -> class number, in order of first appearance
     representative: dict[int, Demand]  # class number -> one demand of it (the last), to test nodes against
-    keys: set[str]  # resource keys some pending pod asks for: capacity of other keys cannot serve anyone
+    keys: set[str]  # resource keys some pending pod asks for or the forecast expects: others are fragmentation
+    expected: dict[str, int]  # forecast devices per resource key
 
 
 def _pending_data(snapshot: ClusterSnapshot) -> _PendingData:
     weights = weights_for(snapshot)
     pending = demands(snapshot, weights)
+    expected = expected_devices(snapshot)
     classes: dict[tuple[object, ...], int] = {}
     for d in pending:
         classes.setdefault(d.eligibility_key, len(classes))
@@ -347,8 +352,18 @@ def _pending_data(snapshot: ClusterSnapshot) -> _PendingData:
         demands=pending,
         classes=classes,
         representative={classes[d.eligibility_key]: d for d in pending},
-        keys={k for d in pending for k, _ in d.resources},
+        keys={k for d in pending for k, _ in d.resources} | set(expected),
+        expected=expected,
     )
+
+
+def expected_devices(snapshot: ClusterSnapshot) -> dict[str, int]:
+    """The forecast as devices per mixed-strategy resource key (what arriving pods would ask for)."""
+    expected: Counter[str] = Counter()
+    for demand in snapshot.forecast:
+        for profile, count in PendingPod(name="forecast", requests=demand.requests).mig_requests.items():
+            expected[profile] += count * demand.count
+    return dict(expected)
 
 
 # --- units: classes of interchangeable members ------------------------------------------------------------------

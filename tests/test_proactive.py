@@ -202,3 +202,35 @@ def test_the_controller_reshapes_an_idle_gpu_ahead_of_a_recurring_profile() -> N
 def test_other_planners_ignore_the_forecast(planner: str) -> None:
     settings_ = ControllerSettings(planner=planner)
     assert not settings_.plans_for_forecast
+
+
+def test_among_equally_good_targets_the_one_leaving_room_for_expected_demand_wins() -> None:
+    base: dict[str, Any] = {
+        "nodes": _whole_gpus(1, gpus=1),
+        "pods": [{"name": f"t/a{i}", "requests": ONE_G} for i in range(2)],
+    }
+    today = make_plan(parse_snapshot(base), PlanPolicy(), "optimal")
+    assert [g.target for g in today.gpus] == [{"1g.5gb": 7}]
+    expecting = parse_snapshot({**base, "forecast": [{"requests": {"nvidia.com/mig-3g.20gb": 1}, "count": 1}]})
+    plan = make_plan(expecting, PlanPolicy(), "optimal")
+    assert [g.target for g in plan.gpus] == [{"3g.20gb": 1, "1g.5gb": 4}]
+    assert plan.objectives.served_weight == today.objectives.served_weight
+    assert plan.objectives.reconfigured_gpus == today.objectives.reconfigured_gpus
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), counts=st.lists(st.integers(1, 10), min_size=1, max_size=3))
+def test_the_expected_demand_term_ranks_below_served_demand_and_disruption(seed: int, counts: list[int]) -> None:
+    spec = ClusterSpec(nodes=4, gpus_per_node=2, pending_pods=10, used_fraction=0.5, seed=seed)
+    snapshot = parse_snapshot(generate_snapshot(spec))
+    shapes = [{"nvidia.com/mig-1g.10gb": 1}, {"nvidia.com/mig-3g.40gb": 1}, {"nvidia.com/mig-2g.20gb": 1}]
+    forecast = [ForecastDemand(requests=shapes[i], count=c) for i, c in enumerate(counts)]
+    policy = PlanPolicy(time_limit_s=10)
+    today = make_plan(snapshot, policy, "optimal")
+    expecting = snapshot.model_copy(update={"forecast": forecast})
+    plan = make_plan(expecting, policy, "optimal")
+    assert plan_problems(expecting, plan, policy) == []
+    if today.status == plan.status == "optimal":
+        assert plan.objectives.served_weight == today.objectives.served_weight
+        assert plan.objectives.evicted_weight == today.objectives.evicted_weight
+        assert plan.objectives.reconfigured_gpus == today.objectives.reconfigured_gpus
