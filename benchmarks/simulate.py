@@ -4,8 +4,9 @@ Run: .venv/bin/python benchmarks/simulate.py [SCENARIO.yaml] [--policies P1,P2]
 
 Per policy: the wall time, simulated seconds per wall second, and where the wall time went: `planner_s` inside
 the planner (`make_plan`), `snapshot_s` reading the twin's cluster for the controller, `twin_s` the twin's own
-events (arrivals, scheduling, mig-manager runs, completions), `controller_s` the rest of the controller's ticks
-(actuation, isolation, events). The split wraps those four calls with a timer for the run; nothing else changes.
+events (arrivals, scheduling, mig-manager runs, completions, and all of a peer's work: `nos`, `hami` and `dra`
+run inside the twin's events), `controller_s` the rest of the controller's ticks (actuation, isolation, events).
+The split wraps those four calls with a timer for the run; nothing else changes.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def measure(scenario: Scenario, policy: str) -> dict[str, Any]:
         "slice_allocation": result.slice_allocation,
         "reconfigurations": result.reconfigurations,
         "evictions": result.evictions,
+        "instance_creations": result.instance_creations,
+        "operand_restarts": result.operand_restarts,
         "plans": result.plans,
     }
 

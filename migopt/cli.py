@@ -227,7 +227,8 @@ def simulate(
         str | None, typer.Option("--replay", help="inflate or timed (default: timed if timestamps).")
     ] = None,
     policies: Annotated[
-        str | None, typer.Option("--policies", help="Comma-separated, e.g. static:all-balanced,optimal")
+        str | None,
+        typer.Option("--policies", help="Comma-separated, e.g. static:all-balanced,nos,hami,dra,greedy,optimal"),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--output-dir", "--out", help="Folder for report.json and PNG plots.")
@@ -289,10 +290,11 @@ def simulate(
             _serve_until_interrupted(server)
         return
     columns = ["policy", "served", "pending p50 s", "pending p95 s", "slice allocation", "reconfigurations"]
-    columns += ["evictions", "plans", "wall s"]
+    columns += ["evictions", "instance creations", "operand restarts", "plans", "wall s"]
     rows = [
         [r.policy, f"{r.served_pods}/{r.arrived_pods}", r.pending_seconds_p50, r.pending_seconds_p95,
-         f"{r.slice_allocation:.1%}", r.reconfigurations, r.evictions, r.plans, r.wall_seconds]
+         f"{r.slice_allocation:.1%}", r.reconfigurations, r.evictions, r.instance_creations, r.operand_restarts,
+         r.plans, r.wall_seconds]
         for r in report.policies.values()
     ]  # fmt: skip
     console.print(table(f"{report.scenario}: {report.pods} pods over {report.horizon_s / 3600:.1f} h", columns, rows))

@@ -1,8 +1,12 @@
 """Run a scenario: the same workload on a fresh twin per policy, the real controller driving the twin.
 
 `static:<config>` is an administrator's fixed geometry (no controller); `greedy` and `optimal` run migopt's
-controller in `enforce` mode with that planner, starting from the scenario's initial config. Time is simulated:
-the twin's clock jumps from event to event, the controller ticks every `tick_s` of simulated time.
+controller in `enforce` mode with that planner, starting from the scenario's initial config; `nos`, `hami` and
+`dra` attach that peer's model to the twin (`simulations.peers`), from the same initial config (whose free
+instances HAMi's and the DRA driver's plugins destroy as they start). Every policy gets
+the same pods: each asks for its profile by name and, for the per-pod allocators, for at least that profile's
+memory and compute (`workloads.sized_requests`). Time is simulated: the twin's clock jumps from event to event,
+the controller ticks every `tick_s` of simulated time.
 """
 
 from __future__ import annotations
@@ -20,15 +24,24 @@ from optimizer.actuators.mig_manager import MigManagerActuator
 from optimizer.controller.actuator import ActuationSettings
 from optimizer.controller.observer import ControllerObserver
 from optimizer.controller.reconcile import Controller, ControllerSettings
+from simulations.peers.registry import PeerRun
 from simulations.placement import apply_map
-from simulations.policies import static_config
+from simulations.policies import peer_policy, static_config
 from simulations.report import PodTimes, PolicyResult, Sample, percentile, time_weighted_allocation, waits
 from simulations.scenario import Scenario, SyntheticSource
 from simulations.twin.cluster import Twin
 from simulations.twin.mig_manager import MigManagerTimings
-from simulations.twin.state import TwinNode
-from simulations.workloads import WorkloadPod, default_replay, generate, inflate, load_trace, timed
-from solver.catalog import load_catalog
+from simulations.twin.state import SizedRequest, TwinNode
+from simulations.workloads import (
+    WorkloadPod,
+    default_replay,
+    generate,
+    inflate,
+    load_trace,
+    sized_requests,
+    timed,
+)
+from solver.catalog import GpuModel, load_catalog
 from solver.errors import MigoptError
 from solver.plan import PlanPolicy
 from solver.snapshot import STRATEGY_LABEL, ClusterSnapshot, GpuState, InstanceState, NodeState
@@ -115,11 +128,15 @@ def run_policy(
     the controller's snapshots, plans and events."""
     started = time.perf_counter()
     static = static_config(policy)
+    peer = peer_policy(policy)
     snapshot, config_text = initial_cluster(scenario, static or scenario.cluster.initial_config)
     timings = MigManagerTimings(config_refresh_s=scenario.twin.config_refresh_s)
     twin = Twin.from_snapshot(snapshot, config_text, timings=timings, seed=scenario.seed)
     controller = None
-    if static is None:
+    peer_run = None
+    if peer is not None:
+        peer_run = peer.attach(twin, scenario.peers, scenario.seed)
+    elif static is None:
         knobs = scenario.controller
         settings = ControllerSettings(
             mode="enforce",
@@ -131,8 +148,9 @@ def run_policy(
             actuation=_actuation(knobs.config_propagation_s),
         )
         controller = Controller(twin, settings, actuator=MigManagerActuator(settings.actuation), observer=observer)
+    sizer = Sizer(reference_models(scenario))
     for pod in pods:
-        twin.clock.schedule(pod.arrival_s, _arrival(twin, pod))
+        twin.clock.schedule(pod.arrival_s, _arrival(twin, pod, sizer(pod)))
     samples: list[Sample] = []
     sampler = Sampler(twin)
     tick = scenario.controller.tick_s
@@ -145,7 +163,34 @@ def run_policy(
         if progress is not None:
             progress(now / scenario.horizon_s)
         now += tick
-    return _result(policy, twin, pods, samples, scenario.horizon_s, controller, time.perf_counter() - started)
+    planned = controller.plans_made if controller is not None else peer_run.plans if peer_run is not None else 0
+    return _result(policy, twin, pods, samples, scenario.horizon_s, planned, peer_run, time.perf_counter() - started)
+
+
+def reference_models(scenario: Scenario) -> list[GpuModel]:
+    """Whose profile figures size the pods' requests (`workloads.sized_requests`): a replay's mapping model first
+    (its pods' profiles are that model's), then the cluster's models in scenario order."""
+    catalog = load_catalog()
+    models = [catalog.model(m) for m in scenario.cluster.models]
+    source = scenario.workload
+    if isinstance(source, SyntheticSource):
+        return models
+    return [source.mapping.gpu, *(m for m in models if m.key != source.mapping.gpu.key)]
+
+
+class Sizer:
+    """Each pod's sized requests, worked out once per distinct request (a trace repeats a few hundred)."""
+
+    def __init__(self, models: list[GpuModel]) -> None:
+        self._models = models
+        self._known: dict[tuple[tuple[str, int], ...], tuple[SizedRequest, ...]] = {}
+
+    def __call__(self, pod: WorkloadPod) -> tuple[SizedRequest, ...]:
+        key = tuple(sorted(pod.requests.items()))
+        found = self._known.get(key)
+        if found is None:
+            found = self._known[key] = sized_requests(pod.requests, self._models)
+        return found
 
 
 def _actuation(config_propagation_s: float | None) -> ActuationSettings:
@@ -155,11 +200,12 @@ def _actuation(config_propagation_s: float | None) -> ActuationSettings:
     return ActuationSettings(config_propagation_s=config_propagation_s)
 
 
-def _arrival(twin: Twin, pod: WorkloadPod) -> Callable[[], None]:
+def _arrival(twin: Twin, pod: WorkloadPod, at_least: tuple[SizedRequest, ...]) -> Callable[[], None]:
     def arrive() -> None:
         twin.add_pod(
-            pod.name, pod.requests, priority=pod.priority, node_selector=pod.node_selector, duration_s=pod.duration_s
-        )
+            pod.name, pod.requests, priority=pod.priority, node_selector=pod.node_selector, duration_s=pod.duration_s,
+            at_least=at_least,
+        )  # fmt: skip
 
     return arrive
 
@@ -170,7 +216,8 @@ def _result(
     pods: list[WorkloadPod],
     samples: list[Sample],
     horizon_s: float,
-    controller: Controller | None,
+    plans: int,
+    peer: PeerRun | None,
     wall_s: float,
 ) -> PolicyResult:
     first_start: dict[str, float] = {}
@@ -181,6 +228,9 @@ def _result(
     times = [PodTimes(name=p.name, arrival_s=p.arrival_s, started_s=first_start.get(p.name)) for p in arrived]
     waited = waits(times, horizon_s)
     rebuilt = sum(1 for run in twin.mig_runs if run.outcome == "success" and run.went_pending)
+    rebuilt += peer.reconfigurations if peer is not None else 0
+    restarts = sum(1 for run in twin.mig_runs if run.went_pending) + twin.plugin_restarts
+    created = sum(run.instances_created for run in twin.mig_runs) + twin.instances_created
     return PolicyResult(
         policy=policy,
         served_pods=sum(1 for t in times if t.started_s is not None),
@@ -191,7 +241,9 @@ def _result(
         final_allocation=round(samples[-1].allocated_slices / max(samples[-1].total_slices, 1), 4) if samples else 0.0,
         reconfigurations=rebuilt,
         evictions=sum(1 for e in twin.evictions if e.outcome == "evicted"),
-        plans=controller.plans_made if controller else 0,
+        instance_creations=created,
+        operand_restarts=restarts,
+        plans=plans,
         wall_seconds=round(wall_s, 2),
         samples=samples,
     )

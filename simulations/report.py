@@ -7,7 +7,13 @@ Definitions (spec/papers-and-traces.md §3):
 - `slice_allocation`: time-weighted mean share of the cluster's compute slices held by running pods;
   `final_allocation`: the share at the horizon, the figure of an inflate replay (FGD's allocation rate once
   all demand has arrived).
-- `reconfigurations`: GPUs whose MIG layout was rebuilt; `evictions`: pods evicted by the controller.
+- `reconfigurations`: node layout changes as a whole: mig-manager runs that went through `pending` and succeeded
+  (migopt's planners), nos agent applies that changed a GPU; per-pod allocators (HAMi, DRA) make none.
+- `evictions`: pods evicted (only migopt's controller evicts).
+- `instance_creations`: MIG instances created: by mig-parted in mig-manager's runs, by nos's agent, one per
+  device of each pod under HAMi and DRA.
+- `operand_restarts`: restarts of GPU operands: every mig-manager run that paused the device plugin and GFD (and
+  the rest of the node's GPU clients), every device-plugin restart by nos's agent.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class PolicyResult(BaseModel):
     final_allocation: float = Field(description="share allocated at the horizon: inflate replay's figure")
     reconfigurations: int
     evictions: int
+    instance_creations: int = Field(default=0, description="MIG instances created, whoever created them")
+    operand_restarts: int = Field(default=0, description="mig-manager operand pauses and device-plugin restarts")
     plans: int
     wall_seconds: float
     samples: list[Sample] = Field(default=[], exclude=True)

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nvidia_protocol.safe_yaml import read_yaml_file
+from simulations.peers.knobs import PeerKnobs
 from simulations.policies import check_simulation_policy
 from simulations.workloads import GpuMilliMapping, SyntheticWorkload
 from solver.catalog import load_catalog
@@ -93,6 +94,7 @@ class Scenario(_Strict):
     policies: list[str] = Field(default=["static:all-balanced", "greedy", "optimal"], min_length=1)
     controller: ControllerKnobs = ControllerKnobs()
     twin: TwinKnobs = TwinKnobs()
+    peers: PeerKnobs = Field(default=PeerKnobs(), description="settings and latency guesses of nos, hami and dra")
     seed: int = 0
 
     @field_validator("policies")

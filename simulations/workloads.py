@@ -16,16 +16,17 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from simulations.twin.state import SizedRequest
 from solver.catalog import GpuModel, Profile, load_catalog
 from solver.errors import MigoptError
-from solver.profiles import resource_name
+from solver.profiles import MIG_RESOURCE_PREFIX, profile_from_resource, resource_name
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,26 @@ def _ladder(gpu: GpuModel) -> tuple[Profile, ...]:
         if kept is None or p.memory_mib < kept.memory_mib:
             best[p.compute_slices] = p
     return tuple(best[s] for s in sorted(best))
+
+
+def sized_requests(requests: Mapping[str, int], models: Sequence[GpuModel]) -> tuple[SizedRequest, ...]:
+    """The same demand as `requests`, as a per-pod allocator reads it: n devices of profile P become n devices of at
+    least P's memory and compute slices (HAMi's `nvidia.com/gpumem` and `gpucores`, a DRA claim's capacity
+    selector), P's figures taken on the first of `models` that has it. A replay passes the mapping's model first,
+    so a pod mapped to `2g.20gb` asks for at least that profile's 19,968 MiB and 2 compute slices, and every
+    policy gets the same demand. Empty when some request is not a MIG profile any model has (such a pod stays
+    pending under a per-pod allocator, as it would under the others)."""
+    sized = []
+    for resource, count in sorted(requests.items()):
+        if not resource.startswith(MIG_RESOURCE_PREFIX):
+            return ()
+        profile = profile_from_resource(resource)
+        model = next((m for m in models if m.has_profile(profile)), None)
+        if model is None:
+            return ()
+        found = model.profile(profile)
+        sized.append(SizedRequest(count=count, memory_mib=found.memory_mib, compute_slices=found.compute_slices))
+    return tuple(sized)
 
 
 class TraceSummary(BaseModel):

@@ -22,9 +22,10 @@ from optimizer.controller.port import ClusterPort, EvictionOutcome
 from simulations.twin.clock import SimClock
 from simulations.twin.convert import SnapshotCache, load_pods, node_from_state, registered_resources, to_snapshot
 from simulations.twin.evictions import eviction_outcome
+from simulations.twin.instances import create, destroy
 from simulations.twin.mig_manager import DEFAULT_BEHAVIOUR, MigManager, MigManagerBehaviour, MigManagerTimings
 from simulations.twin.operands import NodeOperands
-from simulations.twin.scheduler import Scheduler
+from simulations.twin.scheduler import PodScheduler, Scheduler
 from simulations.twin.state import (
     DeviceRef,
     EvictionRecord,
@@ -35,11 +36,13 @@ from simulations.twin.state import (
     PodPhase,
     PodSpec,
     RecordedEvent,
+    SizedRequest,
     Strategy,
     TwinNode,
     TwinPod,
 )
 from simulations.twin.workload import PodStore
+from solver.demand import Demand
 from solver.snapshot import ClusterSnapshot, NodeSelectorTerm, Taint, Toleration
 
 DEFAULT_TIMINGS = MigManagerTimings()
@@ -79,6 +82,11 @@ class Twin:
     Fault knobs: `stuck_pending` (node names whose operand pods do not terminate: a run waits in `pending` for
     them up to `timings.component_wait_s`, then, as `behaviour.version` does, gives up or carries on; spec §7.1)
     and `restart_mig_manager`. Records for assertions: `evictions`, `events`, `label_log`, `mig_runs`, `log_lines`.
+
+    Besides mig-manager, a per-pod allocator may change layouts (`create_instance`, `destroy_instance`, then
+    `start_pod`), with its own scheduler in place of the device plugin's (`use_scheduler`); and a node agent may
+    restart the device plugin alone (`restart_device_plugin`). `instances_created` and `plugin_restarts` count
+    those (mig-manager's runs count their own in `mig_runs`).
     """
 
     def __init__(
@@ -101,7 +109,10 @@ class Twin:
         self.label_log: list[LabelChange] = []
         self.mig_runs: list[MigRun] = []
         self.log_lines: list[LogLine] = []
-        self._scheduler = Scheduler(random.Random(seed))
+        self._scheduler: PodScheduler = Scheduler(random.Random(seed))
+        self._allocator_version = 0  # bumped when an allocator outside mig-manager changes instances or frees slots
+        self.instances_created = 0  # by `create_instance` (mig-parted's are in `mig_runs`)
+        self.plugin_restarts = 0  # by `restart_device_plugin`
         self._node_version = 0  # bumped by label, cordon and strategy changes
         self.node_revisions: dict[str, int] = {}  # per node: bumped by every metadata, cordon or taint change
         self._removed_nodes: dict[str, TwinNode] = {}  # gone from the cluster; their pending callbacks do nothing
@@ -117,7 +128,7 @@ class Twin:
                 raise ValueError(f"duplicate node {node.name!r}")
             node.register()
             self._nodes[node.name] = node
-        self._pods = PodStore(self.clock, self._nodes, on_holdings=self._scheduler.node_changed)
+        self._pods = PodStore(self.clock, self._nodes, on_holdings=self._holdings_changed)
         self._pdbs: dict[str, PodDisruptionBudget] = {}
         host = _ManagerHost(self)
         self._managers = {name: MigManager(name, self.clock, host, timings, behaviour) for name in self._nodes}
@@ -270,10 +281,12 @@ class Twin:
         evictable: bool = True,
         ignores_eviction: bool = False,
         owned: bool = True,
+        at_least: tuple[SizedRequest, ...] = (),
     ) -> TwinPod:
-        """Create a pending pod (the scheduler may bind it at once); raises `MigoptError` on a bad request."""
+        """Create a pending pod (the scheduler may bind it at once); raises `MigoptError` on a bad request.
+        `at_least` is the same demand sized, for a scheduler that creates instances per pod."""
         spec = PodSpec(
-            requests=dict(requests), priority=priority, node_selector=dict(node_selector or {}),
+            requests=dict(requests), at_least=at_least, priority=priority, node_selector=dict(node_selector or {}),
             node_affinity=list(node_affinity or []), tolerations=list(tolerations or []), duration_s=duration_s,
             evictable=evictable, ignores_eviction=ignores_eviction, owned=owned,
         )  # fmt: skip
@@ -372,6 +385,60 @@ class Twin:
         self._touch_node(node)
         self._operands[node].restart()
 
+    def use_scheduler(self, scheduler: PodScheduler) -> None:
+        """Bind pending pods with `scheduler` from now on (a peer's, which creates an instance per pod)."""
+        self._scheduler = scheduler
+        self.reschedule()
+
+    def create_instance(self, node: str, gpu: int, profile: str, start: int) -> None:
+        """NVML's `CreateGpuInstanceWithPlacement` (and a full compute instance) on the node, without mig-manager:
+        what the DRA driver does at prepare and HAMi's device plugin at Allocate. Raises `ValueError` where NVML
+        would fail (overlap, no compute left, the profile's maximum, MIG disabled)."""
+        create(self.node(node).gpu(gpu), profile, start)
+        self.instances_created += 1
+        self._layout_changed(node)
+
+    def destroy_instance(self, node: str, gpu: int, start: int) -> None:
+        """Destroy the free instance at `start`; raises `ValueError` when there is none or a pod holds it."""
+        destroy(self.node(node).gpu(gpu), start)
+        self._layout_changed(node)
+
+    def assign_pod(self, name: str, node: str) -> None:
+        """A scheduler's Bind of a pending pod to `node` before its devices exist (a per-pod allocator creates them,
+        then `start_pod`). Made from inside a scheduling pass, so it starts no pass itself."""
+        pod = self._pods.active(name)
+        if pod is None:
+            raise ValueError(f"pod {name!r} is not active")
+        self._pods.assign(pod, node)
+
+    def start_pod(self, name: str, node: str, devices: Iterable[DeviceRef]) -> None:
+        """Start a pod, pending or assigned to `node`, on free instances of `node` (kubelet starting it once its
+        allocator is done); raises `ValueError` when it is neither."""
+        pod = self._pods.active(name)
+        if pod is None or pod.phase != PodPhase.PENDING or pod.node not in (None, node):
+            raise ValueError(f"pod {name!r} is not waiting to start on {node}")
+        self._pods.bind(pod, node, list(devices))
+        self._schedule()
+
+    def restart_device_plugin(self, node: str, start_delay_s: float) -> None:
+        """Delete the node's device-plugin pod alone: its devices go now and come back, enumerated afresh, after
+        `start_delay_s` (nos's MIG agent does this after every change)."""
+        self.node(node)
+        self.plugin_restarts += 1
+        self._operands[node].restart_plugin(start_delay_s)
+        self._schedule()
+
+    def allocator_freed(self) -> None:
+        """A per-pod allocator freed slots in its own records (HAMi when a pod ends, DRA after unprepare): pods that
+        found no room are worth another look. Made from a clock event; the pass after it sees the change."""
+        self._allocator_version += 1
+
+    def _layout_changed(self, node: str) -> None:
+        """No scheduling pass here: an allocator or agent changes several instances in one step (then starts a pod
+        or restarts the plugin), and the pass after that clock event sees the whole change."""
+        self._allocator_version += 1
+        self._scheduler.node_changed(node)
+
     def mig_manager_log(self, node: str) -> list[str]:
         return [line.message for line in self.log_lines if line.node == node]
 
@@ -412,8 +479,11 @@ class Twin:
         self._plugins_version += 1
         self._scheduler.node_changed(node)
 
+    def _holdings_changed(self, node: str) -> None:
+        self._scheduler.node_changed(node)
+
     def _state_version(self) -> tuple[int, ...]:
-        return (self._node_version, self._pods.version, self._plugins_version)
+        return (self._node_version, self._pods.version, self._plugins_version, self._allocator_version)
 
     def reschedule(self) -> None:
         """Run a scheduling pass even if the twin saw no change (after editing its state objects directly)."""
@@ -426,13 +496,26 @@ class Twin:
         if self._state_version() == self._scheduled_at:
             return
         if self._pods.queue:
-            growth = (self._pods.released_version, self._node_version, self._plugins_version)
+            growth = (self._pods.released_version, self._node_version, self._plugins_version, self._allocator_version)
             self._scheduler.run(self._pods.queue, self._pods.demand, _SchedulingView(self), self._pods.bind, growth)
         self._scheduled_at = self._state_version()
 
     def pending_count(self) -> int:
         """How many pods wait for the scheduler now."""
         return len(self._pods.queue)
+
+    def pending_pods(self) -> list[TwinPod]:
+        """The pods waiting for the scheduler, in its queue order (priority descending, then arrival)."""
+        return self._pods.pending()
+
+    def demand(self, pod: TwinPod) -> Demand:
+        """The pod's request as the planner and the scheduler's filters read it."""
+        return self._pods.demand(pod)
+
+    @property
+    def releases(self) -> int:
+        """Moves whenever a pod frees devices (ends, is deleted or evicted): the only way free capacity grows."""
+        return self._pods.released_version
 
 
 class _SchedulingView:

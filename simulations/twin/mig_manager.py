@@ -139,6 +139,7 @@ class _Run:
     paused_at: float = 0.0
     entries: list[Entry] = field(default_factory=list)
     queue: list[_Item] = field(default_factory=list)
+    created: int = 0  # GPU instances created so far (a GPU mig-parted rebuilds gets a new instance list)
 
 
 class MigManager:
@@ -294,7 +295,10 @@ class MigManager:
                 apply_mode(entry, gpu)
                 lines: list[str] = []
             else:
+                before = gpu.instances
                 lines = apply_config(entry, gpu, self._host.node(self.node_name))
+                if gpu.instances is not before:
+                    run.created += len(gpu.instances)
         except MigPartedError as err:
             self._finish("failed", str(err))
             return
@@ -326,7 +330,7 @@ class MigManager:
         self._host.record_run(
             MigRun(
                 node=self.node_name, config=run.value, started_at=run.started_at, finished_at=self._clock.now,
-                outcome=outcome, went_pending=run.went_pending, message=line,
+                outcome=outcome, went_pending=run.went_pending, message=line, instances_created=run.created,
             )
         )  # fmt: skip
         self._run = None

@@ -87,3 +87,12 @@ class NodeOperands:
         for label in _ORDER:
             self._stop(label)
         self.sync()
+
+    def restart_plugin(self, start_delay_s: float) -> None:
+        """Delete the device plugin's pod alone (what nos's MIG agent does after changing a layout): its devices go
+        now; its DaemonSet's new pod enumerates the GPUs again and registers after `start_delay_s`, if its deploy
+        label still wants it. GFD keeps running."""
+        label = DEVICE_PLUGIN_DEPLOY_LABEL
+        self._stop(label)
+        if self._wanted(label):
+            self._starting[label] = self._clock.call_in(start_delay_s, partial(self._start, label))

@@ -48,6 +48,26 @@ class SchedulingView(Protocol):
         ...
 
 
+class PodScheduler(Protocol):
+    """What binds the twin's pending pods: the device plugin's scheduler below (`Scheduler`), or a peer's that
+    creates an instance per pod (`simulations.peers`). The twin calls `run` after every change that may let a pod
+    start, `node_changed` when a node's devices change hands or its plugin registers, `forget` after its objects
+    were edited directly."""
+
+    def run(
+        self,
+        queue: PendingQueue,
+        demand_of: Callable[[TwinPod], Demand],
+        cluster: SchedulingView,
+        bind: Binder,
+        growth: tuple[int, ...] = (),
+    ) -> int: ...
+
+    def node_changed(self, name: str) -> None: ...
+
+    def forget(self) -> None: ...
+
+
 _allocation_order = attrgetter("gpu", "start")
 
 
@@ -131,7 +151,8 @@ def _first_resource(demand: Demand) -> str:
     return resource_name(demand.resources[0][0])
 
 
-def _filter_view(node: TwinNode) -> NodeState:
+def filter_view(node: TwinNode) -> NodeState:
+    """The node as Kubernetes' filters read it (`solver.demand.rejection`): labels, taints, cordon."""
     return NodeState(name=node.name, labels=node.labels, taints=node.taints, unschedulable=node.unschedulable)
 
 
@@ -198,7 +219,7 @@ class Scheduler:
     def _view(self, node: TwinNode, revision: int) -> NodeState:
         cached = self._views.get(node.name)
         if cached is None or cached[0] != revision:
-            cached = self._views[node.name] = (revision, _filter_view(node))
+            cached = self._views[node.name] = (revision, filter_view(node))
         return cached[1]
 
     def _offer(self, name: str, resource: str) -> None:

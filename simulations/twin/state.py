@@ -185,10 +185,25 @@ class PodPhase(StrEnum):
     SUCCEEDED = "Succeeded"
 
 
+class SizedRequest(_Record):
+    """`count` MIG devices, each of at least this memory and compute: how a pod asks a per-pod allocator for a slice
+    (HAMi's `nvidia.com/gpumem` with `nvidia.com/gpucores`, a DRA claim's capacity selector) instead of naming a
+    profile. Compute is in compute slices, which order a model's plain profiles as their SM counts do."""
+
+    count: int = Field(ge=1)
+    memory_mib: int = Field(ge=1)
+    compute_slices: int = Field(ge=1)
+
+
 class PodSpec(_Record):
     """What a pod asks for and how it behaves; a re-created pod copies it."""
 
     requests: dict[str, int]
+    at_least: tuple[SizedRequest, ...] = Field(
+        default=(),
+        description="the same demand as `requests`, sized: what a scheduler that creates instances per pod reads "
+        "(the device plugin's scheduler binds by `requests`)",
+    )
     priority: int = 0
     node_selector: dict[str, str] = {}
     node_affinity: list[NodeSelectorTerm] = []
@@ -262,6 +277,7 @@ class MigRun(_Record):
     outcome: Literal["success", "failed"]
     went_pending: bool
     message: str
+    instances_created: int = Field(default=0, ge=0, description="GPU instances mig-parted created in this run")
 
 
 class LogLine(_Record):

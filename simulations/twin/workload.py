@@ -147,6 +147,16 @@ class PodStore:
             started = pod.started_at
             self._clock.call_in(pod.spec.duration_s, lambda: self._complete(pod, started))
 
+    def assign(self, pod: TwinPod, node: str) -> None:
+        """The scheduler's Bind for a pod whose devices do not exist yet: it leaves the queue with its node named and
+        starts when `bind` gives it the devices its node's allocator created (it is Pending meanwhile, as a pod is
+        while kubelet prepares it)."""
+        if pod.name not in self.queue:
+            raise ValueError(f"pod {pod.name!r} is not waiting for the scheduler")
+        self._dequeue(pod)
+        pod.node = node
+        self.version += 1
+
     def _complete(self, pod: TwinPod, started: float) -> None:
         if pod.active and pod.phase == PodPhase.RUNNING and pod.started_at == started:
             self._release(pod)
