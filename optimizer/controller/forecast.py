@@ -31,6 +31,9 @@ class ForecastSettings(BaseModel):
     lead_time_s: float = Field(default=300.0, gt=0, description="how far ahead: a batch window plus a reshape")
     quantile: float = Field(default=0.9, gt=0, lt=1, description="of the Poisson arrivals over the lead time")
     max_shapes: int = Field(default=32, ge=1, description="request shapes tracked, the most frequent kept")
+    replan_s: float = Field(
+        default=300.0, ge=0, description="with nothing pending, plan for the forecast alone at most this often"
+    )
 
 
 class _Rate(BaseModel):

@@ -85,6 +85,7 @@ class Controller:
         self._quarantine_reported: dict[str, str] = {}  # node -> the failed change already reported
         self._promises = PromiseWatch(self.settings.promises)
         self._forecast = ArrivalForecast(self.settings.forecast)
+        self._forecast_planned_at: float | None = None
 
     def tick(self) -> Plan | None:
         """One reconcile pass; returns the plan made in this pass, if any."""
@@ -114,8 +115,8 @@ class Controller:
         if self.settings.plans_for_forecast:
             self._forecast.observe(now, snapshot)
             seen = seen.model_copy(update={"forecast": self._forecast.demand(now)})
-        if not self._window_closed(seen) and not (seen.forecast and not seen.pods):
-            return None  # the batch window is open, or nothing is pending and nothing forecast
+        if not self._window_closed(seen) and not self._forecast_due(seen, now):
+            return None  # the batch window is open, or nothing is pending and no forecast is due
         forecast = tuple((tuple(sorted(d.requests.items())), d.count) for d in seen.forecast)
         situation = (frozenset(p.name for p in seen.pods), _layouts(seen), held.held, forecast)
         if situation == self._planned_for:
@@ -171,6 +172,16 @@ class Controller:
             message = f"{failures} failed change(s) in a row: not planned until t={until:.0f}; its pods go elsewhere"
             log.warning("node=%s quarantined: %s", node, message)
             self.port.record_event("Node", node, EventReason.NODE_QUARANTINED, message)
+
+    def _forecast_due(self, snapshot: ClusterSnapshot, now: float) -> bool:
+        """With nothing pending, plan for the forecast alone, at most once per `forecast.replan_s`."""
+        if not snapshot.forecast or snapshot.pods:
+            return False
+        last = self._forecast_planned_at
+        if last is not None and now - last < self.settings.forecast.replan_s:
+            return False
+        self._forecast_planned_at = now
+        return True
 
     def _window_closed(self, snapshot: ClusterSnapshot) -> bool:
         now = self.port.now()
