@@ -116,14 +116,15 @@ def draft(
 
 def _gpu_plan(node: NodeState, gpu: GpuState, target: dict[str, int] | None) -> GpuPlan:
     """One GPU's line of the plan; `target` is None when it keeps its map."""
+    current = gpu.mig_devices
     if target is None:
         return GpuPlan(
-            node=node.name, index=gpu.index, model=gpu.gpu_model.key, current=gpu.mig_devices,
-            target=gpu.mig_devices, reconfigure=False, evict=[], layout=list(gpu.layout_pairs),
+            node=node.name, index=gpu.index, model=gpu.gpu_model.key, current=current, target=current,
+            reconfigure=False, evict=[], layout=list(gpu.layout_pairs),
         )  # fmt: skip
     layout = target_layout(gpu.gpu_model.key, tuple(sorted(target.items())))
     return GpuPlan(
-        node=node.name, index=gpu.index, model=gpu.gpu_model.key, current=gpu.mig_devices, target=target,
+        node=node.name, index=gpu.index, model=gpu.gpu_model.key, current=current, target=target,
         reconfigure=True, evict=sorted(gpu.holders), layout=list(layout),
     )  # fmt: skip
 

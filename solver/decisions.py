@@ -44,10 +44,10 @@ def free_devices(node: NodeState, gpu: GpuState, target: dict[str, int] | None) 
     held. For a reconfigured GPU the starts are those of one feasible layout; the driver picks the real placement.
     """
     if target is None or target == gpu.mig_devices:
-        instances = [(gpu.gpu_model.profile(i.profile).name, i.start) for i in gpu.instances if not i.pod]
+        instances = gpu.free_instances  # already in start order
     else:
-        instances = list(target_layout(gpu.gpu_model.key, tuple(sorted(target.items()))))
-    return [Device(node=node.name, gpu=gpu.index, profile=p, start=s) for p, s in sorted(instances, key=lambda x: x[1])]
+        instances = tuple(sorted(target_layout(gpu.gpu_model.key, tuple(sorted(target.items()))), key=lambda x: x[1]))
+    return [Device(node=node.name, gpu=gpu.index, profile=p, start=s) for p, s in instances]
 
 
 @cache
@@ -78,6 +78,12 @@ def single_profile(node: NodeState, targets: Mapping[GpuRef, dict[str, int]]) ->
     if len(profiles) != 1 or len({g.gpu_model.key for g in node.gpus}) != 1:
         return None
     return profiles.pop()
+
+
+def advertises_nothing(node: NodeState, targets: Mapping[GpuRef, dict[str, int]]) -> bool:
+    """Whether the node would advertise no MIG device after the plan: a single-strategy node not holding one
+    profile on every GPU (`single_profile`); a mixed-strategy node advertises each of its devices."""
+    return node.strategy == "single" and single_profile(node, targets) is None
 
 
 def resource_key(node: NodeState, gpu: GpuState, profile: str) -> str:

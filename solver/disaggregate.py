@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from solver.cpsat import AggregateSolution
-from solver.decisions import Decisions, Device, GpuRef, single_profile
+from solver.decisions import Decisions, Device, GpuRef, advertises_nothing
 from solver.demand import Demand
 from solver.problem import Member, PodGroup, PoolKey, Problem
 from solver.repair import repair
@@ -79,18 +79,23 @@ def _assign(forbidden: list[int], capacity: list[int]) -> list[int]:
 def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) -> FreeIndex:
     """Targets for the chosen members (recorded in `decisions`) and every free device, by pool and key."""
     nodes = {n.name: n for n in problem.snapshot.nodes}
+    gpu_index = problem.gpu_index()
     chosen = _choose_members(problem, answer)
     target_of = _targets(problem, answer, chosen)
     pool_index = {pool: i for i, pool in enumerate(problem.pools)}
     group_of_unit = {u: gi for gi, g in enumerate(problem.reconfig_groups) for u in g.units}
     free: FreeIndex = defaultdict(dict)
     for ui, unit in enumerate(problem.units):
+        rebuilt = ui in chosen  # else no member of the unit changes: all are kept, in the unit's own pool
         for member in unit.members:
             node = nodes[member.node]
-            gpus = [g for g in node.gpus if g.index in member.gpus]
-            ti = target_of.get(member)
+            if len(member.gpus) == 1:
+                gpus = [gpu_index[member.node, member.gpus[0]][1]]
+            else:  # the node's order, which the devices are offered in
+                gpus = [g for g in node.gpus if g.index in member.gpus]
+            ti = target_of.get(member) if rebuilt else None
             if ti is None:
-                if unit.kind == "single" and single_profile(node, {}) is None:
+                if advertises_nothing(node, {}):
                     continue  # a kept single-strategy node holding several profiles advertises no device
                 pool: PoolKey = unit.pool
                 targets: list[dict[str, int] | None] = [None] * len(gpus)
@@ -100,9 +105,10 @@ def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) ->
                 targets = [devices] * len(gpus)
                 for gpu in gpus:
                     decisions.targets[(node.name, gpu.index)] = devices
+            pi = pool_index[pool]
             for gpu, target in zip(gpus, targets, strict=True):
                 for key, device in problem.keyed_devices(node, gpu, target):
-                    free[pool_index[pool], key].setdefault(node.name, []).append(device)
+                    free[pi, key].setdefault(node.name, []).append(device)
     return free
 
 

@@ -103,7 +103,8 @@ def census(snapshot: ClusterSnapshot, policy: PlanPolicy, pending: Iterable[Dema
             keys |= {r.key for t in demand.pod.node_affinity for r in t.match_expressions}
     result = Census()
     classes: dict[tuple[object, ...], int] = {}
-    holder_cache: dict[frozenset[str], tuple[str | None, int | None]] = {}
+    unheld = (None, None)  # what the holders of a GPU nobody holds allow: anything
+    frees: dict[tuple[tuple[str, int], ...], frozenset[str]] = {}  # free instances -> their profiles
     for node in snapshot.nodes:
         gpus = node.gpus
         labels = node.labels.items() if keys is None else ((k, v) for k, v in node.labels.items() if k in keys)
@@ -119,16 +120,17 @@ def census(snapshot: ClusterSnapshot, policy: PlanPolicy, pending: Iterable[Dema
         if number is None:
             number = classes[shape] = len(result.nodes)
             result.nodes.append(_NodeClass(node, tuple(g.gpu_model for g in gpus)))
+            for model in result.nodes[number].models:
+                result.models.setdefault(model.key, model)
         result.nodes[number].count += 1
         for gpu in gpus:
             holders = gpu.holders
-            facts = holder_cache.get(holders)
-            if facts is None:
-                facts = holder_cache[holders] = _holder_facts(snapshot, policy, holders)
-            model = gpu.gpu_model
-            result.models.setdefault(model.key, model)
-            free = frozenset(p for p, _ in gpu.free_instances)
-            result.gpus[_GpuClass(number, model.key, free, *facts)] += 1
+            facts = _holder_facts(snapshot, policy, holders) if holders else unheld
+            free_instances = gpu.free_instances
+            free = frees.get(free_instances)
+            if free is None:
+                free = frees[free_instances] = frozenset(p for p, _ in free_instances)
+            result.gpus[_GpuClass(number, gpu.gpu_model.key, free, *facts)] += 1
     return result
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cache
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -45,7 +46,17 @@ def normalise_map(model: GpuModel, devices: Mapping[str, int]) -> MigDevices:
     return {p.name: counts[p.name] for p in size_order(model) if counts[p.name] > 0}
 
 
-def check_layout(model: GpuModel, instances: Iterable[Instance]) -> list[str]:
+class Placed(Protocol):
+    """An instance as `check_layout` reads it: a profile name (drifted names resolve) and a start."""
+
+    @property
+    def profile(self) -> str: ...
+
+    @property
+    def start(self) -> int: ...
+
+
+def check_layout(model: GpuModel, instances: Iterable[Placed]) -> list[str]:
     """Every reason the layout is not feasible on this model (empty when it is)."""
     problems: list[str] = []
     used = 0

@@ -15,13 +15,13 @@ evaluated once per kind of node and kind of pod; and a GPU's best map is cached 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from heapq import heapify, heappop, heappush
 
 from solver.catalog import GpuModel
-from solver.decisions import Decisions, Device, GpuRef, free_devices, resource_key, single_profile
+from solver.decisions import Decisions, Device, GpuRef, advertises_nothing, free_devices, resource_key
 from solver.demand import Demand, demands, key_compute_slices, rejection, single_key, weights_for
 from solver.geometry import MigDevices, feasible_maps, max_alone, size_order
 from solver.plan import PlanPolicy
@@ -65,16 +65,25 @@ class _NodeView:
 
     node: NodeState
     gpus: list[GpuState]
-    free: list[list[tuple[str, Device]]]
+    free: list[Sequence[tuple[str, Device]]]
     supply: Counter[str]  # all of them per resource key
 
 
-def _view(node: NodeState) -> _NodeView:
+KeptDevices = Callable[[NodeState, GpuState], Sequence[tuple[str, Device]]]
+"""A GPU's free devices if it keeps its map, each with its resource key (`Problem.keyed_devices` remembers them
+for the optimal policy's disaggregation, which reads the same ones)."""
+
+
+def _kept_devices(node: NodeState, gpu: GpuState) -> list[tuple[str, Device]]:
+    return [(resource_key(node, gpu, d.profile), d) for d in free_devices(node, gpu, None)]
+
+
+def _view(node: NodeState, kept: KeptDevices) -> _NodeView:
     gpus = _sorted_gpus(node)
-    if node.strategy == "single" and single_profile(node, {}) is None:
-        free: list[list[tuple[str, Device]]] = [[] for _ in gpus]  # MIG-INVALID: the plugin advertises nothing
+    if advertises_nothing(node, {}):
+        free: list[Sequence[tuple[str, Device]]] = [[] for _ in gpus]  # MIG-INVALID: the plugin advertises nothing
     else:
-        free = [[(resource_key(node, g, d.profile), d) for d in free_devices(node, g, None)] for g in gpus]
+        free = [kept(node, g) for g in gpus]
     return _NodeView(node, gpus, free, Counter(key for devices in free for key, _ in devices))
 
 
@@ -192,19 +201,23 @@ class _Filters:
     """`rejection` answers, once per kind of node and kind of pod instead of once per node and pod.
 
     A pod's kind is its `Demand.eligibility_key`; a node's kind is everything of it `rejection` reads (cordon,
-    strategy, labels, taints), which real clusters repeat across many nodes.
+    strategy, taints, and the labels some pod's selector or affinity names: real nodes all differ in others, such
+    as their hostname), which real clusters repeat across many nodes.
     """
 
     def __init__(self, representatives: list[Demand]) -> None:
         self._representatives = representatives
         self._accepted: dict[tuple[object, ...], frozenset[int]] = {}
+        self._keys = {k for d in representatives for k in d.pod.node_selector} | {
+            r.key for d in representatives for t in d.pod.node_affinity for r in t.match_expressions
+        }
 
     def accepted(self, node: NodeState) -> frozenset[int]:
         """The pod groups (indices into the representatives) the node may run."""
         kind = (
             node.unschedulable,
             node.strategy,
-            tuple(sorted(node.labels.items())),
+            tuple(sorted((k, v) for k, v in node.labels.items() if k in self._keys)),
             tuple((t.key, t.value, t.effect) for t in node.taints),
         )
         if kind not in self._accepted:
@@ -316,7 +329,7 @@ class _Pool:
         self.by_key: dict[str, list[Device]] = {}
         node = view.node
         single = node.strategy == "single"
-        if single and single_profile(node, targets) is None:
+        if advertises_nothing(node, targets):
             return  # the node would hold several profiles (or none) on its GPUs: no device is advertised
         for gpu, current in zip(view.gpus, view.free, strict=True):
             target = targets.get((node.name, gpu.index))
@@ -356,18 +369,22 @@ def _place(plan: _NodePlan, pool: _Pool, buckets: list[_Bucket], pending: _Pendi
 
 
 def greedy_decisions(
-    snapshot: ClusterSnapshot, policy: PlanPolicy, pending_pods: list[Demand] | None = None
+    snapshot: ClusterSnapshot,
+    policy: PlanPolicy,
+    pending_pods: list[Demand] | None = None,
+    kept_devices: KeptDevices = _kept_devices,
 ) -> Decisions:
     """Plan like nos, deterministically: reconfigure idle GPUs node by node and place pods where they fit.
 
-    `pending_pods`: the snapshot's demands when the caller has them already (`demands` with `weights_for`)."""
+    `pending_pods`: the snapshot's demands when the caller has them already (`demands` with `weights_for`);
+    `kept_devices`: where a GPU's free devices come from, when the caller remembers them."""
     snapshot = scoped(snapshot, policy.scope)
     if pending_pods is None:
         pending_pods = demands(snapshot, weights_for(snapshot))
     pending = _Pending(sorted(pending_pods, key=_pod_order))
     filters = _Filters(pending.representatives)
     chooser = _MapChooser(policy.scope)
-    views = [_view(node) for node in sorted(snapshot.nodes, key=lambda n: n.name)]
+    views = [_view(node, kept_devices) for node in sorted(snapshot.nodes, key=lambda n: n.name)]
     later: Counter[str] = Counter()  # free devices of the nodes after the current one: all the sweep can still use
     for view in views:
         _add(later, view.supply, 1)

@@ -18,10 +18,9 @@ from collections import Counter, defaultdict
 from functools import cache
 
 from solver.catalog import GpuModel, load_catalog
-from solver.decisions import Decisions, Device, GpuRef, free_devices, single_profile
+from solver.decisions import Decisions, Device, GpuRef, single_profile
 from solver.demand import Demand, rejection
 from solver.geometry import max_alone, maximal_maps
-from solver.plan import PlanPolicy
 from solver.problem import PodGroup, Problem
 from solver.scope import PlanScope
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
@@ -43,7 +42,8 @@ def repair(problem: Problem, decisions: Decisions) -> None:
             used[device.node].add(device)
     caps = _Caps(problem, decisions)
     nodes = _NodeIndex(problem, [d for _, pods in stranded for d in pods[:1]])
-    bounds = _Bounds(problem, decisions, used)
+    floors = _Floors(problem)
+    bounds = _Bounds(problem, decisions, used, floors)
     for group, pods in stranded:
         candidates = nodes.candidates(group)
         start = 0
@@ -55,7 +55,7 @@ def repair(problem: Problem, decisions: Decisions) -> None:
                     continue
                 repair_on = _repair_single_on if node.strategy == "single" else _repair_on
                 changing = caps.changing_count
-                taken = repair_on(problem, decisions, node, demand, used[node.name], caps)
+                taken = repair_on(problem, decisions, node, demand, used[node.name], caps, floors)
                 if taken:
                     used[node.name].update(taken)
                     caps.record(node, decisions)
@@ -78,8 +78,12 @@ class _NodeIndex:
         self._shape_of: list[int] = []
         self._shapes: list[tuple[NodeState, frozenset[str]]] = []  # a node of the kind, and its GPUs' profiles
         seen: dict[tuple[object, ...], int] = {}
+        models: dict[tuple[str, ...], frozenset[str]] = {}  # the GPUs' models -> their profiles
         for node in self.nodes:
-            profiles = frozenset(p for g in node.gpus for p in g.gpu_model.profile_names)
+            kinds = tuple(g.model for g in node.gpus)
+            profiles = models.get(kinds)
+            if profiles is None:
+                profiles = models[kinds] = frozenset(p for g in node.gpus for p in g.gpu_model.profile_names)
             shape = (
                 tuple(sorted((k, v) for k, v in node.labels.items() if k in keys)),
                 tuple(node.taints),
@@ -106,12 +110,12 @@ class _Bounds:
     profile ever has on it. A node below the request on some profile cannot take the pod, so it is skipped without
     trying; bounds are kept until a repair changes their node."""
 
-    def __init__(self, problem: Problem, decisions: Decisions, used: dict[str, set[Device]]) -> None:
+    def __init__(self, problem: Problem, decisions: Decisions, used: dict[str, set[Device]], floors: _Floors) -> None:
         self._problem = problem
         self._decisions = decisions
         self._used = used
-        self._bounds: dict[str, dict[int, Counter[str]]] = defaultdict(dict)
-        self._floors: dict[int, float] = {}
+        self._floors = floors
+        self._bounds: dict[str, dict[int, dict[str, int]]] = defaultdict(dict)
 
     def may_fit(self, node: NodeState, demand: Demand) -> bool:
         if node.strategy == "single":
@@ -120,41 +124,56 @@ class _Bounds:
         bound = self._bounds[node.name].get(priority)
         if bound is None:
             bound = self._bounds[node.name][priority] = self._bound(node, priority)
-        return all(bound[key] >= count for key, count in demand.resources)
+        return all(bound.get(key, 0) >= count for key, count in demand.resources)
 
     def forget(self, node: NodeState) -> None:
         self._bounds.pop(node.name, None)
 
-    def _bound(self, node: NodeState, priority: int) -> Counter[str]:
+    def _bound(self, node: NodeState, priority: int) -> dict[str, int]:
+        """A GPU the pod may take the place of counts as many of each profile as the model ever holds (no more
+        than any feasible map, its current one or its target, offers); any other, what it offers the pod."""
         snapshot = self._problem.snapshot
         used = self._used[node.name]
         taken = Counter((d.gpu, d.profile) for d in used)
         busy = {d.gpu for d in used}
-        bound: Counter[str] = Counter()
+        managed = node.unmanaged is None
+        bound: dict[str, int] = {}
         for gpu in node.gpus:
-            target = self._decisions.targets.get((node.name, gpu.index))
-            offer: dict[str, int] = {}
-            if _tier(snapshot, gpu, target) < priority:
-                devices = _free_counts(gpu) if target is None or target == gpu.mig_devices else target
-                offer = {p: c - taken[gpu.index, p] for p, c in devices.items()}
-            if gpu.index not in busy and node.unmanaged is None and self._floor(gpu) < priority:
+            if managed and gpu.index not in busy and self._floors.floor(gpu) < priority:
                 for name, most in _most(gpu.gpu_model.key):
-                    bound[name] += max(offer.get(name, 0), most)
-            else:
-                bound.update(offer)
+                    bound[name] = bound.get(name, 0) + most
+                continue
+            target = self._decisions.targets.get((node.name, gpu.index))
+            if _tier(snapshot, gpu, target) < priority:
+                devices = _free_counts(gpu.free_instances) if target is None or target == gpu.mig_devices else target
+                for name, count in devices.items():
+                    bound[name] = bound.get(name, 0) + count - taken[gpu.index, name]
         return bound
 
-    def _floor(self, gpu: GpuState) -> float:
-        """The priority a pod must exceed to take the GPU's place (`_displaceable`), remembered per GPU."""
+
+class _Floors:
+    """Per GPU, the priority a pod must exceed to take the GPU's place: every holder may be evicted and ranks
+    below the pod (infinite when some holder may not be evicted); remembered, as repairs ask again and again."""
+
+    def __init__(self, problem: Problem) -> None:
+        self._snapshot = problem.snapshot
+        self._policy = problem.policy
+        self._floors: dict[int, float] = {}
+
+    def floor(self, gpu: GpuState) -> float:
         floor = self._floors.get(id(gpu))
         if floor is None:
-            holders = [self._problem.snapshot.running_pod(p) for p in gpu.holders]
-            if not all(self._problem.policy.may_evict(p) for p in holders):
+            holders = [self._snapshot.running_pod(p) for p in gpu.holders]
+            if not all(self._policy.may_evict(p) for p in holders):
                 floor = float("inf")
             else:
                 floor = max((p.priority for p in holders), default=float("-inf"))
             self._floors[id(gpu)] = floor
         return floor
+
+    def displaceable(self, gpu: GpuState, priority: int) -> bool:
+        """A pod of this priority may take the GPU's place."""
+        return self.floor(gpu) < priority
 
 
 @cache
@@ -163,8 +182,10 @@ def _most(model_key: str) -> tuple[tuple[str, int], ...]:
     return tuple((p.name, p.max_count) for p in load_catalog().model(model_key).profiles)
 
 
-def _free_counts(gpu: GpuState) -> dict[str, int]:
-    return dict(Counter(p for p, _ in gpu.free_instances))
+@cache
+def _free_counts(free_instances: tuple[tuple[str, int], ...]) -> dict[str, int]:
+    """Free devices per profile (a GPU's `free_instances`; GPUs repeat a few of them)."""
+    return dict(Counter(p for p, _ in free_instances))
 
 
 class _Caps:
@@ -173,7 +194,7 @@ class _Caps:
     def __init__(self, problem: Problem, decisions: Decisions) -> None:
         self.policy = problem.policy
         self.active = self.policy.max_evictions is not None or self.policy.max_reconfigurations is not None
-        self._gpus = {(n.name, g.index): g for n in problem.snapshot.nodes for g in n.gpus} if self.active else {}
+        self._gpus = problem.gpu_index()
         self._decisions = decisions
         self.changing: set[GpuRef] = set()
         self.evicted: set[str] = set()
@@ -187,15 +208,15 @@ class _Caps:
         if not self.active:
             return
         targets = self._decisions.targets
-        self.changing = {ref for ref, target in targets.items() if target != self._gpus[ref].mig_devices}
-        self.evicted = {p for ref in self.changing for p in self._gpus[ref].holders}
+        self.changing = {ref for ref, target in targets.items() if target != self._gpus[ref][1].mig_devices}
+        self.evicted = {p for ref in self.changing for p in self._gpus[ref][1].holders}
 
     def allow(self, node: NodeState, new: dict[int, dict[str, int]]) -> bool:
         """Whether re-targeting these GPUs of the node (each a change) keeps the plan within the caps."""
         if not self.active:
             return True
         refs = [(node.name, i) for i in new if (node.name, i) not in self.changing]
-        pods = {p for ref in refs for p in self._gpus[ref].holders} - self.evicted
+        pods = {p for ref in refs for p in self._gpus[ref][1].holders} - self.evicted
         policy = self.policy
         return (policy.max_evictions is None or len(self.evicted) + len(pods) <= policy.max_evictions) and (
             policy.max_reconfigurations is None or len(self.changing) + len(refs) <= policy.max_reconfigurations
@@ -217,11 +238,18 @@ class _Caps:
 
 
 def _repair_on(
-    problem: Problem, decisions: Decisions, node: NodeState, demand: Demand, used: set[Device], caps: _Caps
+    problem: Problem,
+    decisions: Decisions,
+    node: NodeState,
+    demand: Demand,
+    used: set[Device],
+    caps: _Caps,
+    floors: _Floors | None = None,
 ) -> list[Device]:
     """Mixed strategy: the devices the pod gets on this node after re-targeting spare GPUs (recorded in
     `decisions`), or []."""
     policy, snapshot = problem.policy, problem.snapshot
+    floors = floors or _Floors(problem)
     priority = demand.pod.priority
     busy = {d.gpu for d in used}
     offer: dict[int, list[Device]] = {}
@@ -229,7 +257,7 @@ def _repair_on(
     for gpu in node.gpus:
         target = decisions.targets.get((node.name, gpu.index))
         if _tier(snapshot, gpu, target) < priority:
-            offer[gpu.index] = [d for d in free_devices(node, gpu, target) if d not in used]
+            offer[gpu.index] = [d for _, d in problem.keyed_devices(node, gpu, target) if d not in used]
             counts[gpu.index] = Counter(d.profile for d in offer[gpu.index])  # mixed: the key is the profile
     total: Counter[str] = sum(counts.values(), Counter())
     wanted = Counter(dict(demand.resources))
@@ -237,14 +265,14 @@ def _repair_on(
     for gpu in sorted(node.gpus, key=lambda g: (len(g.holders), g.index)):
         own = counts.get(gpu.index, Counter())
         missing = wanted - (total - own)
-        if not missing or gpu.index in busy or not _displaceable(snapshot, gpu, priority, policy):
+        if not missing or gpu.index in busy or not floors.displaceable(gpu, priority):
             continue
         if node.unmanaged is not None:
             break  # kept as it is: only its free devices serve
         choice = _scoped_best_map(policy.scope, gpu.gpu_model, gpu.mig_devices_items, tuple(sorted(missing.items())))
         if choice is not None and choice[1] > sum((own & missing).values()):
             new_targets[gpu.index] = dict(choice[0])
-            offer[gpu.index] = free_devices(node, gpu, new_targets[gpu.index])
+            offer[gpu.index] = [d for _, d in problem.keyed_devices(node, gpu, new_targets[gpu.index])]
             counts[gpu.index] = Counter(d.profile for d in offer[gpu.index])
             total = total - own + counts[gpu.index]
     if wanted - total or not caps.allow(node, new_targets):
@@ -258,7 +286,13 @@ def _repair_on(
 
 
 def _repair_single_on(
-    problem: Problem, decisions: Decisions, node: NodeState, demand: Demand, used: set[Device], caps: _Caps
+    problem: Problem,
+    decisions: Decisions,
+    node: NodeState,
+    demand: Demand,
+    used: set[Device],
+    caps: _Caps,
+    floors: _Floors | None = None,
 ) -> list[Device]:
     """Single strategy: the node's devices for the pod (recorded in `decisions`), or [].
 
@@ -267,11 +301,12 @@ def _repair_single_on(
     GPU of the node is re-targeted to the pod's profile alone, which needs every GPU that changes to be unused
     by the plan and its holders displaceable, within the policy caps.
     """
+    floors = floors or _Floors(problem)
     ((key, _),) = demand.resources
     model_key, profile = key.removeprefix("single:").rsplit(":", 1)
     if any(g.gpu_model.key != model_key for g in node.gpus):
         return []
-    taken = _single_take(problem.snapshot, node, decisions.targets, demand, used)
+    taken = _single_take(problem, node, decisions.targets, demand, used)
     if taken:
         decisions.placements[demand.pod.name] = taken
         return taken
@@ -286,14 +321,15 @@ def _repair_single_on(
             continue
         stays = whole == gpu.mig_devices  # mig-parted leaves it alone: its holders stay
         priority = demand.pod.priority
-        if gpu.index in busy or not (stays or _displaceable(problem.snapshot, gpu, priority, problem.policy)):
+        if gpu.index in busy or not (stays or floors.displaceable(gpu, priority)):
             return []
         new_targets[gpu.index] = whole
-    changing = {i: t for i, t in new_targets.items() if t != _gpu(node, i).mig_devices}
+    gpus = problem.gpu_index()
+    changing = {i: t for i, t in new_targets.items() if t != gpus[node.name, i][1].mig_devices}
     if not new_targets or not caps.allow(node, changing):
         return []
     trial = {**decisions.targets, **{(node.name, i): t for i, t in new_targets.items()}}
-    taken = _single_take(problem.snapshot, node, trial, demand, used)
+    taken = _single_take(problem, node, trial, demand, used)
     if taken:
         decisions.targets.update((ref, t) for ref, t in trial.items() if ref[0] == node.name)
         decisions.placements[demand.pod.name] = taken
@@ -301,7 +337,7 @@ def _repair_single_on(
 
 
 def _single_take(
-    snapshot: ClusterSnapshot,
+    problem: Problem,
     node: NodeState,
     targets: dict[GpuRef, dict[str, int]],
     demand: Demand,
@@ -315,13 +351,9 @@ def _single_take(
     devices: list[Device] = []
     for gpu in sorted(node.gpus, key=lambda g: g.index):
         target = targets.get((node.name, gpu.index))
-        if _tier(snapshot, gpu, target) < demand.pod.priority:
-            devices += [d for d in free_devices(node, gpu, target) if d not in used]
+        if _tier(problem.snapshot, gpu, target) < demand.pod.priority:
+            devices += [d for _, d in problem.keyed_devices(node, gpu, target) if d not in used]
     return devices[:count] if len(devices) >= count else []
-
-
-def _gpu(node: NodeState, index: int) -> GpuState:
-    return next(g for g in node.gpus if g.index == index)
 
 
 def _tier(snapshot: ClusterSnapshot, gpu: GpuState, target: dict[str, int] | None) -> float:
@@ -329,12 +361,6 @@ def _tier(snapshot: ClusterSnapshot, gpu: GpuState, target: dict[str, int] | Non
     if target is None or not gpu.holders or target == gpu.mig_devices:
         return float("-inf")
     return max(snapshot.running_pod(p).priority for p in gpu.holders)
-
-
-def _displaceable(snapshot: ClusterSnapshot, gpu: GpuState, priority: int, policy: PlanPolicy) -> bool:
-    """A pod of this priority may take the GPU's place: every holder may be evicted and ranks below it."""
-    holders = [snapshot.running_pod(p) for p in gpu.holders]
-    return all(policy.may_evict(p) and p.priority < priority for p in holders)
 
 
 def _scoped_best_map(

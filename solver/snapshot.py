@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from solver.catalog import GpuModel, load_catalog
+from solver.collector import collector_paused
 from solver.errors import MigoptError
 from solver.geometry import Instance, check_layout
 from solver.profiles import MIG_RESOURCE_PREFIX, profile_from_resource
@@ -85,7 +86,8 @@ class GpuState(_Strict):
     @cached_property
     def layout_pairs(self) -> tuple[tuple[str, int], ...]:
         """The current layout as (profile, start) pairs, start order."""
-        return tuple(sorted(((i.profile, i.start) for i in self.layout), key=lambda x: x[1]))
+        model = self.gpu_model  # names resolved as `layout` does, without building an `Instance` per instance
+        return tuple(sorted(((model.profile(i.profile).name, i.start) for i in self.instances), key=lambda x: x[1]))
 
     @cached_property
     def mig_devices_items(self) -> tuple[tuple[str, int], ...]:
@@ -283,8 +285,12 @@ def _location(data: Any, loc: tuple[int | str, ...]) -> str:
     return ".".join(parts)
 
 
+@collector_paused
 def parse_snapshot(data: Any) -> ClusterSnapshot:
-    """Validate raw snapshot data (from YAML/JSON), including catalog facts, with one-line errors."""
+    """Validate raw snapshot data (from YAML/JSON), including catalog facts, with one-line errors.
+
+    Nodes repeat a few GPU layouts and pods a few requests, so each distinct one is checked against the catalog
+    once (`_Verdicts`); every GPU and pod is still checked, and an error names the first one that fails."""
     if not isinstance(data, dict):
         raise MigoptError("snapshot: expected a mapping with 'nodes' and 'pods'")
     try:
@@ -293,23 +299,54 @@ def parse_snapshot(data: Any) -> ClusterSnapshot:
         first = err.errors()[0]
         where = _location(data, tuple(first["loc"])) or "snapshot"
         raise MigoptError(f"snapshot: {where}: {first['msg'].removeprefix('Value error, ')}") from None
+    verdicts = _Verdicts()
     for node in snapshot.nodes:
-        _check_node(node)
+        _check_node(node, verdicts)
     for pod in snapshot.pods:
-        check_pending_pod(pod)
+        verdicts.check_pod(pod)
     return snapshot
 
 
-def _check_node(node: NodeState) -> None:
+class _Verdicts:
+    """What the catalog says of each distinct GPU layout and pending request: the tail of the error message, or
+    None when it is valid. A verdict depends only on what it is keyed by, so it is the same for every repeat."""
+
+    def __init__(self) -> None:
+        self._layouts: dict[tuple[object, ...], str | None] = {}
+        self._requests: dict[tuple[object, ...], str | None] = {}
+
+    def layout(self, gpu: GpuState) -> str | None:
+        key = (gpu.model, tuple((i.profile, i.start) for i in gpu.instances))
+        if key not in self._layouts:
+            self._layouts[key] = _layout_verdict(gpu)
+        return self._layouts[key]
+
+    def check_pod(self, pod: PendingPod) -> None:
+        """`check_pending_pod`, once per distinct request (what it reads: the requests and the product)."""
+        key = (tuple(pod.requests.items()), pod.node_selector.get(PRODUCT_LABEL))
+        if key not in self._requests:
+            self._requests[key] = _request_verdict(pod)
+        verdict = self._requests[key]
+        if verdict is not None:
+            raise MigoptError(f"snapshot: pods[{pod.name}].requests: {verdict}")
+
+
+def _layout_verdict(gpu: GpuState) -> str | None:
+    """The GPU's model and layout against the catalog: the error after the GPU's location, or None."""
+    try:
+        problems = check_layout(gpu.gpu_model, gpu.instances)
+    except MigoptError as err:
+        return f": {err}"
+    return f".instances: infeasible layout: {problems[0]}" if problems else None
+
+
+def _check_node(node: NodeState, verdicts: _Verdicts | None = None) -> None:
     _check_unique_indices(node)
+    verdicts = verdicts or _Verdicts()
     for gpu in node.gpus:
-        where = f"snapshot: nodes[{node.name}].gpus[{gpu.index}]"
-        try:
-            problems = check_layout(gpu.gpu_model, gpu.layout)
-        except MigoptError as err:
-            raise MigoptError(f"{where}: {err}") from None
-        if problems:
-            raise MigoptError(f"{where}.instances: infeasible layout: {problems[0]}")
+        verdict = verdicts.layout(gpu)
+        if verdict is not None:
+            raise MigoptError(f"snapshot: nodes[{node.name}].gpus[{gpu.index}]{verdict}")
 
 
 def _check_unique_indices(node: NodeState) -> None:
@@ -320,20 +357,27 @@ def _check_unique_indices(node: NodeState) -> None:
 
 def check_pending_pod(pod: PendingPod) -> None:
     """What `parse_snapshot` checks of one pending pod: its MIG request names profiles the catalog knows."""
-    where = f"snapshot: pods[{pod.name}]"
+    verdict = _request_verdict(pod)
+    if verdict is not None:
+        raise MigoptError(f"snapshot: pods[{pod.name}].requests: {verdict}")
+
+
+def _request_verdict(pod: PendingPod) -> str | None:
+    """What is wrong with the pod's MIG request (the message after its location), or None."""
     try:
         mig = pod.mig_requests
         product = pod.single_product
         if product is not None:
             split_single_product(product)
     except MigoptError as err:
-        raise MigoptError(f"{where}.requests: {err}") from None
+        return str(err)
     catalog = load_catalog()
     for profile in mig:
         if not any(m.has_profile(profile) for m in catalog.models):
-            raise MigoptError(f"{where}.requests: no GPU model in the catalog has MIG profile {profile!r}")
+            return f"no GPU model in the catalog has MIG profile {profile!r}"
     if not mig and product is None:
-        raise MigoptError(
-            f"{where}.requests: no MIG request (expected nvidia.com/mig-<profile>, or nvidia.com/gpu with a "
+        return (
+            f"no MIG request (expected nvidia.com/mig-<profile>, or nvidia.com/gpu with a "
             f"{PRODUCT_LABEL}=<model>-MIG-<profile> node selector)"
         )
+    return None

@@ -15,11 +15,11 @@ from collections import Counter
 from functools import lru_cache
 
 from solver.catalog import load_catalog
-from solver.decisions import GpuRef, profiles_after, resource_key, single_profile, target_layout
+from solver.decisions import GpuRef, advertises_nothing, profiles_after, resource_key, target_layout
 from solver.demand import Demand, demands, rejection, weights_for
 from solver.geometry import find_layout
 from solver.plan import GpuPlan, Plan, PlanPolicy, PodPlacement
-from solver.snapshot import ClusterSnapshot, NodeState
+from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
 
 def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> list[str]:
@@ -27,7 +27,7 @@ def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> 
     problems: list[str] = []
     nodes = {n.name: n for n in snapshot.nodes}
     gpu_plans = {(g.node, g.index): g for g in plan.gpus}
-    available: Counter[tuple[str, int, str, int]] = Counter()
+    free = _FreeDevices()
     tier: dict[tuple[str, int], int] = {}
     for node in snapshot.nodes:
         for gpu in node.gpus:
@@ -52,12 +52,7 @@ def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> 
                     tier[node.name, gpu.index] = max(p.priority for p in holders)
             elif gp.evict:
                 problems.append(f"{node.name}/{gpu.index}: evicts {gp.evict} without reconfiguring")
-            if gp.reconfigure:  # a rebuilt GPU's devices count by profile: the driver picks their placements
-                for profile, _ in target_layout(gpu.gpu_model.key, tuple(sorted(gp.target.items()))):
-                    available[node.name, gpu.index, profile, -1] += 1
-            else:
-                for profile, start in gpu.free_instances:
-                    available[node.name, gpu.index, profile, start] += 1
+            free.offer(node, gpu, gp)
     evicted = {p for g in plan.gpus for p in g.evict}
     if policy.max_evictions is not None and len(evicted) > policy.max_evictions:
         problems.append(f"{len(evicted)} evictions exceed the cap of {policy.max_evictions}")
@@ -67,16 +62,44 @@ def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> 
 
     problems += _single_strategy_problems(snapshot, plan)
     pending = {d.pod.name: d for d in demands(snapshot, weights_for(snapshot))}
-    verdicts: dict[tuple[str, tuple[object, ...]], str | None] = {}  # `rejection` per node and kind of pod
     for placement in plan.placements:
-        problems += _placement_problems(
-            placement, pending.get(placement.pod), nodes, gpu_plans, available, tier, verdicts
-        )
+        problems += _placement_problems(placement, pending.get(placement.pod), nodes, gpu_plans, free, tier)
     placed = {p.pod for p in plan.placements}
     unplaced = {u.pod for u in plan.unplaced}
     if placed & unplaced or (placed | unplaced) != set(pending) or len(plan.placements) != len(placed):
         problems.append("pending pods are not each either placed once or explained")
     return problems
+
+
+class _FreeDevices:
+    """The devices each GPU offers after the plan, by (profile, start), start -1 on a rebuilt GPU (whose devices
+    count by profile: the driver picks their placements). A GPU's devices are counted when a placement first
+    takes from it: most GPUs get no pod, and counting theirs all was most of the validation's work."""
+
+    def __init__(self) -> None:
+        self._offered: dict[GpuRef, tuple[GpuState, GpuPlan]] = {}
+        self._left: dict[GpuRef, Counter[tuple[str, int]]] = {}
+
+    def offer(self, node: NodeState, gpu: GpuState, plan: GpuPlan) -> None:
+        """The GPU's devices serve placements (it is in the plan, with a feasible target if it changes)."""
+        self._offered[node.name, gpu.index] = (gpu, plan)
+
+    def take(self, ref: GpuRef, profile: str, start: int) -> bool:
+        """Take one device of the GPU; False when none is left (it is taken all the same)."""
+        left = self._left.get(ref)
+        if left is None:
+            left = self._left[ref] = self._count(ref)
+        left[profile, start] -= 1
+        return left[profile, start] >= 0
+
+    def _count(self, ref: GpuRef) -> Counter[tuple[str, int]]:
+        if ref not in self._offered:
+            return Counter()
+        gpu, plan = self._offered[ref]
+        if not plan.reconfigure:
+            return Counter(gpu.free_instances)
+        layout = target_layout(gpu.gpu_model.key, tuple(sorted(plan.target.items())))
+        return Counter((profile, -1) for profile, _ in layout)
 
 
 @lru_cache(maxsize=4096)
@@ -93,7 +116,7 @@ def _single_strategy_problems(snapshot: ClusterSnapshot, plan: Plan) -> list[str
     problems = []
     for node in snapshot.nodes:
         touched = node.name in placed_on or any((node.name, g.index) in targets for g in node.gpus)
-        if node.strategy == "single" and touched and single_profile(node, targets) is None:
+        if touched and advertises_nothing(node, targets):
             held = [sorted(profiles_after(g, targets.get((node.name, g.index)))) for g in node.gpus]
             problems.append(f"{node.name}: single-strategy node would hold {held} per GPU, not one profile on all")
     return problems
@@ -103,35 +126,30 @@ def _placement_problems(
     placement: PodPlacement,
     demand: Demand | None,
     nodes: dict[str, NodeState],
-    gpu_plans: dict[tuple[str, int], GpuPlan],
-    available: Counter[tuple[str, int, str, int]],
-    tier: dict[tuple[str, int], int],
-    verdicts: dict[tuple[str, tuple[object, ...]], str | None],
+    gpu_plans: dict[GpuRef, GpuPlan],
+    free: _FreeDevices,
+    tier: dict[GpuRef, int],
 ) -> list[str]:
     """One pod's placement: right node, right devices, free ones, not from higher-priority evictions."""
     node = nodes.get(placement.node)
     if demand is None or node is None:
         return [f"{placement.pod}: placed but not pending, or on an unknown node"]
     problems = []
-    asked = (node.name, demand.eligibility_key)
-    if asked not in verdicts:
-        verdicts[asked] = rejection(node, demand)
-    why = verdicts[asked]
+    why = rejection(node, demand)
     if why is not None:
         problems.append(f"{placement.pod}: node {node.name} rejects it ({why})")
     got: Counter[str] = Counter()
     for device in placement.devices:
+        ref = (node.name, device.gpu)
         gpu = next((g for g in node.gpus if g.index == device.gpu), None)
-        gp = gpu_plans.get((node.name, device.gpu))
+        gp = gpu_plans.get(ref)
         if gpu is None or gp is None:
             problems.append(f"{placement.pod}: no GPU {device.gpu} on {node.name}")
             continue
-        slot = (node.name, device.gpu, device.profile, -1 if gp.reconfigure else device.start)
-        if available[slot] <= 0:
+        if not free.take(ref, device.profile, -1 if gp.reconfigure else device.start):
             problems.append(f"{placement.pod}: {device.profile} on {node.name}/{device.gpu} is not free")
-        available[slot] -= 1
         got[resource_key(node, gpu, device.profile)] += 1
-        if tier.get((node.name, device.gpu), -(2**63)) >= demand.pod.priority:
+        if tier.get(ref, -(2**63)) >= demand.pod.priority:
             problems.append(f"{placement.pod}: takes capacity freed by evicting pods of higher or equal priority")
     if got != Counter(dict(demand.resources)):
         problems.append(f"{placement.pod}: got {dict(got)}, asked for {dict(demand.resources)}")

@@ -31,7 +31,9 @@ def baseline(problem: Problem, clock: PlanClock) -> Draft:
     """The greedy plan of the problem, scored but not written out; its solve time counts from when planning
     began."""
     with clock.phase("greedy"):
-        decisions = greedy_decisions(problem.snapshot, problem.policy, problem.demands)
+        decisions = greedy_decisions(
+            problem.snapshot, problem.policy, problem.demands, lambda node, gpu: problem.keyed_devices(node, gpu, None)
+        )
         trivial_bound = sum(d.weight for d in problem.demands)
         return draft(
             problem, decisions, status=PlanStatus.GREEDY, policy_name="greedy",

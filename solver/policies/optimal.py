@@ -80,7 +80,7 @@ def _optimal(
     for that work (`_reserve`). The first solve's bound is the plan's bound: later rounds only add caps, so theirs
     would not be valid.
     """
-    started = time.perf_counter()
+    started = clock.elapsed()
     caps: dict[int, int] = {}
     best: Draft | None = None
     bound: int | None = None
@@ -95,20 +95,18 @@ def _optimal(
                 model.hint(previous)
             fallback = greedy_answer(problem, greedy) if round_ == 0 and greedy is not None else None
         if round_ == 0 and dump_model is not None:
-            dumping = _dump(model, dump_model)  # writing the model is not planning time
-            clock.exclude(dumping)
-            started += dumping
+            clock.exclude(_dump(model, dump_model))  # writing the model is not planning time
         answer = model.solve(max(clock.left() - reserve, 0.05), fallback)  # what is left once the model is built
         clock.add("cpsat", model.cpsat_seconds)
         clock.add("model", model.solve_seconds - model.cpsat_seconds)
         if answer is None:
             break
         bound = answer.bound if bound is None else bound
-        disaggregating = time.perf_counter()
+        disaggregated = clock.phases.get("disaggregate", 0.0)
         with clock.phase("disaggregate"):
             decisions = disaggregate(problem, answer)
-        reserve += time.perf_counter() - disaggregating  # another round would disaggregate once more
-        elapsed = time.perf_counter() - started
+        reserve += clock.phases["disaggregate"] - disaggregated  # another round would disaggregate once more
+        elapsed = clock.elapsed() - started
         with clock.phase("assemble"):
             scored = draft(
                 problem, decisions, status=PlanStatus.FEASIBLE, policy_name="optimal", solve_seconds=elapsed,
@@ -128,7 +126,7 @@ def _optimal(
         caps.update(short)
         previous = answer
     if best is not None:
-        best.solve_seconds = round(time.perf_counter() - started, 4)
+        best.solve_seconds = round(clock.elapsed() - started, 4)
     return best
 
 
