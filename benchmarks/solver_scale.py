@@ -5,6 +5,8 @@ Run: .venv/bin/python benchmarks/solver_scale.py            (all cases, median o
      .venv/bin/python benchmarks/solver_scale.py --whole-command [--quick]   (only `migopt plan` as a user runs it)
      .venv/bin/python benchmarks/solver_scale.py --scaling [--fragmented] [--runs N] [--max-nodes N]
                                                  (100 to 10,000 nodes: each phase's time, CP-SAT's, the whole run's)
+     .venv/bin/python benchmarks/solver_scale.py --forecast-cost [--runs N]
+                                                 (the expected-demand term: the same cases with and without a forecast)
      add --fragmented to the default run for fragmented clusters in its scale cases.
 
 Each case runs in a fresh process so its peak memory (max RSS) is its own. Clusters are synthetic
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,8 @@ def run_case(case: dict[str, Any], seed: int) -> dict[str, Any]:
         nodes=case["nodes"], pending_pods=case["pods"], fragmented=case.get("fragmented", False), seed=seed
     )
     raw = generate_snapshot(spec)
+    if case.get("forecast"):
+        raw["forecast"] = forecast_like(raw["pods"])
     t0 = time.perf_counter()
     snapshot = parse_snapshot(raw)
     t1 = time.perf_counter()
@@ -84,6 +89,19 @@ def run_case(case: dict[str, Any], seed: int) -> dict[str, Any]:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **phase_figures(optimal, greedy),
     }
+
+
+def forecast_like(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A forecast in the pending pods' image: each one-device mixed request shape, a tenth of its count expected."""
+    counts: Counter[str] = Counter()
+    for pod in pods:
+        requests = pod["requests"]
+        if len(requests) == 1 and next(iter(requests.values())) == 1 and not pod.get("node_selector"):
+            counts[next(iter(requests))] += 1
+    return [{"requests": {key: 1}, "count": max(1, n // 10)} for key, n in sorted(counts.items())]
+
+
+FORECAST_COST_NODES = [200, 1000]
 
 
 PHASES = ("aggregate", "greedy", "model", "cpsat", "disaggregate", "assemble", "validate")
@@ -213,6 +231,16 @@ def main() -> None:
         return
     if len(sys.argv) == 4 and sys.argv[1] == "--whole-one":
         print(json.dumps(run_whole_command(json.loads(sys.argv[2]), int(sys.argv[3]))))
+        return
+    if "--forecast-cost" in sys.argv:
+        cases = [
+            {"name": f"{n} nodes x 8 GPUs, {5 * n} pods{', forecast' if f else ''}", "nodes": n, "pods": 5 * n,
+             "time_limit": 2.0, "forecast": f}
+            for n in FORECAST_COST_NODES
+            for f in (False, True)
+        ]  # fmt: skip
+        table = [measure(c, _option("--runs", 3)) for c in cases]
+        print(json.dumps({"benchmark": "solver_scale", "forecast_cost": table}, indent=2))
         return
     if "--scaling" in sys.argv:
         fragmented = "--fragmented" in sys.argv

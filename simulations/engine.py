@@ -143,7 +143,12 @@ def run_policy(
             planner=policy,
             batch_idle_s=knobs.batch_idle_s,
             batch_timeout_s=knobs.batch_timeout_s,
-            policy=PlanPolicy(time_limit_s=knobs.time_limit_s, max_evictions=knobs.max_evictions, scope=knobs.scope),
+            policy=PlanPolicy(
+                time_limit_s=knobs.time_limit_s,
+                max_evictions=knobs.max_evictions,
+                scope=knobs.scope,
+                forecast_share=knobs.forecast_share,
+            ),
             # waits for the twin's volume refresh as it waits for kubelet's on a cluster (README: Simulation)
             actuation=_actuation(knobs.config_propagation_s),
         )

@@ -67,6 +67,9 @@ class ControllerKnobs(_Strict):
     time_limit_s: float = Field(default=1.0, gt=0)
     max_evictions: int | None = Field(default=None, ge=0)
     scope: PlanScope = Field(default=PlanScope(), description="managed nodes and per-model target allowlists")
+    forecast_share: float = Field(
+        default=0.5, ge=0, le=1, description="proactive: share of idle compute reshaped for forecast demand"
+    )
     config_propagation_s: float | None = Field(
         default=None,
         ge=0,
