@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -41,7 +39,7 @@ from solver.planner import make_plan
 from solver.protection import Protection
 from solver.snapshot import ClusterSnapshot, GpuState, InstanceState, PendingPod
 from tests.kube_fixtures import adapter, api_client, cluster, settle
-from tests.twin_api_fixtures import kubectl_run
+from tests.twin_api_fixtures import kubectl_run, twin_serve
 
 THREE_G = "nvidia.com/mig-3g.20gb"
 PROFILE_ID = load_catalog().model("A100-40GB").profile("3g.20gb").id
@@ -330,17 +328,7 @@ def test_a_cluster_that_starts_serving_the_resource_api_is_read_from_then(server
 
 
 def test_kubectl_lists_resourceclaims_and_resourceslices_of_twin_serve(tmp_path: Path) -> None:
-    config = tmp_path / "kubeconfig"
-    migopt = Path(sys.executable).parent / "migopt"
-    process = subprocess.Popen(
-        [str(migopt), "twin", "serve", "--kubeconfig", str(config), "--speed", "0", "--metrics-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert "http://127.0.0.1:" in line, process.stderr.read() if process.stderr else line
-        wait_until(config.exists, timeout_s=30)
+    with twin_serve(tmp_path) as (_, config):
         manifests = tmp_path / "dra.yaml"
         manifests.write_text(
             f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: team-a}}\n---\n"
@@ -363,9 +351,6 @@ def test_kubectl_lists_resourceclaims_and_resourceslices_of_twin_serve(tmp_path:
         assert [line.split()[:4] for line in slices.stdout.splitlines()] == [
             ["NAME", "NODE", "DRIVER", "POOL"], ["node-0-gpu", "node-0", DRIVER, "node-0"]
         ]  # fmt: skip
-    finally:
-        process.terminate()
-        assert process.wait(timeout=30) == 0
 
 
 # ---- invariants of the pure parts ---------------------------------------------------------------------------------

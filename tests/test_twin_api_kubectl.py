@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from simulations.twin.api import TwinApiServer, write_kubeconfig
-from tests.twin_api_fixtures import small_twin
+from tests.twin_api_fixtures import small_twin, twin_serve
 
 KUBECTL = shutil.which("kubectl")
 
@@ -70,19 +68,8 @@ def test_kubectl_label_drives_mig_manager_and_cordon(kubeconfig: tuple[TwinApiSe
 
 
 def test_migopt_twin_serve_answers_kubectl(tmp_path: Path) -> None:
-    config = tmp_path / "kubeconfig"
-    migopt = Path(sys.executable).parent / "migopt"
-    process = subprocess.Popen(
-        [str(migopt), "twin", "serve", "--kubeconfig", str(config), "--speed", "0", "--metrics-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
+    with twin_serve(tmp_path) as (process, config):
         assert process.stdout is not None
-        line = process.stdout.readline()
-        assert "http://127.0.0.1:" in line, process.stderr.read() if process.stderr else line
-        deadline = time.monotonic() + 30
-        while not config.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
         nodes = kubectl(config, "get", "nodes", "-o", "name").split()
         assert nodes == [f"node/node-{i}" for i in range(8)]
         for _ in range(10):  # what it serves, a line each, the metrics last
@@ -92,6 +79,3 @@ def test_migopt_twin_serve_answers_kubectl(tmp_path: Path) -> None:
         url = line.split(" at ")[1].strip()
         with urllib.request.urlopen(url, timeout=5) as response:
             assert b"DCGM_FI_PROF_GR_ENGINE_ACTIVE" in response.read()
-    finally:
-        process.terminate()
-        assert process.wait(timeout=30) == 0

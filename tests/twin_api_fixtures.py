@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +53,26 @@ def kubectl_run(config: Path, *args: str, timeout_s: float = 60) -> subprocess.C
     env = os.environ | {"HOME": str(config.parent)}
     command = [kubectl, "--kubeconfig", str(config), "--request-timeout=20s", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+
+
+@contextmanager
+def twin_serve(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """`migopt twin serve` in a subprocess, once its kubeconfig exists: the process (its stdout past the first line)
+    and the kubeconfig. It must exit 0 when terminated."""
+    config = tmp_path / "kubeconfig"
+    migopt = Path(sys.executable).parent / "migopt"
+    process = subprocess.Popen(
+        [str(migopt), "twin", "serve", "--kubeconfig", str(config), "--speed", "0", "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "http://127.0.0.1:" in line, process.stderr.read() if process.stderr else line
+        deadline = time.monotonic() + 30
+        while not config.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield process, config
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
