@@ -86,6 +86,11 @@ class Unit:
     current: tuple[tuple[str, int], ...] | None  # every member GPU's map, when they are all the same
     members: list[Member] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, key: UnitKey, model: GpuModel) -> Unit:
+        """The unit a key describes, with no members yet."""
+        return cls(key.kind, model, *key[2:])
+
     @property
     def key(self) -> UnitKey:
         return UnitKey(
@@ -482,7 +487,7 @@ def _units(snapshot: ClusterSnapshot, factory: _UnitFactory) -> list[Unit]:
     """Members classed into units by `Unit.key`, units in order of their first member.
 
     A mixed-strategy GPU's key is computed directly (`_UnitFactory.mixed_key`, what `unit` would give), and the
-    unit itself only for the first member with that key: clusters have tens of thousands of GPUs and few units."""
+    unit made from that key for the first member with it: clusters have tens of thousands of GPUs and few units."""
     units: dict[UnitKey, Unit] = {}
     layouts: dict[tuple[object, ...], tuple[Capacity, int, MapKey]] = {}
     for node in sorted(snapshot.nodes, key=lambda n: n.name):
@@ -497,9 +502,8 @@ def _units(snapshot: ClusterSnapshot, factory: _UnitFactory) -> list[Unit]:
         for gpu in gpus:
             key = factory.mixed_key(node, gpu, layouts)
             unit = units.get(key)  # type: ignore[assignment]
-            if unit is None:
-                free, idle = _free_capacity(gpu), _idle_slices(gpu, factory.data.keys, "mixed")
-                unit = units[key] = factory.unit(_MemberState(node, [gpu], "mixed", free, idle))
+            if unit is None:  # the key holds every field a unit has (tests/test_solver_sections.py checks it)
+                unit = units[key] = Unit.of(key, gpu.gpu_model)
             unit.members.append(Member(node=node.name, gpus=(gpu.index,)))
     return list(units.values())
 
