@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import cached_property
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from solver.catalog import GpuModel, get_model
 from solver.demand import requirement_holds
 from solver.errors import MigoptError
-from solver.geometry import MigDevices, feasible_maps, maximal_maps
+from solver.geometry import MigDevices, find_layout, maximal_maps
 from solver.snapshot import ClusterSnapshot, NodeSelectorRequirement, NodeState
 
 OUTSIDE_SELECTOR = "outside the managed-nodes selector"
@@ -88,21 +89,25 @@ class PlanScope(BaseModel):
                 for profile in allow.profiles or []:
                     model.profile(profile)
                 for geometry in allow.geometries or []:
-                    if not any(_key(model, m) == _key(model, geometry) for m in feasible_maps(model, geometry)):
+                    if find_layout(model, dict(_key(model, geometry))) is None:
                         raise MigoptError(f"geometry {geometry} is not feasible on {model.key}")
             except MigoptError as err:
                 raise ValueError(f"models[{name!r}]: {err}") from None
         return self
 
-    @property
-    def unrestricted(self) -> bool:
-        return self.managed_nodes is None and not self.models
-
     @cached_property
-    def _by_model(self) -> dict[str, TargetAllowlist]:
-        return {get_model(name).key: allow for name, allow in self.models.items()}
+    def _by_model(self) -> dict[str, _Allowed]:
+        """Each allowlist with its names resolved once, by the catalog key of its model."""
+        resolved = {}
+        for name, allow in self.models.items():
+            model = get_model(name)
+            profiles = None if allow.profiles is None else frozenset(model.profile(p).name for p in allow.profiles)
+            maps = None if allow.geometries is None else tuple(dict.fromkeys(_key(model, g) for g in allow.geometries))
+            resolved[model.key] = _Allowed(profiles, maps)
+        return resolved
 
-    def allowlist(self, model: GpuModel) -> TargetAllowlist | None:
+    def allowlist(self, model: GpuModel) -> _Allowed | None:
+        """The model's allowlist, resolved; None when its targets are not restricted."""
         return self._by_model.get(model.key)
 
     def unmanaged_reason(self, node: NodeState) -> str | None:
@@ -118,11 +123,10 @@ class PlanScope(BaseModel):
         allow = self.allowlist(model)
         if allow is None:
             return True
-        if allow.profiles is not None:
-            names = {model.profile(p).name for p in allow.profiles}
-            if any(model.profile(p).name not in names for p, c in devices.items() if c):
-                return False
-        return allow.geometries is None or _key(model, devices) in {_key(model, g) for g in allow.geometries}
+        key = _key(model, devices)
+        if allow.profiles is not None and any(p not in allow.profiles for p, _ in key):
+            return False
+        return allow.maps is None or key in allow.maps
 
     def target_maps(self, model: GpuModel, demanded: Iterable[str]) -> list[MigDevices]:
         """The candidate targets for a GPU whose pending demand asks for `demanded` profiles: the maximal maps of
@@ -130,16 +134,12 @@ class PlanScope(BaseModel):
         wanted = {model.profile(p).name for p in demanded}
         allow = self.allowlist(model)
         if allow is not None and allow.profiles is not None:
-            wanted &= {model.profile(p).name for p in allow.profiles}
+            wanted &= allow.profiles
         if not wanted:
             return []
-        if allow is None or allow.geometries is None:
+        if allow is None or allow.maps is None:
             return maximal_maps(model, sorted(wanted))
-        return [
-            {model.profile(p).name: c for p, c in g.items() if c}
-            for g in allow.geometries
-            if self.permits(model, g) and any(model.profile(p).name in wanted for p, c in g.items() if c)
-        ]
+        return [dict(key) for key in allow.maps if self.permits(model, dict(key)) and any(p in wanted for p, _ in key)]
 
     def notes(self, snapshot: ClusterSnapshot) -> list[str]:
         """What the plan JSON says about the scope it was made in."""
@@ -153,11 +153,18 @@ class PlanScope(BaseModel):
         for name, allow in sorted(self._by_model.items()):
             parts = []
             if allow.profiles is not None:
-                parts.append(f"profiles {', '.join(allow.profiles)}")
-            if allow.geometries is not None:
-                parts.append(f"{len(allow.geometries)} allowed geometries")
+                parts.append(f"profiles {', '.join(sorted(allow.profiles))}")
+            if allow.maps is not None:
+                parts.append(f"{len(allow.maps)} allowed geometries")
             notes.append(f"targets for {name} limited to {' and '.join(parts) or 'anything'}")
         return notes
+
+
+class _Allowed(NamedTuple):
+    """A model's allowlist with names resolved: catalog profile names, and maps in `_key`'s form."""
+
+    profiles: frozenset[str] | None
+    maps: tuple[MapKey, ...] | None
 
 
 def _key(model: GpuModel, devices: MigDevices) -> MapKey:

@@ -122,6 +122,8 @@ class Controller:
         if situation == self._planned_for:
             return None
         plan = make_plan(seen, self.settings.policy, self.settings.planner)
+        if not seen.pods:
+            self._forecast_planned_at = now  # a plan for the forecast alone: the next waits `forecast.replan_s`
         self._planned_for = situation  # only once a plan exists: a planning error is tried again next pass
         self.plans_made += 1
         self.last_plan = plan
@@ -178,10 +180,7 @@ class Controller:
         if not snapshot.forecast or snapshot.pods:
             return False
         last = self._forecast_planned_at
-        if last is not None and now - last < self.settings.forecast.replan_s:
-            return False
-        self._forecast_planned_at = now
-        return True
+        return last is None or now - last >= self.settings.forecast.replan_s
 
     def _window_closed(self, snapshot: ClusterSnapshot) -> bool:
         now = self.port.now()

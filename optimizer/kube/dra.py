@@ -444,6 +444,12 @@ class _Parsed(Generic[T]):
         return [(key, parsed, problem) for key, (_, parsed, problem) in fresh.items()]
 
 
+def _usable(read: list[tuple[str, T | None, str | None]], resource: str, skipped: dict[str, str]) -> list[T]:
+    """What was parsed; the keys that could not be, with why, added to `skipped` as `<resource>/<key>`."""
+    skipped |= {f"{resource}/{key}": problem for key, _, problem in read if problem is not None}
+    return [parsed for _, parsed, _ in read if parsed is not None]
+
+
 class DraReader:
     """The DRA view of the informers' current slices and claims; the last one again while none of them changed."""
 
@@ -460,20 +466,8 @@ class DraReader:
         if self._view is not None and not self._slices.changed and not self._claims.changed:
             return self._view
         skipped: dict[str, str] = {}
-        found_slices = []
-        for key, found, problem in read_slices:
-            if problem is not None:
-                skipped[f"{SLICES}/{key}"] = problem
-            if found is not None:
-                found_slices.append(found)
-                if found.problem is not None:
-                    skipped[f"{SLICES}/{key}"] = found.problem
-        found_claims = []
-        for key, claim, problem in read_claims:
-            if problem is not None:
-                skipped[f"{CLAIMS}/{key}"] = problem
-            if claim is not None:
-                found_claims.append(claim)
-        view = dra_view(found_slices, found_claims)
+        found_slices = _usable(read_slices, SLICES, skipped)
+        skipped |= {f"{SLICES}/{key}": s.problem for key, s, _ in read_slices if s is not None and s.problem}
+        view = dra_view(found_slices, _usable(read_claims, CLAIMS, skipped))
         self._view = DraView(nodes=view.nodes, holders=view.holders, skipped=skipped | view.skipped)
         return self._view
