@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Literal
 
@@ -256,16 +256,96 @@ def _entry_data(entry: MigConfigEntry) -> dict[str, Any]:
 
 
 def render_config(config: MigPartedConfig) -> str:
-    """The file's YAML: config names sorted, entries in order; `parse_config` reads it back equal."""
+    """The file's YAML: config names sorted, entries in order; `parse_config` reads it back equal.
+
+    Put together from each named config's own YAML, made once per name and content (`_Pieces`): a plan adds a few
+    configs to a file of hundreds, and rendering it whole took most of starting a plan's changes. The pieces are
+    exactly the whole file's text, except where a list is shared between entries (the dumper would anchor it, and
+    an anchor may span pieces): such a config is rendered whole, as before."""
+    if config.version != VERSION or not config.mig_configs or _shares_lists(config):
+        return _render_whole(config)
+    pieces = [_PIECES.get(name, config.mig_configs[name]) for name in sorted(config.mig_configs)]
+    if any(piece is None for piece in pieces):
+        return _render_whole(config)
+    return _HEADER + "".join(piece for piece in pieces if piece is not None)
+
+
+def _render_whole(config: MigPartedConfig) -> str:
+    return _dump(config.version, {name: config.mig_configs[name] for name in sorted(config.mig_configs)})
+
+
+def _dump(version: str, configs: Mapping[str, Sequence[MigConfigEntry]]) -> str:
     data = {
-        "version": config.version,
-        "mig-configs": {
-            name: [_entry_data(e) for e in config.mig_configs[name]] for name in sorted(config.mig_configs)
-        },
+        "version": version,
+        "mig-configs": {name: [_entry_data(e) for e in entries] for name, entries in configs.items()},
     }
     return yaml.dump(
         data, Dumper=_GoSafeDumper, sort_keys=False, default_flow_style=None, allow_unicode=True, width=1 << 16
     )
+
+
+_HEADER = f"version: {VERSION}\nmig-configs:\n"
+
+
+def _shares_lists(config: MigPartedConfig) -> bool:
+    """Whether one list object appears twice in the file's data (an entry listed twice, or two entries sharing
+    their `devices` or `device_filter`): the YAML dumper writes it once with an anchor and then an alias."""
+    lists = [
+        id(value)
+        for entries in config.mig_configs.values()
+        for entry in entries
+        for value in (entry.devices, entry.device_filter)
+        if isinstance(value, list)
+    ]
+    return len(set(lists)) != len(lists)
+
+
+def reads_back(config: MigPartedConfig) -> bool:
+    """Whether `parse_config(render_config(config))` is `config` again in everything its holder can tell: equal field
+    for field, and no list shared between entries (a parsed file shares none; a shared one renders as an anchor).
+    So for a config with no shared list whose strings are all printable (they render, quoted where a YAML reader
+    would take them for something else, and read back as themselves), keeping it is as good as parsing its text."""
+    if config.version != VERSION or _shares_lists(config):
+        return False
+    return all(text.isprintable() for text in _strings(config))
+
+
+def _strings(config: MigPartedConfig) -> Iterator[str]:
+    for name, entries in config.mig_configs.items():
+        yield name
+        for entry in entries:
+            if isinstance(entry.devices, str):
+                yield entry.devices
+            yield from entry.mig_devices or {}
+            if isinstance(entry.device_filter, str):
+                yield entry.device_filter
+            else:
+                yield from entry.device_filter or []
+
+
+class _Pieces:
+    """Each named config's part of a rendered file (its key line and entries, indented as in the file), by name and
+    content (`_canonical`, which fixes everything `_entry_data` writes); bounded, the oldest forgotten first."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._known: dict[tuple[str, str], str] = {}
+
+    def get(self, name: str, entries: Sequence[MigConfigEntry]) -> str | None:
+        """The piece, rendered as the only config of a file; None if that file does not start as every file does."""
+        key = (name, _canonical(entries))
+        piece = self._known.get(key)
+        if piece is None:
+            text = _dump(VERSION, {name: entries})
+            if not text.startswith(_HEADER):
+                return None
+            piece = self._known[key] = text[len(_HEADER) :]
+            if len(self._known) > self._limit:
+                del self._known[next(iter(self._known))]
+        return piece
+
+
+_PIECES = _Pieces(limit=8192)
 
 
 class _GoSafeDumper(yaml.SafeDumper):

@@ -36,6 +36,7 @@ from nvidia_protocol.migparted import (
     garbage_collect,
     node_entry,
     parse_config,
+    reads_back,
     render_config,
     with_entry,
 )
@@ -45,6 +46,7 @@ from optimizer.actuators.wedges import WedgeWatch, deploy_labels, repair_plan, r
 from optimizer.controller.actuator import ACTIVE, ActuationSettings, ActuationStatus, NodeChange, Phase
 from optimizer.controller.port import ClusterPort, EvictionOutcome
 from optimizer.controller.reasons import EventReason
+from solver.catalog import load_catalog
 from solver.errors import MigoptError
 from solver.profiles import MIG_RESOURCE_PREFIX
 from solver.snapshot import GPU_RESOURCE, ClusterSnapshot, NodeState
@@ -59,15 +61,29 @@ class MigManagerActuator:
         self.settings = settings or ActuationSettings()
         self._mirrors = MirrorCheck()
         self._wedges = WedgeWatch(self.settings)
+        self._statuses: dict[str, tuple[ChangeRecord, ActuationStatus]] = {}  # node -> status of that record
+        self._written: tuple[str, MigPartedConfig] | None = None  # the last config written, with its text
 
     def statuses(self, port: ClusterPort, snapshot: ClusterSnapshot) -> dict[str, ActuationStatus]:
         records = load_records(port)
         for node in snapshot.nodes:
             self._mirrors.check(port, node, records.get(node.name))
-        return {name: record.status(name) for name, record in records.items()}
+        return self._status_of(records)
+
+    def _status_of(self, records: dict[str, ChangeRecord]) -> dict[str, ActuationStatus]:
+        """Each record's status, made again only for records that changed: a record is frozen and a stored text
+        parses to the same object while it stands (`parse_record`), and most of them stand between passes."""
+        known: dict[str, tuple[ChangeRecord, ActuationStatus]] = {}
+        for name, record in records.items():
+            cached = self._statuses.get(name)
+            if cached is None or cached[0] is not record:
+                cached = (record, record.status(name))
+            known[name] = cached
+        self._statuses = known
+        return {name: status for name, (_, status) in known.items()}
 
     def target(self, snapshot: ClusterSnapshot, change: NodeChange) -> str:
-        return config_name(_entries(snapshot, change))
+        return config_name(_entries(_node(snapshot, change.node), change))
 
     def start(
         self, port: ClusterPort, snapshot: ClusterSnapshot, changes: Sequence[NodeChange], may_act: Callable[[], bool]
@@ -76,11 +92,12 @@ class MigManagerActuator:
         if not changes:
             return
         records = load_records(port)
-        config = _read_config(port)
+        config = self._read_config(port)
         existing = set(config.mig_configs)  # entries mig-manager may already have; new ones need time to reach it
+        nodes = {n.name: n for n in snapshot.nodes}
         named: list[tuple[NodeChange, str, bool]] = []
         for change in changes:
-            entries = _entries(snapshot, change)
+            entries = _entries(nodes[change.node], change)
             label = config_name(entries)
             config = with_entry(config, label, entries)
             named.append((change, label, label not in existing))
@@ -88,15 +105,26 @@ class MigManagerActuator:
         in_flight = {r.target for r in records.values() if r.phase in ACTIVE}  # labels about to be set
         config = _restore_standard_names(config, in_use, snapshot)
         config = garbage_collect(config, in_use | in_flight | {label for _, label, _ in named})
-        port.write_mig_config(render_config(config))
+        text = render_config(config)
+        port.write_mig_config(text)
+        self._written = (text, config) if reads_back(config) else None
         for change, label, new_entry in named:
             if not may_act():
                 return
             previous = records.get(change.node)
-            _start_node(port, snapshot, change, label, new_entry, previous, self.settings)
+            _start_node(port, snapshot, nodes[change.node], change, label, new_entry, previous, self.settings)
+
+    def _read_config(self, port: ClusterPort) -> MigPartedConfig:
+        """The owned ConfigMap, parsed; when it holds exactly the text this actuator last wrote, the config that text
+        was rendered from (what parsing it gives back: `migparted.reads_back`), as most plans follow another."""
+        text = port.read_mig_config()
+        if self._written is not None and text == self._written[0]:
+            return self._written[1]
+        return _parse_owned(text)
 
     def advance(self, port: ClusterPort, snapshot: ClusterSnapshot, node: NodeState) -> Phase | None:
-        record = load_records(port).get(node.name)
+        text = port.read_records().get(node.name)  # this node's record alone: parsing is per record
+        record = None if text is None else parse_record(text)
         if record is None or record.phase not in ACTIVE:
             return None if record is None else record.phase
         return _Step(port, snapshot, node, record, self.settings).run()
@@ -124,15 +152,28 @@ def read_status(node: str, text: str) -> ActuationStatus | None:
     return None if record is None else record.status(node)
 
 
-def _entries(snapshot: ClusterSnapshot, change: NodeChange) -> list[MigConfigEntry]:
+def _node(snapshot: ClusterSnapshot, name: str) -> NodeState:
+    return next(n for n in snapshot.nodes if n.name == name)
+
+
+def _entries(node: NodeState, change: NodeChange) -> list[MigConfigEntry]:
     """The mig-parted entries that give every GPU of the node its target."""
-    node = next(n for n in snapshot.nodes if n.name == change.node)
     models = {g.index: g.gpu_model for g in node.gpus}
-    return node_entry([(g.index, models[g.index], g.target) for g in sorted(change.gpus, key=lambda g: g.index)])
+    targets = tuple(
+        (g.index, models[g.index].key, tuple(g.target.items())) for g in sorted(change.gpus, key=lambda g: g.index)
+    )
+    return list(_node_entries(targets))
 
 
-def _read_config(port: ClusterPort) -> MigPartedConfig:
-    text = port.read_mig_config()
+@lru_cache(maxsize=1024)
+def _node_entries(targets: tuple[tuple[int, str, tuple[tuple[str, int], ...]], ...]) -> tuple[MigConfigEntry, ...]:
+    """`node_entry` for (index, model key, target) per GPU, once per distinct node target: a plan's changes repeat
+    a few, and checking each map's layout is most of the work. Entries are frozen; errors are raised, not kept."""
+    catalog = load_catalog()
+    return tuple(node_entry([(index, catalog.model(key), dict(target)) for index, key, target in targets]))
+
+
+def _parse_owned(text: str | None) -> MigPartedConfig:
     if text is None:
         return empty_config()
     try:
@@ -156,7 +197,9 @@ def _restore_standard_names(config: MigPartedConfig, in_use: set[str], snapshot:
     missing = in_use - set(config.mig_configs)
     if not missing:
         return config
-    models = sorted({g.gpu_model.key: g.gpu_model for n in snapshot.nodes for g in n.gpus}.items())
+    catalog = load_catalog()
+    names = {g.model for n in snapshot.nodes for g in n.gpus}  # a cluster has thousands of GPUs, of a few models
+    models = sorted({m.key: m for m in map(catalog.model, names)}.items())
     standard = standard_config([m for _, m in models]).mig_configs if models else {}
     for name in sorted(missing & set(standard)):
         config = with_entry(config, name, standard[name])
@@ -166,6 +209,7 @@ def _restore_standard_names(config: MigPartedConfig, in_use: set[str], snapshot:
 def _start_node(
     port: ClusterPort,
     snapshot: ClusterSnapshot,
+    node: NodeState,
     change: NodeChange,
     label: str,
     new_entry: bool,
@@ -174,13 +218,12 @@ def _start_node(
 ) -> None:
     """Record the change (the pods to evict with their UIDs included), then begin cordoning."""
     now = port.now()
-    uids = {p.name: p.uid for p in snapshot.running}
     failures = previous.failures if previous is not None and previous.phase in FAILED_ENDS else 0
     record = ChangeRecord(
         plan_id=change.plan_id,
         phase=Phase.CORDONING,
         target=label,
-        evict={pod: uids.get(pod) for pod in sorted(change.evict)},
+        evict={pod: _uid(snapshot, pod) for pod in sorted(change.evict)},
         expected=change.expected,
         serves=sorted(change.serves),
         changing_gpus=sorted(g.index for g in change.gpus if g.reconfigure),
@@ -190,8 +233,14 @@ def _start_node(
     )
     save(port, change.node, record)
     port.record_event("Node", change.node, EventReason.RECONFIGURATION_STARTED, f"plan {change.plan_id}: {label}")
-    node = next(n for n in snapshot.nodes if n.name == change.node)
     _Step(port, snapshot, node, record, settings).run()  # cordon now: no pod may land on it after the plan
+
+
+def _uid(snapshot: ClusterSnapshot, pod: str) -> str | None:
+    """The running pod's UID as the snapshot shows it; None when it shows none (looked up by name in the snapshot's
+    own index: building a map of every running pod per node took most of a change's start at 6,000 pods)."""
+    found = snapshot.running_by_name.get(pod)
+    return None if found is None else found.uid
 
 
 FAILED_ENDS = frozenset({Phase.FAILED, Phase.ABANDONED})
@@ -240,11 +289,10 @@ class _Step:
     def _remaining(self) -> list[str]:
         """Planned pods still holding a device here as the same pod (a new pod under the name is not ours)."""
         holding = {pod for gpu in self.node.gpus for pod in gpu.holders}
-        uids = {p.name: p.uid for p in self.snapshot.running}
         return [
             pod
             for pod, uid in self.record.evict.items()
-            if pod in holding and (uid is None or uids.get(pod) in (None, uid))
+            if pod in holding and (uid is None or _uid(self.snapshot, pod) in (None, uid))
         ]
 
     def _intruders(self) -> list[str]:

@@ -109,6 +109,10 @@ def save(port: ClusterPort, node: NodeState | str, record: ChangeRecord) -> Chan
     return record
 
 
+_ACTIVE_VALUES = frozenset(p.value for p in ACTIVE)
+"""The active phases as the mirror annotation spells them (checked on every node every pass)."""
+
+
 class MirrorCheck:
     """Reports, once per claim, a node whose annotations say a change is under way that no record backs: someone
     other than the controller wrote them (or an old version did), and they are ignored."""
@@ -118,7 +122,7 @@ class MirrorCheck:
 
     def check(self, port: ClusterPort, node: NodeState, record: ChangeRecord | None) -> None:
         phase, plan = node.annotations.get(PHASE, ""), node.annotations.get(PLAN, "")
-        if phase not in {p.value for p in ACTIVE}:
+        if phase not in _ACTIVE_VALUES:
             return
         if record is not None and record.plan_id == plan:
             return

@@ -134,6 +134,7 @@ class WedgeWatch:
         self.settings = settings
         self._pending_seen: dict[str, tuple[str, float]] = {}  # node -> (config label, first pass it was pending)
         self._reported: dict[str, tuple[object, ...]] = {}  # node -> the wedge last reported
+        self._quiet: dict[str, NodeState] = {}  # node -> its state when last seen neither pending nor wedged
 
     def pending_since(self, node: NodeState, record: ChangeRecord | None, now: float) -> float | None:
         """When the node's current `pending` began, as far as migopt knows: its own last (re)labelling of the node
@@ -155,18 +156,29 @@ class WedgeWatch:
     ) -> list[tuple[Wedge, ChangeRecord | None]]:
         """Every node's wedge this pass, with the node's record; forgets nodes that are gone."""
         names = {n.name for n in snapshot.nodes}
-        for memo in (self._pending_seen, self._reported):
+        for memo in (self._pending_seen, self._reported, self._quiet):
             for gone in set(memo) - names:
                 del memo[gone]
         found = []
         for node in snapshot.nodes:
+            if self._quiet.get(node.name) is node:
+                continue  # the same state as last pass: still no wedge, whatever its record or the time
             record = records.get(node.name)
             wedge = find_wedge(node, self.pending_since(node, record, now), now, self.settings)
             if wedge is None:
                 self._reported.pop(node.name, None)
             else:
                 found.append((wedge, record))
+            self._remember_quiet(node, wedge)
         return found
+
+    def _remember_quiet(self, node: NodeState, wedge: Wedge | None) -> None:
+        """A node neither `pending` nor wedged stays so while its (frozen) state object is the same: its labels alone
+        decide it, so the next pass may skip it (its memos were cleared this pass: nothing sets them meanwhile)."""
+        if wedge is None and node.labels.get(MIG_STATE_LABEL) != "pending":
+            self._quiet[node.name] = node
+        else:
+            self._quiet.pop(node.name, None)
 
     def report(self, port: ClusterPort, wedge: Wedge, action: str) -> None:
         """A Warning Event and a log line, once per occurrence: until the node is seen without it, or with another

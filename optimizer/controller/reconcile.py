@@ -32,7 +32,7 @@ from optimizer.controller.reasons import EventReason
 from solver.plan import Plan, PlanPolicy
 from solver.planner import make_plan
 from solver.policies import FORECAST_READERS, check_planner_name, planner_names
-from solver.snapshot import ClusterSnapshot
+from solver.snapshot import ClusterSnapshot, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class Controller:
         self._promises = PromiseWatch(self.settings.promises)
         self._forecast = ArrivalForecast(self.settings.forecast)
         self._forecast_planned_at: float | None = None
+        self._layouts = _LayoutMemo()
 
     def tick(self) -> Plan | None:
         """One reconcile pass; returns the plan made in this pass, if any."""
@@ -118,7 +119,7 @@ class Controller:
         if not self._window_closed(seen) and not self._forecast_due(seen, now):
             return None  # the batch window is open, or nothing is pending and no forecast is due
         forecast = tuple((tuple(sorted(d.requests.items())), d.count) for d in seen.forecast)
-        situation = (frozenset(p.name for p in seen.pods), _layouts(seen), held.held, forecast)
+        situation = (frozenset(p.name for p in seen.pods), self._layouts(seen), held.held, forecast)
         if situation == self._planned_for:
             return None
         plan = make_plan(seen, self.settings.policy, self.settings.planner)
@@ -214,10 +215,33 @@ class Controller:
         )  # fmt: skip
 
 
-def _layouts(snapshot: ClusterSnapshot) -> tuple[tuple[str, str], ...]:
-    """What the cluster's MIG layouts are, compactly: a change here warrants a new plan."""
+Layouts = tuple[tuple[str, str], ...]
+
+
+def _node_layouts(node: NodeState) -> Layouts:
+    """One node's MIG layouts, compactly: `(node/gpu, profile@start:holder,…)` per GPU."""
     return tuple(
-        (f"{n.name}/{g.index}", ",".join(f"{i.profile}@{i.start}:{i.pod or ''}" for i in g.instances))
-        for n in sorted(snapshot.nodes, key=lambda n: n.name)
-        for g in n.gpus
+        (f"{node.name}/{g.index}", ",".join(f"{i.profile}@{i.start}:{i.pod or ''}" for i in g.instances))
+        for g in node.gpus
     )
+
+
+class _LayoutMemo:
+    """What the cluster's MIG layouts are, compactly (a change here warrants a new plan), remade only for nodes
+    whose state object is new: the twin and the Kubernetes adapter hand back the same frozen `NodeState` while a
+    node is unchanged, and at 777 nodes the strings are most of a pass outside the planner."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[NodeState, Layouts]] = {}  # node -> the state its layouts were made from
+
+    def __call__(self, snapshot: ClusterSnapshot) -> Layouts:
+        known: dict[str, tuple[NodeState, Layouts]] = {}
+        layouts: list[tuple[str, str]] = []
+        for node in sorted(snapshot.nodes, key=lambda n: n.name):
+            cached = self._known.get(node.name)
+            if cached is None or cached[0] is not node:
+                cached = (node, _node_layouts(node))
+            known[node.name] = cached
+            layouts += cached[1]
+        self._known = known  # nodes gone from the snapshot are forgotten
+        return tuple(layouts)

@@ -16,7 +16,16 @@ from typing import NamedTuple
 
 from nvidia_protocol.labels import OPERATOR_DEFAULTED_LABELS
 from simulations.twin.device_plugin import DevicePlugin
-from simulations.twin.state import DeviceRef, EditCount, PodSpec, TwinGpu, TwinInstance, TwinNode, edits_of
+from simulations.twin.state import (
+    DeviceRef,
+    EditCount,
+    LayoutStamp,
+    PodSpec,
+    TwinGpu,
+    TwinInstance,
+    TwinNode,
+    edits_of,
+)
 from simulations.twin.workload import PodStore
 from solver.catalog import load_catalog
 from solver.profiles import MIG_RESOURCE_PREFIX, resource_name
@@ -138,6 +147,7 @@ class SnapshotCache:
     def __init__(self) -> None:
         self._gpus: dict[str, tuple[tuple[object, ...], list[_GpuPiece], list[GpuState]]] = {}
         self._nodes: dict[str, tuple[list[GpuState], NodeState]] = {}  # with the GPU states it was made from
+        self._shown: dict[str, _Shown] = {}  # node -> the state last returned, with the node's layout stamp
 
     def gpu_states(self, node: TwinNode) -> list[GpuState]:
         """The node's GPUs as the snapshot shows them; only GPUs whose layout or holders changed are rebuilt."""
@@ -155,6 +165,15 @@ class SnapshotCache:
         return states
 
     def node_state(self, node: TwinNode, plugin: DevicePlugin) -> NodeState:
+        """The node as the snapshot shows it: the last one while nothing it shows changed."""
+        shown = self._shown.get(node.name)
+        if shown is not None and _still_shows(shown, node, plugin):
+            return shown.state
+        state = self._node_state(node, plugin)
+        self._shown[node.name] = _Shown(node.layout_stamp(), state)
+        return state
+
+    def _node_state(self, node: TwinNode, plugin: DevicePlugin) -> NodeState:
         gpus = self.gpu_states(node)
         allocatable = node.other_allocatable | plugin.allocatable
         cached = self._nodes.get(node.name)
@@ -177,6 +196,28 @@ class SnapshotCache:
         return state
 
 
+class _Shown(NamedTuple):
+    """A node's last state, with the node's layout stamp (`TwinNode.layout_stamp`) when it was returned."""
+
+    stamp: LayoutStamp
+    state: NodeState
+
+
+def _still_shows(shown: _Shown, node: TwinNode, plugin: DevicePlugin) -> bool:
+    """What `SnapshotCache._node_state` would find, in one go: the node's layout stamp stands (so the GPU states are
+    the ones the node state was made from) and every other field reads as the node state shows it."""
+    state = shown.state
+    other = node.other_allocatable
+    return (
+        shown.stamp.stands(node)
+        and state.unschedulable == node.unschedulable
+        and _same(state.labels, node.labels)
+        and _same(state.annotations, node.annotations)
+        and _same(state.allocatable, other | plugin.allocatable if other else plugin.allocatable)
+        and state.taints == node.taints
+    )
+
+
 def _gpu_piece(gpu: TwinGpu, node_edits: EditCount, before: _GpuPiece | None) -> _GpuPiece:
     """The GPU's piece: `before` when nothing was assigned since, else made anew (and the GPU watched from now)."""
     if (
@@ -197,8 +238,9 @@ def _gpu_piece(gpu: TwinGpu, node_edits: EditCount, before: _GpuPiece | None) ->
 
 
 def _same(a: Mapping[str, object], b: Mapping[str, object]) -> bool:
-    """Equal, in the same order: a reused piece is the one a fresh read would make, down to its key order."""
-    return a == b and list(a) == list(b)
+    """Equal, in the same order: a reused piece is the one a fresh read would make, down to its key order (the keys
+    are mostly the very same objects, which settles the order without building lists)."""
+    return a == b and (all(map(is_, a, b)) or list(a) == list(b))
 
 
 def to_snapshot(

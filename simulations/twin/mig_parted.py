@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict
 from simulations.placement import ALL_ORDERINGS_FAILED, apply_map
 from simulations.twin.mig_parted_reader import Entry, MigPartedFile, ReadError, parse_profile, read
 from simulations.twin.state import TwinGpu, TwinInstance, TwinNode
-from solver.catalog import GpuModel
+from solver.catalog import GpuModel, load_catalog
+from solver.geometry import Instance
 
 IN_USE = "In use by another client"
 ORDERINGS_FAILED = f"error setting MIGConfig: {ALL_ORDERINGS_FAILED}"
@@ -153,6 +154,14 @@ def needs_config(entry: Entry, gpu: TwinGpu, node: TwinNode) -> bool:
     return entry.mig_enabled and gpu.mig_enabled and not _map_equals(entry, gpu, node)
 
 
+@lru_cache(maxsize=1024)
+def _placed(model: str, devices: tuple[tuple[str, int], ...]) -> tuple[tuple[Instance, ...] | None, tuple[str, ...]]:
+    """`apply_map` on a cleared GPU of the catalog model `model`, once per map (in its order: it breaks ties in the
+    creation order): mig-parted rebuilds thousands of GPUs into a few hundred distinct maps."""
+    layout, log = apply_map(load_catalog().model(model), dict(devices))
+    return None if layout is None else tuple(layout), tuple(log)
+
+
 def apply_config(entry: Entry, gpu: TwinGpu, node: TwinNode) -> list[str]:
     """Phase B for one pair: returns the log lines; raises `MigPartedError` when the GPU could not be set."""
     if not entry.mig_enabled:
@@ -174,7 +183,7 @@ def apply_config(entry: Entry, gpu: TwinGpu, node: TwinNode) -> list[str]:
         raise MigPartedError(
             f"GPU {gpu.index}: MIG profile {desired.missing_here} not found on this GPU: {ORDERINGS_FAILED}"
         )
-    layout, log = apply_map(gpu.gpu_model, {name: count for name, count in desired.counts.items() if count})
+    layout, log = _placed(gpu.model, tuple((name, count) for name, count in desired.counts.items() if count))
     if layout is None:
         reason = log[-2] if len(log) > 1 else "no ordering succeeded"
         raise MigPartedError(f"GPU {gpu.index}: {reason}: {ORDERINGS_FAILED}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from enum import StrEnum
 from functools import cache
-from operator import attrgetter
-from typing import Literal
+from operator import attrgetter, is_
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -117,6 +117,30 @@ class TwinGpu(_Watched):
         return own
 
 
+class LayoutStamp(NamedTuple):
+    """A node's layout as `TwinNode.layout_mark` tells it apart, taken once its GPUs are watched: its edit count,
+    and its GPUs and their instance lists themselves (held, so identity is what equal ids are to the mark)."""
+
+    edits: int
+    gpus: tuple[TwinGpu, ...]
+    lists: tuple[list[TwinInstance], ...]
+    lengths: tuple[int, ...]
+
+    def stands(self, node: TwinNode) -> bool:
+        """Whether `layout_mark` would still be what it was when the stamp was taken, without reading the GPUs
+        themselves (a simulation asks this of every node every tick, and reading 8 GPUs' fields was most of it):
+        the GPUs are the same, so watched from the stamp on, and replacing an instance list is an assignment on
+        one of them, which moves the node's count; the lists left in place are the stamp's, whose lengths tell
+        of a resize. (A GPU object on two nodes at once reports to the one that watched it last.)"""
+        gpus = node.gpus
+        return (
+            edits_of(node).value == self.edits
+            and len(gpus) == len(self.gpus)
+            and all(map(is_, gpus, self.gpus))
+            and tuple(map(len, self.lists)) == self.lengths
+        )
+
+
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 OS_LABEL = "kubernetes.io/os"
 ARCH_LABEL = "kubernetes.io/arch"
@@ -153,6 +177,13 @@ class TwinNode(_Mutable):
         resized: while it stands still, what was derived from the node's GPUs then (`watch` them) still holds."""
         lists = list(map(_INSTANCES, self.gpus))
         return (edits_of(self).value, tuple(map(id, self.gpus)), tuple(map(id, lists)), tuple(map(len, lists)))
+
+    def layout_stamp(self) -> LayoutStamp:
+        """What `LayoutStamp.stands` compares with later; the node's GPUs are watched from now (`watch`)."""
+        self.watch()
+        gpus = tuple(self.gpus)
+        lists = tuple(map(_INSTANCES, gpus))
+        return LayoutStamp(edits_of(self).value, gpus, lists, tuple(map(len, lists)))
 
     def watch(self) -> None:
         """Watch every GPU of the node (and its present instances): see `TwinGpu.watch`."""
