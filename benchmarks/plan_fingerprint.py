@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,9 @@ def _skip_greedy_hint() -> None:
     original = GeometryModel.solve
 
     def solve(
-        self: GeometryModel, time_limit_s: float | None = None, fallback: AggregateSolution | None = None
+        self: GeometryModel,
+        time_limit_s: float | None = None,
+        fallback: Callable[[], AggregateSolution] | None = None,
     ) -> AggregateSolution | None:
         return original(self, time_limit_s)
 

@@ -114,28 +114,32 @@ def draft(
     )
 
 
-def _gpu_plan(node: NodeState, gpu: GpuState, target: dict[str, int] | None) -> GpuPlan:
-    """One GPU's line of the plan; `target` is None when it keeps its map."""
-    current = gpu.mig_devices
-    if target is None:
-        return GpuPlan(
-            node=node.name, index=gpu.index, model=gpu.gpu_model.key, current=current, target=current,
-            reconfigure=False, evict=[], layout=list(gpu.layout_pairs),
-        )  # fmt: skip
+def _changed_line(node: NodeState, gpu: GpuState, target: dict[str, int]) -> GpuPlan:
+    """The plan line of a GPU rebuilt to `target` (`Problem.kept_lines` has those of the GPUs that keep theirs)."""
     layout = target_layout(gpu.gpu_model.key, tuple(sorted(target.items())))
     return GpuPlan(
-        node=node.name, index=gpu.index, model=gpu.gpu_model.key, current=current, target=target,
+        node=node.name, index=gpu.index, model=gpu.gpu_model.key, current=gpu.mig_devices, target=target,
         reconfigure=True, evict=sorted(gpu.holders), layout=list(layout),
     )  # fmt: skip
+
+
+def prepare_writing(problem: Problem, unplaced_likely: bool) -> None:
+    """Make what writing any plan of the problem reads, whatever it decides: the lines of GPUs that keep their
+    maps and, when some pod will likely stay pending, the census its reason reads. The optimal policy calls this
+    on its second thread while CP-SAT solves."""
+    problem.kept_lines()
+    if unplaced_likely:
+        problem.census()
 
 
 def write_plan(problem: Problem, chosen: Draft) -> Plan:
     """The whole plan of a draft: every GPU (node and index order), every placement, a reason for every pod left
     pending."""
     snapshot, policy, decisions = problem.snapshot, problem.policy, chosen.decisions
-    changed = {(node.name, gpu.index): target for node, gpu, target in _changes(problem, decisions)}
+    changed = {(node.name, gpu.index): (node, gpu, target) for node, gpu, target in _changes(problem, decisions)}
+    kept = problem.kept_lines()
     gpus = [
-        _gpu_plan(node, gpu, changed.get((node.name, gpu.index)))
+        kept[ref] if (ref := (node.name, gpu.index)) not in changed else _changed_line(*changed[ref])
         for node in sorted(snapshot.nodes, key=lambda n: n.name)
         for gpu in sorted(node.gpus, key=lambda g: g.index)
     ]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import re
-from functools import cache, cached_property
+from functools import cache
 from importlib import resources
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from solver.errors import MigoptError
+from solver.memo import MEMO_IGNORED, memo
 from solver.profiles import parse_profile
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ _SAFE_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(yaml, "CS
 class Placement(BaseModel):
     """Where a GPU instance sits: `start` and `size` in memory-slice units (NVML's placement)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, ignored_types=MEMO_IGNORED)
 
     start: int
     size: int
@@ -40,7 +41,7 @@ class Placement(BaseModel):
 class Profile(BaseModel):
     """One GPU-instance profile of one GPU model."""
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
+    model_config = ConfigDict(frozen=True, populate_by_name=True, ignored_types=MEMO_IGNORED)
 
     name: str
     id: int = Field(description="NVML profile ID")
@@ -72,7 +73,7 @@ class GpuModel(BaseModel):
     """A GPU model and everything it can be split into; `unverified` lists the facts no primary source confirmed
     (the one place they are marked: `migopt catalog` shows them)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, ignored_types=MEMO_IGNORED)
 
     key: str
     product: str
@@ -107,11 +108,11 @@ class GpuModel(BaseModel):
                 raise ValueError(f"model {self.key}: {p.name} placement outside {self.memory_slices} memory slices")
         return self
 
-    @cached_property
+    @memo
     def _by_name(self) -> dict[str, Profile]:
         return {p.name: p for p in self.profiles}
 
-    @cached_property
+    @memo
     def _drift(self) -> dict[str, Profile]:
         return {alias: p for p in self.profiles for alias in p.drift}
 
@@ -143,11 +144,11 @@ class GpuModel(BaseModel):
 class Catalog(BaseModel):
     """Every GPU model migopt knows, with a lookup by any of its names."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, ignored_types=MEMO_IGNORED)
 
     models: tuple[GpuModel, ...]
 
-    @cached_property
+    @memo
     def _index(self) -> dict[str, GpuModel]:
         index: dict[str, GpuModel] = {}
         for model in self.models:
@@ -163,7 +164,7 @@ class Catalog(BaseModel):
     def keys(self) -> tuple[str, ...]:
         return tuple(m.key for m in self.models)
 
-    @cached_property
+    @memo
     def _by_spelling(self) -> dict[str, GpuModel]:
         """Names already looked up, as written: a snapshot repeats a few spellings over thousands of GPUs."""
         return {}

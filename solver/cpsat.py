@@ -29,6 +29,7 @@ a valid upper bound; co-location is restored when the answer is disaggregated.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
@@ -229,26 +230,27 @@ class GeometryModel:
     def hint(self, previous: AggregateSolution, allocation: bool = False) -> None:
         """Start from an earlier answer (its served counts clipped to this model's caps); with `allocation`, its
         z too, which makes a complete solution of an answer that fits this model (the greedy plan's)."""
-        self.model.clear_hints()  # type: ignore[no-untyped-call]
-        for u, var in self.r.items():
-            self.model.add_hint(var, previous.reconfigured.get(u, 0))
-        for (gi, ti), var in self.y.items():
-            self.model.add_hint(var, previous.targets.get(gi, [0] * (ti + 1))[ti])
-        for di, var in self.s.items():
-            self.model.add_hint(var, min(previous.served.get(di, 0), self.served_caps.get(di, 10**9)))
+        pairs = [(var, previous.reconfigured.get(u, 0)) for u, var in self.r.items()]
+        pairs += [(var, previous.targets.get(gi, [0] * (ti + 1))[ti]) for (gi, ti), var in self.y.items()]
+        caps = self.served_caps
+        pairs += [(var, min(previous.served.get(di, 0), caps.get(di, 10**9))) for di, var in self.s.items()]
         if allocation:
-            for key, var in self.z.items():
-                self.model.add_hint(var, previous.allocation.get(key, 0))
+            pairs += [(var, previous.allocation.get(key, 0)) for key, var in self.z.items()]
+        self._set_hints(pairs)
+
+    def _set_hints(self, pairs: list[tuple[cp_model.IntVar, int]]) -> None:
+        """Replace the hints with these, in this order: what `add_hint` per pair writes, in bulk."""
+        self.model.clear_hints()  # type: ignore[no-untyped-call]
+        hint = self.model.proto.solution_hint
+        hint.vars.extend([var.index for var, _ in pairs])
+        hint.values.extend([value for _, value in pairs])
 
     def _hint_from(self, solver: cp_model.CpSolver) -> None:
         """Hint the next stage with this one's solution: every variable, r, y, s, z in that order (as `add_hint`
         would write them, in bulk)."""
-        self.model.clear_hints()  # type: ignore[no-untyped-call]
-        solution = solver.response_proto.solution
-        indices = [var.index for var in (*self.r.values(), *self.y.values(), *self.s.values(), *self.z.values())]
-        hint = self.model.proto.solution_hint
-        hint.vars.extend(indices)
-        hint.values.extend([solution[i] for i in indices])
+        solution = list(solver.response_proto.solution)
+        variables = (*self.r.values(), *self.y.values(), *self.s.values(), *self.z.values())
+        self._set_hints([(var, solution[var.index]) for var in variables])
 
     def stages(self) -> list[list[int]]:
         """Terms (`SERVED`, `DISRUPTION`, `FRAGMENTATION`, `EXPECTED`) solved together per stage.
@@ -293,14 +295,15 @@ class GeometryModel:
         return solver
 
     def solve(
-        self, time_limit_s: float | None = None, fallback: AggregateSolution | None = None
+        self, time_limit_s: float | None = None, fallback: Callable[[], AggregateSolution] | None = None
     ) -> AggregateSolution | None:
         """Run the lexicographic stages within `time_limit_s`; None when the first found no solution.
 
         The limit is the plan policy's unless given: a planner solving in rounds passes the time it has left.
-        `fallback` is a complete answer (the greedy plan's) to start from when the first stage finds nothing in
+        `fallback` gives a complete answer (the greedy plan's) to start from when the first stage finds nothing in
         half its time: starting from it always gives a solution, but when time suffices the search without it
-        ends on better plans more often (measured with benchmarks/plan_fingerprint.py), so it is the second try.
+        ends on better plans more often (measured with benchmarks/plan_fingerprint.py), so it is the second try;
+        it is asked for only then, as the greedy plan may still be in the making alongside this solve.
         """
         if time_limit_s is None:
             time_limit_s = self.problem.policy.time_limit_s
@@ -325,7 +328,7 @@ class GeometryModel:
             self.cpsat_seconds += time.perf_counter() - solving
             statuses.append(solver.status_name(status))
             if retry and fallback is not None and status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-                self.hint(fallback, allocation=True)
+                self.hint(fallback(), allocation=True)
                 solver.parameters.max_time_in_seconds = max(stage_s - (time.perf_counter() - solving), 0.01)
                 retried = time.perf_counter()
                 status = solver.solve(self.model)
@@ -354,14 +357,15 @@ class GeometryModel:
         self, solver: cp_model.CpSolver, objective: int, bound: int, proven: bool, statuses: list[str]
     ) -> AggregateSolution:
         p = self.problem
+        values = list(solver.response_proto.solution)  # by variable index: one copy, not a call per variable
         return AggregateSolution(
-            reconfigured={u: solver.value(v) for u, v in self.r.items() if solver.value(v)},
+            reconfigured={u: values[v.index] for u, v in self.r.items() if values[v.index]},
             targets={
-                gi: [solver.value(self.y[gi, ti]) for ti in range(len(g.targets))]
+                gi: [values[self.y[gi, ti].index] for ti in range(len(g.targets))]
                 for gi, g in enumerate(p.reconfig_groups)
             },
-            served={di: solver.value(v) for di, v in self.s.items() if solver.value(v)},
-            allocation={k: solver.value(v) for k, v in self.z.items() if solver.value(v)},
+            served={di: values[v.index] for di, v in self.s.items() if values[v.index]},
+            allocation={k: values[v.index] for k, v in self.z.items() if values[v.index]},
             proven_optimal=proven,
             objective=objective,
             bound=bound,

@@ -10,10 +10,11 @@ A resource key names a kind of MIG device a pod can consume:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import cached_property, lru_cache
+from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict
 
+from solver.memo import MEMO_IGNORED, memo
 from solver.profiles import parse_profile
 from solver.snapshot import (
     GPU_RESOURCE,
@@ -41,18 +42,18 @@ def key_compute_slices(key: str) -> int:
 class Demand(BaseModel):
     """One pending pod, normalised for planning."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, ignored_types=MEMO_IGNORED)
 
     pod: PendingPod
     kind: str  # "mixed" or "single"
     resources: tuple[tuple[str, int], ...]
     weight: int
 
-    @cached_property
+    @memo
     def devices(self) -> int:
         return sum(c for _, c in self.resources)
 
-    @cached_property
+    @memo
     def eligibility_key(self) -> tuple[object, ...]:
         """Everything that decides which nodes may run the pod: its filters, and its request when that narrows the
         nodes further (single-strategy products; several devices, which must all be on one node)."""

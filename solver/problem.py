@@ -24,7 +24,7 @@ from solver.decisions import Device, free_devices, resource_key
 from solver.demand import Demand, PriorityWeights, demands, rejection, single_key, weights_for
 from solver.explain import Census, census
 from solver.geometry import max_alone
-from solver.plan import PlanPolicy
+from solver.plan import GpuPlan, PlanPolicy
 from solver.scope import PlanScope, scoped
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState, PendingPod
 
@@ -148,6 +148,7 @@ class Problem:
     _wanted: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, repr=False)
     _kept_fragmentation: int | None = field(default=None, repr=False)
     _devices: dict[tuple[object, ...], tuple[tuple[str, Device], ...]] = field(default_factory=dict, repr=False)
+    _kept_lines: dict[tuple[str, int], GpuPlan] | None = field(default=None, repr=False)
 
     def gpu_index(self) -> dict[tuple[str, int], tuple[NodeState, GpuState]]:
         """Every GPU by (node name, index), with its node."""
@@ -195,6 +196,13 @@ class Problem:
             )
         return found
 
+    def kept_lines(self) -> dict[tuple[str, int], GpuPlan]:
+        """Every GPU's line of a plan that keeps its map, by (node, index): the same whatever a plan decides, so
+        written once per problem (the optimal policy writes them while CP-SAT solves)."""
+        if self._kept_lines is None:
+            self._kept_lines = {(n.name, g.index): _kept_line(n, g) for n in self.snapshot.nodes for g in n.gpus}
+        return self._kept_lines
+
     def census(self) -> Census:
         """What unplaced-pod reasons read of the cluster, counted once and shared by every plan of this problem."""
         if self._census is None:
@@ -204,6 +212,14 @@ class Problem:
     def usable(self, group: PodGroup, pool: PoolKey) -> bool:
         signature, tier = pool
         return group.eligibility in signature and (tier is None or tier < group.priority)
+
+
+def _kept_line(node: NodeState, gpu: GpuState) -> GpuPlan:
+    current = gpu.mig_devices
+    return GpuPlan(
+        node=node.name, index=gpu.index, model=gpu.gpu_model.key, current=current, target=current,
+        reconfigure=False, evict=[], layout=list(gpu.layout_pairs),
+    )  # fmt: skip
 
 
 def _free_capacity(gpu: GpuState) -> dict[str, int]:

@@ -16,7 +16,6 @@ Every planner asks this module, and plan validation checks its answers, so no po
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import cached_property
 from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -25,6 +24,7 @@ from solver.catalog import GpuModel, get_model
 from solver.demand import requirement_holds
 from solver.errors import MigoptError
 from solver.geometry import MigDevices, find_layout, maximal_maps
+from solver.memo import MEMO_IGNORED, memo
 from solver.snapshot import ClusterSnapshot, NodeSelectorRequirement, NodeState
 
 OUTSIDE_SELECTOR = "outside the managed-nodes selector"
@@ -35,7 +35,7 @@ MapKey = tuple[tuple[str, int], ...]
 class LabelSelector(BaseModel):
     """Kubernetes' label selector: every `matchLabels` pair and every expression must hold (empty: every node)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, ignored_types=MEMO_IGNORED)
 
     match_labels: dict[str, str] = Field(default={}, alias="matchLabels")
     match_expressions: list[NodeSelectorRequirement] = Field(default=[], alias="matchExpressions")
@@ -63,7 +63,7 @@ class LabelSelector(BaseModel):
 class TargetAllowlist(BaseModel):
     """What a new target geometry of one GPU model may be; unset parts allow everything."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=MEMO_IGNORED)
 
     profiles: list[str] | None = Field(default=None, description="profiles a target may hold, e.g. [1g.10gb, 3g.40gb]")
     geometries: list[dict[str, int]] | None = Field(
@@ -74,7 +74,7 @@ class TargetAllowlist(BaseModel):
 class PlanScope(BaseModel):
     """The managed nodes and the per-model allowlists (module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, ignored_types=MEMO_IGNORED)
 
     managed_nodes: LabelSelector | None = Field(
         default=None, alias="managedNodes", description="nodes migopt may change; unset: every GPU node"
@@ -95,7 +95,7 @@ class PlanScope(BaseModel):
                 raise ValueError(f"models[{name!r}]: {err}") from None
         return self
 
-    @cached_property
+    @memo
     def _by_model(self) -> dict[str, _Allowed]:
         """Each allowlist with its names resolved once, by the catalog key of its model."""
         resolved = {}

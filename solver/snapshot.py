@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from functools import cache, cached_property
+from functools import cache
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,6 +18,7 @@ from solver.catalog import GpuModel, load_catalog
 from solver.collector import collector_paused
 from solver.errors import MigoptError
 from solver.geometry import Instance, check_layout
+from solver.memo import MEMO_IGNORED, memo
 from solver.profiles import MIG_RESOURCE_PREFIX, profile_from_resource
 from solver.protection import Protection
 
@@ -41,10 +42,10 @@ def clamp_priority(priority: int) -> int:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=MEMO_IGNORED)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy, without the values cached from the fields (`cached_property`): an update would leave them
+        """A copy, without the values cached from the fields (`memo`): an update would leave them
         stale, and planning reads them."""
         copied = super().model_copy(update=update, deep=deep)
         if update:
@@ -55,9 +56,7 @@ class _Strict(BaseModel):
 
 @cache
 def _cached_properties(cls: type) -> tuple[str, ...]:
-    return tuple(
-        name for klass in cls.__mro__ for name, value in vars(klass).items() if isinstance(value, cached_property)
-    )
+    return tuple(name for klass in cls.__mro__ for name, value in vars(klass).items() if isinstance(value, memo))
 
 
 class InstanceState(_Strict):
@@ -73,7 +72,7 @@ class GpuState(_Strict):
     model: str
     instances: list[InstanceState] = []
 
-    @cached_property
+    @memo
     def gpu_model(self) -> GpuModel:
         return load_catalog().model(self.model)
 
@@ -83,13 +82,13 @@ class GpuState(_Strict):
 
     # The facts below are read for every GPU many times per plan; the model is frozen, so each is computed once.
 
-    @cached_property
+    @memo
     def layout_pairs(self) -> tuple[tuple[str, int], ...]:
         """The current layout as (profile, start) pairs, start order."""
         model = self.gpu_model  # names resolved as `layout` does, without building an `Instance` per instance
         return tuple(sorted(((model.profile(i.profile).name, i.start) for i in self.instances), key=lambda x: x[1]))
 
-    @cached_property
+    @memo
     def mig_devices_items(self) -> tuple[tuple[str, int], ...]:
         """`mig_devices` as (profile, count) pairs, catalog order: hashable, and shared instead of rebuilt."""
         counts = Counter(self.gpu_model.profile(i.profile).name for i in self.instances)
@@ -100,14 +99,14 @@ class GpuState(_Strict):
         """The current layout as a `mig-devices` map (catalog order): what mig-parted compares a target with."""
         return dict(self.mig_devices_items)
 
-    @cached_property
+    @memo
     def free_instances(self) -> tuple[tuple[str, int], ...]:
         """The instances no pod holds, as (catalog profile name, start) pairs, start order."""
         model = self.gpu_model
         free = ((model.profile(i.profile).name, i.start) for i in self.instances if not i.pod)
         return tuple(sorted(free, key=lambda x: x[1]))
 
-    @cached_property
+    @memo
     def holders(self) -> frozenset[str]:
         """The pods holding an instance of this GPU."""
         return frozenset(i.pod for i in self.instances if i.pod)
@@ -137,7 +136,7 @@ class NodeSelectorTerm(_Strict):
 
     match_expressions: list[NodeSelectorRequirement] = Field(default=[], alias="matchExpressions")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, ignored_types=MEMO_IGNORED)
 
 
 class NodeState(_Strict):
@@ -242,7 +241,7 @@ class ClusterSnapshot(_Strict):
         default=[], description="expected arrivals; only the proactive policy reads them, and never evicts for them"
     )
 
-    @cached_property
+    @memo
     def running_by_name(self) -> dict[str, RunningPod]:
         return {p.name: p for p in self.running}
 
