@@ -8,14 +8,17 @@ from pydantic import ValidationError
 
 from migopt.render import json_text, yaml_text
 from nvidia_protocol.safe_yaml import read_yaml_file
+from solver.collector import collector_paused
 from solver.errors import MigoptError, first_problem
 from solver.scope import PlanScope
 from solver.snapshot import ClusterSnapshot, parse_snapshot
 
 
+@collector_paused
 def load_snapshot(path: Path) -> ClusterSnapshot:
     """A snapshot file, validated (unreadable, not UTF-8, not YAML, nested too deeply: one line each). JSON is
-    read by the JSON parser, YAML by libyaml's (`read_yaml_file`): the same limits and errors either way."""
+    read by the JSON parser, YAML by libyaml's (`read_yaml_file`): the same limits and errors either way. The
+    cyclic collector waits: parsing makes millions of objects, none of them garbage."""
     data = read_yaml_file(path, f"snapshot {str(path)!r}", language="YAML/JSON")
     return parse_snapshot(data)
 

@@ -70,7 +70,7 @@ class InstanceState(_Strict):
 class GpuState(_Strict):
     index: int = Field(ge=0)
     model: str
-    instances: list[InstanceState] = []
+    instances: list[InstanceState] = Field(default_factory=list)
 
     @memo
     def gpu_model(self) -> GpuModel:
@@ -128,25 +128,25 @@ class Toleration(_Strict):
 class NodeSelectorRequirement(_Strict):
     key: str
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
-    values: list[str] = []
+    values: list[str] = Field(default_factory=list)
 
 
 class NodeSelectorTerm(_Strict):
     """Requirements that must all hold; a pod's terms are alternatives (Kubernetes' required node affinity)."""
 
-    match_expressions: list[NodeSelectorRequirement] = Field(default=[], alias="matchExpressions")
+    match_expressions: list[NodeSelectorRequirement] = Field(default_factory=list, alias="matchExpressions")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, ignored_types=MEMO_IGNORED)
 
 
 class NodeState(_Strict):
     name: str = Field(min_length=1)
-    labels: dict[str, str] = {}
-    annotations: dict[str, str] = {}
-    allocatable: dict[str, int] = {}
-    taints: list[Taint] = []
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    allocatable: dict[str, int] = Field(default_factory=dict)
+    taints: list[Taint] = Field(default_factory=list)
     unschedulable: bool = False
-    gpus: list[GpuState] = Field(default=[], max_length=MAX_GPUS_PER_NODE)
+    gpus: list[GpuState] = Field(default_factory=list, max_length=MAX_GPUS_PER_NODE)
     unmanaged: str | None = Field(
         default=None,
         description="why migopt must not change this node's GPUs (outside the managed-nodes selector, GPUs "
@@ -194,9 +194,9 @@ class PendingPod(_Strict):
     name: str = Field(min_length=1)
     requests: dict[str, int]
     priority: int = 0
-    node_selector: dict[str, str] = {}
-    node_affinity: list[NodeSelectorTerm] = []
-    tolerations: list[Toleration] = []
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_affinity: list[NodeSelectorTerm] = Field(default_factory=list)
+    tolerations: list[Toleration] = Field(default_factory=list)
 
     @field_validator("requests")
     @classmethod
@@ -234,11 +234,12 @@ class ForecastDemand(_Strict):
 
 
 class ClusterSnapshot(_Strict):
-    nodes: list[NodeState] = []
-    pods: list[PendingPod] = []
-    running: list[RunningPod] = []
+    nodes: list[NodeState] = Field(default_factory=list)
+    pods: list[PendingPod] = Field(default_factory=list)
+    running: list[RunningPod] = Field(default_factory=list)
     forecast: list[ForecastDemand] = Field(
-        default=[], description="expected arrivals; only the proactive policy reads them, and never evicts for them"
+        default_factory=list,
+        description="expected arrivals; only the proactive policy reads them, and never evicts for them",
     )
 
     @memo

@@ -20,6 +20,7 @@ from nvidia_protocol.safe_yaml import (
     MAX_REPEATED_NODES,
     BoundedLoader,
     PurePythonLoader,
+    _json_height_below,
     load_document,
     load_yaml,
     read_yaml_file,
@@ -113,6 +114,34 @@ def test_the_depth_limit_is_the_same_for_json_and_both_yaml_parsers(inner: str) 
             assert answers[0] == f"x is not valid YAML at line {line}: nested deeper than {MAX_DEPTH} levels"
         else:
             assert not answers[0].startswith("x is not valid")
+
+
+def _height(value: Any) -> int:
+    """Levels of collections in a JSON value (a scalar: 0)."""
+    if isinstance(value, dict):
+        return 1 + max(map(_height, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_height, value), default=0)
+    return 0
+
+
+_tricky_strings = st.text(st.sampled_from('[]{}"\\\n ax\u00e9'), max_size=8)
+_nested = st.recursive(
+    _scalars | _tricky_strings,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_tricky_strings, inner, max_size=3),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_nested, indent=st.sampled_from([None, 1]), ascii_only=st.booleans(), limit=st.integers(1, 8))
+def test_the_height_read_from_json_text_is_the_height_of_the_data(
+    value: Any, indent: int | None, ascii_only: bool, limit: int
+) -> None:
+    """The text-only bound that spares walking the data agrees with the data, brackets, quotes and backslashes
+    inside strings included."""
+    text = json.dumps(value, indent=indent, ensure_ascii=ascii_only)
+    assert _json_height_below(text, limit) == (_height(value) < limit)
 
 
 @pytest.mark.parametrize(

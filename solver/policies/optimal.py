@@ -55,31 +55,33 @@ def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | No
 
 class _Alongside:
     """The greedy baseline, started on the second thread when CP-SAT is about to solve (`start`), so that the two
-    overlap; `draft` waits for it, starting it first if no solve did."""
+    overlap, followed there by what writing the chosen plan will read (`prepare_writing`); `draft` waits for both,
+    starting them first if no solve did, and `answer` (CP-SAT's fallback) for the baseline alone."""
 
     def __init__(self, thread: ThreadPoolExecutor, problem: Problem, clock: PlanClock) -> None:
         self._thread, self._problem, self._clock = thread, problem, clock
-        self._future: Future[Draft] | None = None
+        self._work: tuple[Future[Draft], Future[None]] | None = None
 
-    def start(self) -> Future[Draft]:
-        if self._future is None:
-            self._future = self._thread.submit(self._work)
-        return self._future
+    def start(self) -> tuple[Future[Draft], Future[None]]:
+        if self._work is None:
+            greedy = self._thread.submit(baseline, self._problem, self._clock)
+            self._work = (greedy, self._thread.submit(self._prepare, greedy))
+        return self._work
 
-    def _work(self) -> Draft:
-        """The greedy draft, then what writing the chosen plan will read (`prepare_writing`): a greedy plan that
-        leaves pods pending suggests the chosen one will too."""
-        greedy = baseline(self._problem, self._clock)
+    def _prepare(self, greedy: Future[Draft]) -> None:
+        """A greedy plan that leaves pods pending suggests the chosen one will too: count what explains them."""
+        pending = greedy.result().objectives.served_pods < len(self._problem.demands)
         with self._clock.phase("prepare"):
-            prepare_writing(self._problem, greedy.objectives.served_pods < len(self._problem.demands))
-        return greedy
+            prepare_writing(self._problem, pending)
 
     def draft(self) -> Draft:
-        return self.start().result()
+        greedy, prepared = self.start()
+        prepared.result()
+        return greedy.result()
 
     def answer(self) -> AggregateSolution:
         """The greedy plan as a complete answer of the aggregated problem: CP-SAT's fallback hint."""
-        return greedy_answer(self._problem, self.draft().decisions)
+        return greedy_answer(self._problem, self.start()[0].result().decisions)
 
 
 def _unsolved(greedy: Draft, elapsed: float) -> Draft:
