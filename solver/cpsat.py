@@ -37,6 +37,8 @@ from ortools.sat.python import cp_model
 from solver.demand import key_compute_slices
 from solver.problem import Problem
 
+_sum = cp_model.LinearExpr.sum  # one flat sum: Python's `sum` makes a new expression per term
+_weighted = cp_model.LinearExpr.weighted_sum
 _EXACT = 2**53  # integers up to here survive CP-SAT's floating-point objective handling exactly
 SERVED, DISRUPTION, FRAGMENTATION, EXPECTED = range(4)  # the objective's terms, as `stages` numbers them
 _MAXIMISED = (SERVED, EXPECTED)
@@ -53,6 +55,35 @@ class AggregateSolution:
     bound: int
     solve_seconds: float
     stage_status: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Linear:
+    """A linear expression gathered as variables, coefficients and a constant, and made in one call
+    (`expression`): CP-SAT writes a linear constraint in the same canonical form however its expression was
+    built, and one weighted sum is far cheaper than a Python expression per term."""
+
+    variables: list[cp_model.IntVar] = field(default_factory=list)
+    coefficients: list[int] = field(default_factory=list)
+    constant: int = 0
+
+    def add(self, variable: cp_model.IntVar, coefficient: int) -> None:
+        self.variables.append(variable)
+        self.coefficients.append(coefficient)
+
+    def add_kept(self, per_member: int, members: int, reconfigured: cp_model.IntVar | None) -> None:
+        """`per_member` times the members that keep their map: all of them, less those reconfigured (if any)."""
+        self.constant += per_member * members
+        if reconfigured is not None:
+            self.add(reconfigured, -per_member)
+
+    def extend(self, other: _Linear) -> None:
+        self.variables += other.variables
+        self.coefficients += other.coefficients
+        self.constant += other.constant
+
+    def expression(self) -> cp_model.LinearExpr:
+        return _weighted(self.variables, self.coefficients) + self.constant
 
 
 class GeometryModel:
@@ -115,24 +146,19 @@ class GeometryModel:
                     var = self.z[di, pi, key] = m.new_int_var(0, count * len(d.demands), f"z{di}_{pi}_{key}")
                     self.takes[di, key].append(var)
 
-    def _kept(self, ui: int) -> cp_model.LinearExprT:
-        """Members of unit `ui` that keep their map."""
-        unit = self.problem.units[ui]
-        return len(unit.members) - self.r[ui] if ui in self.r else len(unit.members)
-
-    def _supply(self) -> dict[tuple[int, str], list[cp_model.LinearExprT]]:
+    def _supply(self) -> dict[tuple[int, str], _Linear]:
         """Devices per (pool, key): kept members' free devices plus what reconfigured members' targets offer."""
         p = self.problem
-        supply: dict[tuple[int, str], list[cp_model.LinearExprT]] = {}
+        supply: dict[tuple[int, str], _Linear] = {}
         for ui, unit in enumerate(p.units):
             pool = self.pool_index[unit.pool]
             for key, count in unit.keep_capacity:
-                supply.setdefault((pool, key), []).append(count * self._kept(ui))
+                supply.setdefault((pool, key), _Linear()).add_kept(count, len(unit.members), self.r.get(ui))
         for gi, g in enumerate(p.reconfig_groups):
             pool = self.pool_index[g.pool]
             for ti, target in enumerate(g.targets):
                 for key, count in target.capacity:
-                    supply.setdefault((pool, key), []).append(count * self.y[gi, ti])
+                    supply.setdefault((pool, key), _Linear()).add(self.y[gi, ti], count)
         return supply
 
     # --- constraints --------------------------------------------------------------------------------------------
@@ -148,7 +174,7 @@ class GeometryModel:
         """Each reconfigured member gets one target, and not the one it already holds (that is no change)."""
         p, m = self.problem, self.model
         for gi, g in enumerate(p.reconfig_groups):
-            m.add(sum(self.y[gi, ti] for ti in range(len(g.targets))) == sum(self.r[u] for u in g.units))
+            m.add(_sum([self.y[gi, ti] for ti in range(len(g.targets))]) == _sum([self.r[u] for u in g.units]))
             at: dict[tuple[tuple[str, int], ...] | None, list[cp_model.IntVar]] = {}
             for u in g.units:
                 at.setdefault(p.units[u].current, []).append(self.r[u])
@@ -157,7 +183,7 @@ class GeometryModel:
                 # other targets; each member excludes one target at most, so this makes an assignment exist (Hall)
                 at_t = at.get(target.as_current, [])
                 if at_t:
-                    m.add(sum(at_t) <= sum(self.y[gi, other] for other in range(len(g.targets)) if other != ti))
+                    m.add(_sum(at_t) <= _sum([self.y[gi, other] for other in range(len(g.targets)) if other != ti]))
 
     def _demand_constraints(self) -> None:
         """A served pod gets every device it asks for; a key no usable pool offers means none is served."""
@@ -167,7 +193,7 @@ class GeometryModel:
                 if not takes:
                     self.model.add(self.s[di] == 0)
                     continue
-                self.model.add(sum(takes) == count * self.s[di])
+                self.model.add(_sum(takes) == count * self.s[di])
 
     def _capacity_constraints(self) -> None:
         """No pool gives out more devices of a key than its kept and reconfigured members offer."""
@@ -175,7 +201,7 @@ class GeometryModel:
         for (_, pi, key), var in self.z.items():
             use.setdefault((pi, key), []).append(var)
         for (pi, key), takers in use.items():
-            self.model.add(sum(takers) <= sum(self.supply[pi, key]))
+            self.model.add(_sum(takers) <= self.supply[pi, key].expression())
 
     def _policy_constraints(self) -> None:
         """The plan policy's caps on evicted pods and reconfigured GPUs."""
@@ -191,17 +217,18 @@ class GeometryModel:
     def _define_objective_terms(self) -> None:
         """The three lexicographic terms and their upper bounds; `stages` decides how they are weighed."""
         p = self.problem
-        self.served_weight = sum(d.weight * self.s[di] for di, d in enumerate(p.pod_groups))
+        self.served_weight = _weighted(list(self.s.values()), [d.weight for d in p.pod_groups])
         big = 1 + sum(len(u.members) * u.gpus_per_member for u in p.units)
-        self.disruption = sum(
-            (p.units[u].evict_weight * big + p.units[u].gpus_per_member) * v for u, v in self.r.items()
+        self.disruption = _weighted(
+            list(self.r.values()), [p.units[u].evict_weight * big + p.units[u].gpus_per_member for u in self.r]
         )
-        frag_terms: list[cp_model.LinearExprT] = [
-            unit.keep_fragmentation * self._kept(ui) for ui, unit in enumerate(p.units)
-        ]
+        fragmentation = _Linear()
+        for ui, unit in enumerate(p.units):
+            fragmentation.add_kept(unit.keep_fragmentation, len(unit.members), self.r.get(ui))
         for gi, g in enumerate(p.reconfig_groups):
-            frag_terms += [t.fragmentation * self.y[gi, ti] for ti, t in enumerate(g.targets)]
-        self.fragmentation = sum(frag_terms)
+            for ti, t in enumerate(g.targets):
+                fragmentation.add(self.y[gi, ti], t.fragmentation)
+        self.fragmentation = fragmentation.expression()
         self.expected = self._expected_room()
         # upper bounds of the terms, to fold several into one integer objective without overlap
         self.maxima = (
@@ -214,18 +241,18 @@ class GeometryModel:
     def _expected_room(self) -> cp_model.LinearExprT:
         """Compute slices of the forecast demand the devices left after serving could take (0 without one)."""
         terms: list[cp_model.LinearExprT] = []
-        left: dict[str, list[cp_model.LinearExprT]] = {}
+        left: dict[str, _Linear] = {}
         for (_, key), supplied in self.supply.items():
             if key in self.problem.expected:
-                left.setdefault(key, []).extend(supplied)
+                left.setdefault(key, _Linear()).extend(supplied)
         for (_, _, key), var in self.z.items():
             if key in left:
-                left[key].append(-var)
+                left[key].add(var, -1)
         for key, count in sorted(self.problem.expected.items()):
             room = self.model.new_int_var(0, count, f"x_{key}")
-            self.model.add(room <= sum(left.get(key, [])))
+            self.model.add(room <= left.get(key, _Linear()).expression())
             terms.append(key_compute_slices(key) * room)
-        return sum(terms)
+        return _sum(terms)
 
     def hint(self, previous: AggregateSolution, allocation: bool = False) -> None:
         """Start from an earlier answer (its served counts clipped to this model's caps); with `allocation`, its
