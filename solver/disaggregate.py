@@ -87,6 +87,8 @@ def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) ->
     free: FreeIndex = defaultdict(dict)
     for ui, unit in enumerate(problem.units):
         rebuilt = ui in chosen  # else no member of the unit changes: all are kept, in the unit's own pool
+        if not rebuilt and not unit.keep_capacity:
+            continue  # kept members offer no device any pending pod asks for: nothing a placement could take
         for member in unit.members:
             node = nodes[member.node]
             if len(member.gpus) == 1:
@@ -131,14 +133,16 @@ class _OneNode:
         names = self._names.get((tuple(pools), first))
         if names is None:
             names = self._names[tuple(pools), first] = sorted({n for pi in pools for n in free.get((pi, first), {})})
+        # the pools' devices of each key by node, only pools with some left: devices only ever leave the index
+        by_key = [(count, [t for t in (free.get((pi, key)) for pi in pools) if t]) for key, count in demand.resources]
         for position in range(self._resume.get(group, 0), len(names)):
             node = names[position]
-            offer = {
-                key: [(pi, d) for pi in pools for d in free.get((pi, key), {}).get(node, [])]
-                for key, _ in demand.resources
-            }
-            if all(len(offer[key]) >= count for key, count in demand.resources):
-                taken = [(pi, key, d) for key, count in demand.resources for pi, d in offer[key][:count]]
+            if all(sum(len(by_node.get(node, ())) for by_node in tables) >= count for count, tables in by_key):
+                taken = [
+                    (pi, key, d)
+                    for key, count in demand.resources
+                    for pi, d in [(pi, d) for pi in pools for d in free.get((pi, key), {}).get(node, [])][:count]
+                ]
                 for pi, key, device in taken:
                     _remove(free, pi, key, device)
                 self._resume[group] = position

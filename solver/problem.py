@@ -242,6 +242,25 @@ def _idle_slices(gpu: GpuState, keys: Collection[str], kind: str) -> int:
     return model.compute_slices - useful
 
 
+def _layout_facts(gpu: GpuState, keys: Collection[str]) -> tuple[Capacity, int, MapKey]:
+    """A mixed-strategy GPU's free devices some pending pod asks for, its idle slices and its map, in one pass:
+    what `_free_capacity`, `_idle_slices` and `mig_devices_items` give, sorted as a unit key holds them."""
+    model = gpu.gpu_model
+    free: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    useful = 0
+    for inst in gpu.instances:
+        profile = model.profile(inst.profile)
+        name = profile.name
+        counts[name] = counts.get(name, 0) + 1
+        if inst.pod:
+            useful += profile.compute_slices
+        elif name in keys:
+            useful += profile.compute_slices
+            free[name] = free.get(name, 0) + 1
+    return tuple(sorted(free.items())), model.compute_slices - useful, tuple(sorted(counts.items()))
+
+
 def _mixed_targets(model: GpuModel, keys: set[str], scope: PlanScope) -> list[Target]:
     """The scope's candidate maps for the demanded profiles; instances no pending pod asks for (an allowed
     geometry may hold some) offer nothing and count as fragmentation."""
@@ -427,6 +446,15 @@ class _MemberState:
     fragmentation: int  # idle slices if the member is kept
 
 
+class _LayoutFacts(NamedTuple):
+    """What a mixed-strategy GPU's unit key takes from its model and layout alone."""
+
+    keep_capacity: Capacity
+    fragmentation: int
+    current_target: MapKey | None  # its map, when that is one of the model's targets
+    has_targets: bool  # whether the model has any map to be reconfigured to
+
+
 @dataclass(frozen=True)
 class _UnitFactory:
     """Describes a member as a unit; what cannot matter is left out, so that more members share one unit."""
@@ -436,35 +464,41 @@ class _UnitFactory:
     data: _PendingData
     targets: _TargetCache
     signatures: dict[str, frozenset[int]]
+    holders: dict[str, tuple[bool, int, int]] = field(default_factory=dict)  # running pod -> `_holder`'s answer
 
-    def mixed_key(
-        self, node: NodeState, gpu: GpuState, layouts: dict[tuple[object, ...], tuple[Capacity, int, MapKey]]
-    ) -> UnitKey:
-        """`unit(...).key` of a mixed-strategy GPU, without building the unit; what follows from the layout alone
-        (free devices, idle slices, map) is remembered in `layouts` per layout and which instances are held."""
+    def mixed_key(self, node: NodeState, gpu: GpuState, layouts: dict[tuple[object, ...], _LayoutFacts]) -> UnitKey:
+        """`unit(...).key` of a mixed-strategy GPU, without building the unit; what follows from the model and the
+        layout alone is remembered in `layouts` per layout and which instances are held (`_layout`), and what a
+        holder contributes per pod (`_holder`)."""
         model = gpu.gpu_model
-        shape = (model.key, tuple((i.profile, i.start, i.pod is None) for i in gpu.instances))
-        facts = layouts.get(shape)
-        if facts is None:
-            keys = self.data.keys
-            keep = tuple(sorted((k, c) for k, c in _free_capacity(gpu).items() if c > 0 and k in keys))
-            facts = layouts[shape] = (keep, _idle_slices(gpu, keys, "mixed"), tuple(sorted(gpu.mig_devices_items)))
-        keep_capacity, fragmentation, current = facts
-        running = [self.snapshot.running_pod(name) for name in gpu.holders]
-        reconfigurable = (
-            node.unmanaged is None
-            and bool(self.targets.get("mixed", model, 1))
-            and all(self.policy.may_evict(p) for p in running)
-        )
-        if not reconfigurable:
-            return UnitKey("mixed", model.key, keep_capacity, fragmentation, self.signatures[node.name], None, False, 0,
-                           0, 1, None)  # fmt: skip
+        shape = (model.key, tuple([(i.profile, i.start, i.pod is None) for i in gpu.instances]))
+        facts = layouts.get(shape) or self._layout(shape, gpu, layouts)
+        holders = [self.holders.get(name) or self._holder(name) for name in gpu.holders]
+        if node.unmanaged is not None or not facts.has_targets or not all(h[0] for h in holders):
+            return UnitKey("mixed", model.key, facts.keep_capacity, facts.fragmentation, self.signatures[node.name],
+                           None, False, 0, 0, 1, None)  # fmt: skip
         return UnitKey(
-            "mixed", model.key, keep_capacity, fragmentation, self.signatures[node.name],
-            max((p.priority for p in running), default=None), True, len(running),
-            sum(self.data.weights.factor(p.priority) for p in running), 1,
-            current if current in self.targets.maps("mixed", model, 1) else None,
+            "mixed", model.key, facts.keep_capacity, facts.fragmentation, self.signatures[node.name],
+            max((h[1] for h in holders), default=None), True, len(holders), sum(h[2] for h in holders), 1,
+            facts.current_target,
         )  # fmt: skip
+
+    def _layout(
+        self, shape: tuple[object, ...], gpu: GpuState, layouts: dict[tuple[object, ...], _LayoutFacts]
+    ) -> _LayoutFacts:
+        keep, fragmentation, current = _layout_facts(gpu, self.data.keys)
+        model = gpu.gpu_model
+        facts = layouts[shape] = _LayoutFacts(
+            keep, fragmentation, current if current in self.targets.maps("mixed", model, 1) else None,
+            bool(self.targets.get("mixed", model, 1)),
+        )  # fmt: skip
+        return facts
+
+    def _holder(self, name: str) -> tuple[bool, int, int]:
+        """A running pod as a GPU's key reads it: whether the policy may evict it, its priority and its weight."""
+        pod = self.snapshot.running_pod(name)
+        found = self.holders[name] = (self.policy.may_evict(pod), pod.priority, self.data.weights.factor(pod.priority))
+        return found
 
     def unit(self, member: _MemberState) -> Unit:
         gpus = member.gpus
@@ -505,7 +539,7 @@ def _units(snapshot: ClusterSnapshot, factory: _UnitFactory) -> list[Unit]:
     A mixed-strategy GPU's key is computed directly (`_UnitFactory.mixed_key`, what `unit` would give), and the
     unit made from that key for the first member with it: clusters have tens of thousands of GPUs and few units."""
     units: dict[UnitKey, Unit] = {}
-    layouts: dict[tuple[object, ...], tuple[Capacity, int, MapKey]] = {}
+    layouts: dict[tuple[object, ...], _LayoutFacts] = {}
     for node in sorted(snapshot.nodes, key=lambda n: n.name):
         if not node.gpus:
             continue

@@ -29,8 +29,10 @@ def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> 
     gpu_plans = {(g.node, g.index): g for g in plan.gpus}
     free = _FreeDevices()
     tier: dict[tuple[str, int], int] = {}
+    gpus: dict[GpuRef, GpuState] = {}
     for node in snapshot.nodes:
         for gpu in node.gpus:
+            gpus[node.name, gpu.index] = gpu
             gp = gpu_plans.get((node.name, gpu.index))
             if gp is None:
                 problems.append(f"{node.name}/{gpu.index}: missing from plan")
@@ -63,7 +65,7 @@ def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> 
     problems += _single_strategy_problems(snapshot, plan)
     pending = {d.pod.name: d for d in demands(snapshot, weights_for(snapshot))}
     for placement in plan.placements:
-        problems += _placement_problems(placement, pending.get(placement.pod), nodes, gpu_plans, free, tier)
+        problems += _placement_problems(placement, pending.get(placement.pod), nodes, gpus, gpu_plans, free, tier)
     placed = {p.pod for p in plan.placements}
     unplaced = {u.pod for u in plan.unplaced}
     if placed & unplaced or (placed | unplaced) != set(pending) or len(plan.placements) != len(placed):
@@ -78,7 +80,7 @@ class _FreeDevices:
 
     def __init__(self) -> None:
         self._offered: dict[GpuRef, tuple[GpuState, GpuPlan]] = {}
-        self._left: dict[GpuRef, Counter[tuple[str, int]]] = {}
+        self._left: dict[GpuRef, dict[tuple[str, int], int]] = {}
 
     def offer(self, node: NodeState, gpu: GpuState, plan: GpuPlan) -> None:
         """The GPU's devices serve placements (it is in the plan, with a feasible target if it changes)."""
@@ -89,17 +91,17 @@ class _FreeDevices:
         left = self._left.get(ref)
         if left is None:
             left = self._left[ref] = self._count(ref)
-        left[profile, start] -= 1
-        return left[profile, start] >= 0
+        remaining = left[profile, start] = left.get((profile, start), 0) - 1
+        return remaining >= 0
 
-    def _count(self, ref: GpuRef) -> Counter[tuple[str, int]]:
+    def _count(self, ref: GpuRef) -> dict[tuple[str, int], int]:
         if ref not in self._offered:
-            return Counter()
+            return {}
         gpu, plan = self._offered[ref]
         if not plan.reconfigure:
-            return Counter(gpu.free_instances)
+            return dict(Counter(gpu.free_instances))
         layout = target_layout(gpu.gpu_model.key, tuple(sorted(plan.target.items())))
-        return Counter((profile, -1) for profile, _ in layout)
+        return dict(Counter((profile, -1) for profile, _ in layout))
 
 
 @lru_cache(maxsize=4096)
@@ -126,6 +128,7 @@ def _placement_problems(
     placement: PodPlacement,
     demand: Demand | None,
     nodes: dict[str, NodeState],
+    gpus: dict[GpuRef, GpuState],
     gpu_plans: dict[GpuRef, GpuPlan],
     free: _FreeDevices,
     tier: dict[GpuRef, int],
@@ -138,19 +141,20 @@ def _placement_problems(
     why = rejection(node, demand)
     if why is not None:
         problems.append(f"{placement.pod}: node {node.name} rejects it ({why})")
-    got: Counter[str] = Counter()
+    got: dict[str, int] = {}
     for device in placement.devices:
         ref = (node.name, device.gpu)
-        gpu = next((g for g in node.gpus if g.index == device.gpu), None)
+        gpu = gpus.get(ref)
         gp = gpu_plans.get(ref)
         if gpu is None or gp is None:
             problems.append(f"{placement.pod}: no GPU {device.gpu} on {node.name}")
             continue
         if not free.take(ref, device.profile, -1 if gp.reconfigure else device.start):
             problems.append(f"{placement.pod}: {device.profile} on {node.name}/{device.gpu} is not free")
-        got[resource_key(node, gpu, device.profile)] += 1
+        key = resource_key(node, gpu, device.profile)
+        got[key] = got.get(key, 0) + 1
         if tier.get(ref, -(2**63)) >= demand.pod.priority:
             problems.append(f"{placement.pod}: takes capacity freed by evicting pods of higher or equal priority")
-    if got != Counter(dict(demand.resources)):
-        problems.append(f"{placement.pod}: got {dict(got)}, asked for {dict(demand.resources)}")
+    if got != dict(demand.resources):  # both hold positive counts only
+        problems.append(f"{placement.pod}: got {got}, asked for {dict(demand.resources)}")
     return problems
