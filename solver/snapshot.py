@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -80,19 +80,23 @@ class GpuState(_Strict):
     def layout(self) -> list[Instance]:
         return [Instance(profile=self.gpu_model.profile(i.profile).name, start=i.start) for i in self.instances]
 
-    # The facts below are read for every GPU many times per plan; the model is frozen, so each is computed once.
+    # The facts below are read for every GPU many times per plan; the model is frozen, so each is computed once,
+    # and GPUs repeat a few layouts, so each layout's are computed once (`_layout_facts`).
+
+    @memo
+    def layout_shape(self) -> LayoutShape:
+        """The model as written and each instance as (profile as written, start, held): all the facts below read."""
+        return self.model, tuple([(i.profile, i.start, bool(i.pod)) for i in self.instances])
 
     @memo
     def layout_pairs(self) -> tuple[tuple[str, int], ...]:
         """The current layout as (profile, start) pairs, start order."""
-        model = self.gpu_model  # names resolved as `layout` does, without building an `Instance` per instance
-        return tuple(sorted(((model.profile(i.profile).name, i.start) for i in self.instances), key=lambda x: x[1]))
+        return _layout_facts(self.layout_shape)[0]
 
     @memo
     def mig_devices_items(self) -> tuple[tuple[str, int], ...]:
         """`mig_devices` as (profile, count) pairs, catalog order: hashable, and shared instead of rebuilt."""
-        counts = Counter(self.gpu_model.profile(i.profile).name for i in self.instances)
-        return tuple((p.name, counts[p.name]) for p in self.gpu_model.profiles if counts[p.name])
+        return _layout_facts(self.layout_shape)[1]
 
     @property
     def mig_devices(self) -> dict[str, int]:
@@ -102,14 +106,32 @@ class GpuState(_Strict):
     @memo
     def free_instances(self) -> tuple[tuple[str, int], ...]:
         """The instances no pod holds, as (catalog profile name, start) pairs, start order."""
-        model = self.gpu_model
-        free = ((model.profile(i.profile).name, i.start) for i in self.instances if not i.pod)
-        return tuple(sorted(free, key=lambda x: x[1]))
+        return _layout_facts(self.layout_shape)[2]
 
     @memo
     def holders(self) -> frozenset[str]:
         """The pods holding an instance of this GPU."""
         return frozenset(i.pod for i in self.instances if i.pod)
+
+
+LayoutShape = tuple[str, tuple[tuple[str, int, bool], ...]]
+Pairs = tuple[tuple[str, int], ...]
+
+
+@lru_cache(maxsize=65536)
+def _layout_facts(shape: LayoutShape) -> tuple[Pairs, Pairs, Pairs]:
+    """A layout's (profile, start) pairs in start order, its (profile, count) pairs in catalog order, and its free
+    instances' (profile, start) pairs in start order, profiles by their catalog names. A snapshot of thousands of
+    GPUs holds a few thousand layouts: the answers are shared, and a bounded cache keeps a long-running
+    controller's memory flat."""
+    model = load_catalog().model(shape[0])
+    named = [(model.profile(profile).name, start, held) for profile, start, held in shape[1]]
+    counts = Counter(name for name, _, _ in named)
+    return (
+        tuple(sorted(((name, start) for name, start, _ in named), key=lambda pair: pair[1])),
+        tuple((p.name, counts[p.name]) for p in model.profiles if counts[p.name]),
+        tuple(sorted(((name, start) for name, start, held in named if not held), key=lambda pair: pair[1])),
+    )
 
 
 class Taint(_Strict):
