@@ -471,7 +471,7 @@ class _UnitFactory:
         layout alone is remembered in `layouts` per layout and which instances are held (`_layout`), and what a
         holder contributes per pod (`_holder`)."""
         model = gpu.gpu_model
-        shape = (model.key, tuple([(i.profile, i.start, i.pod is None) for i in gpu.instances]))
+        shape = gpu.layout_shape
         facts = layouts.get(shape) or self._layout(shape, gpu, layouts)
         holders = [self.holders.get(name) or self._holder(name) for name in gpu.holders]
         if node.unmanaged is not None or not facts.has_targets or not all(h[0] for h in holders):

@@ -335,13 +335,19 @@ class _Verdicts:
 
     def __init__(self) -> None:
         self._layouts: dict[tuple[object, ...], str | None] = {}
+        self._shapes: dict[LayoutShape, str | None] = {}
         self._requests: dict[tuple[object, ...], str | None] = {}
 
     def layout(self, gpu: GpuState) -> str | None:
-        key = (gpu.model, tuple((i.profile, i.start) for i in gpu.instances))
-        if key not in self._layouts:
-            self._layouts[key] = _layout_verdict(gpu)
-        return self._layouts[key]
+        """Keyed by the GPU's `layout_shape`, which planning reads next: which instances are held cannot matter,
+        so each distinct shape is mapped to its layout's verdict once."""
+        shape = gpu.layout_shape
+        if shape not in self._shapes:
+            key = (shape[0], tuple([(profile, start) for profile, start, _ in shape[1]]))
+            if key not in self._layouts:
+                self._layouts[key] = _layout_verdict(gpu)
+            self._shapes[shape] = self._layouts[key]
+        return self._shapes[shape]
 
     def check_pod(self, pod: PendingPod) -> None:
         """`check_pending_pod`, once per distinct request (what it reads: the requests and the product)."""

@@ -55,17 +55,19 @@ def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | No
 
 class _Alongside:
     """The greedy baseline, started on the second thread when CP-SAT is about to solve (`start`), so that the two
-    overlap, followed there by what writing the chosen plan will read (`prepare_writing`); `draft` waits for both,
-    starting them first if no solve did, and `answer` (CP-SAT's fallback) for the baseline alone."""
+    overlap; after it, there, the same plan as an answer of the aggregated problem (CP-SAT's fallback hint) and
+    what writing the chosen plan will read (`prepare_writing`). `draft` waits for all of it, starting it first if
+    no solve did; `answer` only for the baseline and its answer."""
 
     def __init__(self, thread: ThreadPoolExecutor, problem: Problem, clock: PlanClock) -> None:
         self._thread, self._problem, self._clock = thread, problem, clock
-        self._work: tuple[Future[Draft], Future[None]] | None = None
+        self._work: tuple[Future[Draft], Future[AggregateSolution], Future[None]] | None = None
 
-    def start(self) -> tuple[Future[Draft], Future[None]]:
+    def start(self) -> tuple[Future[Draft], Future[AggregateSolution], Future[None]]:
         if self._work is None:
             greedy = self._thread.submit(baseline, self._problem, self._clock)
-            self._work = (greedy, self._thread.submit(self._prepare, greedy))
+            answer = self._thread.submit(lambda: greedy_answer(self._problem, greedy.result().decisions))
+            self._work = (greedy, answer, self._thread.submit(self._prepare, greedy))
         return self._work
 
     def _prepare(self, greedy: Future[Draft]) -> None:
@@ -75,13 +77,13 @@ class _Alongside:
             prepare_writing(self._problem, pending)
 
     def draft(self) -> Draft:
-        greedy, prepared = self.start()
+        greedy, _, prepared = self.start()
         prepared.result()
         return greedy.result()
 
     def answer(self) -> AggregateSolution:
         """The greedy plan as a complete answer of the aggregated problem: CP-SAT's fallback hint."""
-        return greedy_answer(self._problem, self.start()[0].result().decisions)
+        return self.start()[1].result()
 
 
 def _unsolved(greedy: Draft, elapsed: float) -> Draft:
