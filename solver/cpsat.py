@@ -257,13 +257,23 @@ class GeometryModel:
     def hint(self, previous: AggregateSolution, allocation: bool = False) -> None:
         """Start from an earlier answer (its served counts clipped to this model's caps); with `allocation`, its
         z too, which makes a complete solution of an answer that fits this model (the greedy plan's)."""
-        pairs = [(var, previous.reconfigured.get(u, 0)) for u, var in self.r.items()]
-        pairs += [(var, previous.targets.get(gi, [0] * (ti + 1))[ti]) for (gi, ti), var in self.y.items()]
+        self._set_hints(self._values(previous, allocation))
+
+    def _values(self, answer: AggregateSolution, allocation: bool) -> list[tuple[cp_model.IntVar, int]]:
+        """The variables' values in an answer (`hint`'s reading of it)."""
+        pairs = [(var, answer.reconfigured.get(u, 0)) for u, var in self.r.items()]
+        pairs += [(var, answer.targets.get(gi, [0] * (ti + 1))[ti]) for (gi, ti), var in self.y.items()]
         caps = self.served_caps
-        pairs += [(var, min(previous.served.get(di, 0), caps.get(di, 10**9))) for di, var in self.s.items()]
+        pairs += [(var, min(answer.served.get(di, 0), caps.get(di, 10**9))) for di, var in self.s.items()]
         if allocation:
-            pairs += [(var, previous.allocation.get(key, 0)) for key, var in self.z.items()]
-        self._set_hints(pairs)
+            pairs += [(var, answer.allocation.get(key, 0)) for key, var in self.z.items()]
+        return pairs
+
+    def _value(self, objective: cp_model.LinearExpr, answer: AggregateSolution) -> int:
+        """The objective's value at a complete answer (the greedy plan's), to compare with what the search found."""
+        values = {var.index: value for var, value in self._values(answer, allocation=True)}
+        flat = cp_model.FlatIntExpr(objective)
+        return sum(c * values.get(v.index, 0) for v, c in zip(flat.vars, flat.coeffs, strict=True)) + flat.offset
 
     def _set_hints(self, pairs: list[tuple[cp_model.IntVar, int]]) -> None:
         """Replace the hints with these, in this order: what `add_hint` per pair writes, in bulk."""
@@ -339,9 +349,10 @@ class GeometryModel:
 
         The limit is the plan policy's unless given: a planner solving in rounds passes the time it has left.
         `fallback` gives a complete answer (the greedy plan's) to start from when the first stage finds nothing in
-        half its time: starting from it always gives a solution, but when time suffices the search without it
-        ends on better plans more often (measured with benchmarks/plan_fingerprint.py), so it is the second try;
-        it is asked for only then, as the greedy plan may still be in the making alongside this solve.
+        half its time, or only solutions worse than that answer: starting from it always gives a solution at least
+        as good, but when time suffices the search without it ends on better plans more often (measured with
+        benchmarks/plan_fingerprint.py), so it is the second try; it is asked for only then, as the greedy plan
+        may still be in the making alongside this solve.
         """
         if time_limit_s is None:
             time_limit_s = self.problem.policy.time_limit_s
@@ -365,19 +376,25 @@ class GeometryModel:
             status = solver.solve(self.model)
             self.cpsat_seconds += time.perf_counter() - solving
             statuses.append(solver.status_name(status))
-            if retry and fallback is not None and status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-                self.hint(fallback(), allocation=True)
-                solver.parameters.max_time_in_seconds = max(stage_s - (time.perf_counter() - solving), 0.01)
-                retried = time.perf_counter()
-                status = solver.solve(self.model)
-                self.cpsat_seconds += time.perf_counter() - retried
-                statuses.append(f"from greedy {solver.status_name(status)}")
+            earlier_bound = None  # the first try's bound, when it found a solution: it bounds the same model
+            if retry and fallback is not None and status != cp_model.OPTIMAL:
+                start = fallback()
+                if status != cp_model.FEASIBLE or self._value(objective, start) > solver.objective_value:
+                    # nothing found, or worse than the greedy plan: the rest of the stage starts from the greedy plan
+                    earlier_bound = solver.best_objective_bound if status == cp_model.FEASIBLE else None
+                    self.hint(start, allocation=True)
+                    solver.parameters.max_time_in_seconds = max(stage_s - (time.perf_counter() - solving), 0.01)
+                    retried = time.perf_counter()
+                    status = solver.solve(self.model)
+                    self.cpsat_seconds += time.perf_counter() - retried
+                    statuses.append(f"from greedy {solver.status_name(status)}")
             if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 break
             if number == 0:
                 served, proven = int(solver.value(self.served_weight)), status == cp_model.OPTIMAL
                 # objective = served * factor - rest, with 0 <= rest < factor, so served <= (B + factor - 1) / factor
-                bound = int((int(solver.best_objective_bound + 1e-6) + factor - 1) // factor)
+                best_bound = solver.best_objective_bound if earlier_bound is None else min(solver.best_objective_bound, earlier_bound)
+                bound = int((int(best_bound + 1e-6) + factor - 1) // factor)
             answer = self._read(solver, served, max(bound, served), proven, statuses)
             self._hint_from(solver)
             for term in terms:

@@ -17,9 +17,11 @@ from optimizer.metrics.exporter import MetricsObserver
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
 from simulations.twin import Twin
 from simulations.twin.state import PodPhase
+from solver.cpsat import GeometryModel
 from solver.demand import key_compute_slices
 from solver.plan import PlanPolicy
 from solver.planner import make_plan
+from solver.problem import build_problem
 from solver.snapshot import (
     ClusterSnapshot,
     ForecastDemand,
@@ -226,11 +228,23 @@ def test_the_expected_demand_term_ranks_below_served_demand_and_disruption(seed:
     shapes = [{"nvidia.com/mig-1g.10gb": 1}, {"nvidia.com/mig-3g.40gb": 1}, {"nvidia.com/mig-2g.20gb": 1}]
     forecast = [ForecastDemand(requests=shapes[i], count=c) for i, c in enumerate(counts)]
     policy = PlanPolicy(time_limit_s=10)
-    today = make_plan(snapshot, policy, "optimal")
     expecting = snapshot.model_copy(update={"forecast": forecast})
     plan = make_plan(expecting, policy, "optimal")
     assert plan_problems(expecting, plan, policy) == []
-    if today.status == plan.status == "optimal":
-        assert plan.objectives.served_weight == today.objectives.served_weight
-        assert plan.objectives.evicted_weight == today.objectives.evicted_weight
-        assert plan.objectives.reconfigured_gpus == today.objectives.reconfigured_gpus
+    # the order holds for the integer program's terms; the plan's own figures can differ by what disaggregation
+    # repairs (a several-device pod re-homed on a GPU re-targeted for it), which no objective term steers
+    today, expected = _first_stage(snapshot, policy), _first_stage(expecting, policy)
+    if today is not None and expected is not None:
+        assert expected == today
+
+
+def _first_stage(snapshot: ClusterSnapshot, policy: PlanPolicy) -> tuple[int, int, int] | None:
+    """Served weight, evicted weight and GPUs reconfigured of the aggregated answer, when proven optimal."""
+    problem = build_problem(snapshot, policy)
+    answer = GeometryModel(problem).solve(policy.time_limit_s)
+    if answer is None or not answer.proven_optimal:
+        return None
+    units = problem.units
+    evicted = sum(units[u].evict_weight * count for u, count in answer.reconfigured.items())
+    gpus = sum(units[u].gpus_per_member * count for u, count in answer.reconfigured.items())
+    return answer.objective, evicted, gpus
