@@ -11,6 +11,7 @@ import pytest
 import yaml
 from ortools.sat.python import cp_model
 
+from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
 from solver.collector import collector_paused
 from solver.plan import PlanPolicy
 from solver.planner import make_plan
@@ -92,6 +93,32 @@ def test_the_collector_is_paused_while_planning_and_restored_after() -> None:
         assert not gc.isenabled()  # it was off before: planning does not switch it on
     finally:
         gc.enable()
+
+
+def test_cpsat_restarts_from_the_greedy_plan_when_its_first_try_ends_worse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first stage cut short on a solution worse than the greedy plan's (here: the plan of no change, hinted,
+    and the search stopped there) spends the rest of its time starting from the greedy plan, so CP-SAT's answer
+    is never worse than it."""
+    real = cp_model.CpSolver
+
+    class StopsOnNothing(real):  # type: ignore[misc, valid-type]
+        calls = 0
+
+        def solve(self, model: cp_model.CpModel, *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            self.parameters.stop_after_first_solution = self.calls == 1
+            if self.calls == 1:
+                model.clear_hints()  # type: ignore[no-untyped-call]
+                for index in range(len(model.proto.variables)):
+                    model.add_hint(model.get_int_var_from_proto_index(index), 0)
+            return super().solve(model, *args, **kwargs)
+
+    monkeypatch.setattr(cp_model, "CpSolver", StopsOnNothing)
+    snapshot = parse_snapshot(generate_snapshot(ClusterSpec(nodes=20, pending_pods=100, seed=1)))
+    plan = make_plan(snapshot, PlanPolicy(time_limit_s=10.0))
+    greedy = make_plan(snapshot, PlanPolicy(), "greedy")
+    assert any("FEASIBLE, from greedy OPTIMAL" in note for note in plan.notes), plan.notes
+    assert plan.objective >= greedy.objective and plan.gap == 0.0
 
 
 def test_cpsat_restarts_from_the_greedy_plan_when_its_first_try_finds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
