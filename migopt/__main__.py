@@ -1,5 +1,5 @@
 """`python -m optimizer` runs the `migopt` CLI."""
 
-from migopt.cli import main
+from migopt.cli import console_main
 
-main()
+console_main()
