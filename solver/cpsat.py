@@ -393,7 +393,9 @@ class GeometryModel:
             if number == 0:
                 served, proven = int(solver.value(self.served_weight)), status == cp_model.OPTIMAL
                 # objective = served * factor - rest, with 0 <= rest < factor, so served <= (B + factor - 1) / factor
-                best_bound = solver.best_objective_bound if earlier_bound is None else min(solver.best_objective_bound, earlier_bound)
+                best_bound = solver.best_objective_bound
+                if earlier_bound is not None:
+                    best_bound = min(best_bound, earlier_bound)
                 bound = int((int(best_bound + 1e-6) + factor - 1) // factor)
             answer = self._read(solver, served, max(bound, served), proven, statuses)
             self._hint_from(solver)

@@ -85,17 +85,23 @@ def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) ->
     pool_index = {pool: i for i, pool in enumerate(problem.pools)}
     group_of_unit = {u: gi for gi, g in enumerate(problem.reconfig_groups) for u in g.units}
     free: FreeIndex = defaultdict(dict)
+    kept_offers = problem.kept_offers()
     for ui, unit in enumerate(problem.units):
         rebuilt = ui in chosen  # else no member of the unit changes: all are kept, in the unit's own pool
-        if not rebuilt and not unit.keep_capacity:
-            continue  # kept members offer no device any pending pod asks for: nothing a placement could take
+        if not rebuilt:  # what its members offer, copied (the index's lists shrink as pods are placed)
+            pi = pool_index[unit.pool]
+            for key, by_node in kept_offers.get(ui, {}).items():
+                table = free[pi, key]
+                for name, offered in by_node.items():
+                    table.setdefault(name, []).extend(offered)
+            continue
         for member in unit.members:
             node = nodes[member.node]
             if len(member.gpus) == 1:
                 gpus = [gpu_index[member.node, member.gpus[0]][1]]
             else:  # the node's order, which the devices are offered in
                 gpus = [g for g in node.gpus if g.index in member.gpus]
-            ti = target_of.get(member) if rebuilt else None
+            ti = target_of.get(member)
             if ti is None:
                 if advertises_nothing(node, {}):
                     continue  # a kept single-strategy node holding several profiles advertises no device

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from solver.catalog import GpuModel, load_catalog
-from solver.decisions import Device, free_devices, resource_key
+from solver.decisions import Device, advertises_nothing, free_devices, resource_key
 from solver.demand import Demand, PriorityWeights, demands, rejection, single_key, weights_for
 from solver.explain import Census, census
 from solver.geometry import max_alone
@@ -149,6 +149,7 @@ class Problem:
     _kept_fragmentation: int | None = field(default=None, repr=False)
     _devices: dict[tuple[object, ...], tuple[tuple[str, Device], ...]] = field(default_factory=dict, repr=False)
     _kept_lines: dict[tuple[str, int], GpuPlan] | None = field(default=None, repr=False)
+    _kept_offers: dict[int, dict[str, dict[str, list[Device]]]] | None = field(default=None, repr=False)
 
     def gpu_index(self) -> dict[tuple[str, int], tuple[NodeState, GpuState]]:
         """Every GPU by (node name, index), with its node."""
@@ -195,6 +196,33 @@ class Problem:
                 (resource_key(node, gpu, d.profile), d) for d in free_devices(node, gpu, target)
             )
         return found
+
+    def kept_offers(self) -> dict[int, dict[str, dict[str, list[Device]]]]:
+        """Per unit offering devices some pending pod asks for, what its members offer when none changes: devices
+        by resource key and node, in member order (what disaggregation indexes for each unit it leaves as it
+        is). The same whatever a plan decides, so made once per problem, by the optimal policy while CP-SAT
+        solves; read-only: the index copies it."""
+        if self._kept_offers is None:
+            offers: dict[int, dict[str, dict[str, list[Device]]]] = {}
+            gpus = self.gpu_index()
+            for ui, unit in enumerate(self.units):
+                if unit.keep_capacity:
+                    offers[ui] = self._unit_offers(unit, gpus)
+            self._kept_offers = offers
+        return self._kept_offers
+
+    def _unit_offers(
+        self, unit: Unit, gpus: dict[tuple[str, int], tuple[NodeState, GpuState]]
+    ) -> dict[str, dict[str, list[Device]]]:
+        by_key: dict[str, dict[str, list[Device]]] = {}
+        for member in unit.members:
+            node = gpus[member.node, member.gpus[0]][0]
+            if advertises_nothing(node, {}):
+                continue  # a kept single-strategy node holding several profiles advertises no device
+            for gpu in (g for g in node.gpus if g.index in member.gpus):  # the node's order, as offered
+                for key, device in self.keyed_devices(node, gpu, None):
+                    by_key.setdefault(key, {}).setdefault(node.name, []).append(device)
+        return by_key
 
     def kept_lines(self) -> dict[tuple[str, int], GpuPlan]:
         """Every GPU's line of a plan that keeps its map, by (node, index): the same whatever a plan decides, so

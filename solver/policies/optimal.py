@@ -56,8 +56,8 @@ def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | No
 class _Alongside:
     """The greedy baseline, started on the second thread when CP-SAT is about to solve (`start`), so that the two
     overlap; after it, there, the same plan as an answer of the aggregated problem (CP-SAT's fallback hint) and
-    what writing the chosen plan will read (`prepare_writing`). `draft` waits for all of it, starting it first if
-    no solve did; `answer` only for the baseline and its answer."""
+    what disaggregating and writing the chosen plan will read (`_prepare`). `draft` waits for all of it,
+    starting it first if no solve did; `answer` only for the baseline and its answer."""
 
     def __init__(self, thread: ThreadPoolExecutor, problem: Problem, clock: PlanClock) -> None:
         self._thread, self._problem, self._clock = thread, problem, clock
@@ -71,9 +71,12 @@ class _Alongside:
         return self._work
 
     def _prepare(self, greedy: Future[Draft]) -> None:
-        """A greedy plan that leaves pods pending suggests the chosen one will too: count what explains them."""
+        """What disaggregating any answer reads (the devices of units left as they are), then what writing the
+        plan reads; a greedy plan that leaves pods pending suggests the chosen one will too: count what explains
+        them."""
         pending = greedy.result().objectives.served_pods < len(self._problem.demands)
         with self._clock.phase("prepare"):
+            self._problem.kept_offers()
             prepare_writing(self._problem, pending)
 
     def draft(self) -> Draft:
