@@ -1,4 +1,4 @@
-"""`python -m optimizer` runs the `migopt` CLI."""
+"""`python -m migopt` runs the `migopt` CLI."""
 
 from migopt.cli import console_main
 
