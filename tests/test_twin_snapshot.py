@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from nvidia_protocol.labels import MIG_CONFIG_LABEL
 from simulations.twin import Twin
 from simulations.twin.convert import to_snapshot
-from simulations.twin.state import TwinInstance
-from solver.snapshot import ClusterSnapshot, Taint, parse_snapshot
+from simulations.twin.state import PodPhase, TwinInstance, TwinPod
+from solver.protection import Protection
+from solver.snapshot import ClusterSnapshot, RunningPod, Taint, parse_snapshot
 from tests.twin_fixtures import CONFIG, T
 
 ONE_G = "nvidia.com/mig-1g.5gb"
@@ -38,9 +39,22 @@ def fresh(twin: Twin) -> ClusterSnapshot:
     return to_snapshot(twin.nodes, plugins, twin._pods)
 
 
+def running_from_scratch(twin: Twin) -> list[RunningPod]:
+    """What the pod store's kept list of running pods must equal: every running pod holding devices, by name."""
+    holding = [p for p in twin.pods.values() if p.active and p.phase == PodPhase.RUNNING and p.devices]
+    running = sorted(holding, key=lambda p: p.name)
+    return [RunningPod(name=p.name, priority=p.spec.priority, protection=reason(p)) for p in running]
+
+
+def reason(pod: TwinPod) -> Protection | None:
+    """The snapshot's reason for a pod not to be evicted: the spec's, `unspecified` when it gives none."""
+    return None if pod.spec.evictable else pod.spec.protection or Protection.UNSPECIFIED
+
+
 def assert_as_fresh(twin: Twin) -> None:
     read, scratch = twin.snapshot(), fresh(twin)
     assert read == scratch
+    assert read.running == running_from_scratch(twin)
     assert read.model_dump_json() == scratch.model_dump_json()  # same order of labels, allocatable, pods
     assert parse_snapshot(read.model_dump(by_alias=True)) == read  # and what validating it whole would give
 
@@ -56,7 +70,14 @@ _STEP = st.one_of(
     st.tuples(st.just("edit-holder"), st.sampled_from(["a", "b"]), st.integers(0, 6)),
     st.tuples(st.just("edit-label"), st.sampled_from(["a", "b"]), st.sampled_from(["p", "q"])),
     st.tuples(st.just("edit-layout"), st.sampled_from(["a", "b"])),
+    st.tuples(st.just("edit-spec"), st.integers(0, 20), st.sampled_from([None, Protection.OPTED_OUT])),
+    st.tuples(st.just("edit-devices"), st.integers(0, 20)),
 )
+
+
+def some_running(twin: Twin, index: int) -> TwinPod | None:
+    running = sorted((p for p in twin.pods.values() if p.active and p.phase == PodPhase.RUNNING), key=lambda p: p.name)
+    return running[index % len(running)] if running else None
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -89,6 +110,14 @@ def test_every_read_equals_a_read_from_scratch(steps: list[tuple[Any, ...]]) -> 
                 target.pod = None if target.pod else "host/process"
         elif kind == "edit-label":
             twin.node(step[1]).labels["edited"] = step[2]
+        elif kind == "edit-spec":  # as the API facade does when a pod's annotations change what may evict it
+            pod = some_running(twin, step[1])
+            if pod is not None:
+                pod.spec = pod.spec.model_copy(update={"evictable": step[2] is None, "protection": step[2]})
+        elif kind == "edit-devices":
+            pod = some_running(twin, step[1])
+            if pod is not None:
+                pod.devices = []
         else:
             first = twin.node(step[1]).gpus[0]
             first.instances = [TwinInstance(profile="7g.40gb", start=0)] if first.instances else []
@@ -106,3 +135,16 @@ def test_an_instance_edited_in_place_after_a_read_shows_in_the_next() -> None:
     assert after.nodes[1].gpus[0].instances[1].pod == "host/process"
     assert before.nodes[1].gpus[0].instances[1].pod is None  # a snapshot already read is never changed
     assert after.nodes[0] is before.nodes[0]  # the node nothing happened to is reused as it was
+
+
+def test_a_running_pod_whose_spec_is_replaced_after_a_read_shows_in_the_next() -> None:
+    twin = cluster()
+    twin.add_pod("ns/p", {ONE_G: 1})
+    before = twin.snapshot()
+    assert [p.protection for p in before.running] == [None]
+    pod = twin.pods["ns/p"]
+    pod.spec = pod.spec.model_copy(update={"evictable": False, "protection": Protection.OPTED_OUT})
+    assert [p.protection for p in twin.snapshot().running] == [Protection.OPTED_OUT]
+    pod.devices = []  # holding nothing, it is not listed (the instance still names it)
+    assert twin.snapshot().running == []
+    assert [p.protection for p in before.running] == [None]  # a snapshot already read is never changed

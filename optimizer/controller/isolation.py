@@ -56,11 +56,12 @@ def isolation(statuses: Mapping[str, ActuationStatus], now: float, settings: Iso
 
 def plannable(snapshot: ClusterSnapshot, held: Isolation) -> ClusterSnapshot:
     """The snapshot a new plan sees: held nodes and spoken-for pods left out."""
-    if not held.held and not held.spoken_for:
+    left_out = held.held  # a union made anew on every read of the property: once, not once per node
+    if not left_out and not held.spoken_for:
         return snapshot
     return snapshot.model_copy(
         update={
-            "nodes": [n for n in snapshot.nodes if n.name not in held.held],
+            "nodes": [n for n in snapshot.nodes if n.name not in left_out],
             "pods": [p for p in snapshot.pods if p.name not in held.spoken_for],
         }
     )

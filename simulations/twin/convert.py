@@ -9,7 +9,7 @@ the device plugin's allocatable and the layouts with holders; running pods; pend
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from operator import is_
 from typing import NamedTuple
@@ -36,6 +36,7 @@ from solver.snapshot import (
     GpuState,
     InstanceState,
     NodeState,
+    Taint,
 )
 
 
@@ -164,14 +165,22 @@ class SnapshotCache:
         self._gpus[node.name] = (mark, pieces, states)
         return states
 
-    def node_state(self, node: TwinNode, plugin: DevicePlugin) -> NodeState:
-        """The node as the snapshot shows it: the last one while nothing it shows changed."""
-        shown = self._shown.get(node.name)
-        if shown is not None and _still_shows(shown, node, plugin):
-            return shown.state
-        state = self._node_state(node, plugin)
-        self._shown[node.name] = _Shown(node.layout_stamp(), state)
-        return state
+    def node_states(self, nodes: Iterable[TwinNode], plugins: Mapping[str, DevicePlugin]) -> list[NodeState]:
+        """The nodes as the snapshot shows them, in order: a node's last state while nothing it shows changed."""
+        shown = self._shown
+        states = []
+        for node in nodes:
+            name = node.name
+            plugin = plugins[name]
+            last = shown.get(name)
+            if last is None or not _still_shows(last, node, plugin):
+                state = self._node_state(node, plugin)
+                last = shown[name] = _Shown(
+                    node.layout_stamp(), state, state.unschedulable, state.labels, state.annotations,
+                    state.allocatable, state.taints,
+                )  # fmt: skip
+            states.append(last.state)
+        return states
 
     def _node_state(self, node: TwinNode, plugin: DevicePlugin) -> NodeState:
         gpus = self.gpu_states(node)
@@ -197,24 +206,29 @@ class SnapshotCache:
 
 
 class _Shown(NamedTuple):
-    """A node's last state, with the node's layout stamp (`TwinNode.layout_stamp`) when it was returned."""
+    """A node's last state, with the node's layout stamp (`TwinNode.layout_stamp`) when it was returned, and the
+    state's fields `_still_shows` compares (held here: it reads them for every node on every read)."""
 
     stamp: LayoutStamp
     state: NodeState
+    unschedulable: bool
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    allocatable: dict[str, int]
+    taints: list[Taint]
 
 
 def _still_shows(shown: _Shown, node: TwinNode, plugin: DevicePlugin) -> bool:
     """What `SnapshotCache._node_state` would find, in one go: the node's layout stamp stands (so the GPU states are
     the ones the node state was made from) and every other field reads as the node state shows it."""
-    state = shown.state
     other = node.other_allocatable
     return (
         shown.stamp.stands(node)
-        and state.unschedulable == node.unschedulable
-        and _same(state.labels, node.labels)
-        and _same(state.annotations, node.annotations)
-        and _same(state.allocatable, other | plugin.allocatable if other else plugin.allocatable)
-        and state.taints == node.taints
+        and shown.unschedulable == node.unschedulable
+        and _same(shown.labels, node.labels)
+        and _same(shown.annotations, node.annotations)
+        and _same(shown.allocatable, other | plugin.allocatable if other else plugin.allocatable)
+        and shown.taints == node.taints
     )
 
 
@@ -251,7 +265,7 @@ def to_snapshot(
 ) -> ClusterSnapshot:
     """The cluster as the controller would read it now."""
     pieces = SnapshotCache() if cache is None else cache
-    states = [pieces.node_state(node, plugins[node.name]) for node in nodes.values()]
+    states = pieces.node_states(nodes.values(), plugins)
     # every piece is a validated model already, and names are unique (they key the twin's dicts): validating the
     # whole again would re-run each running pod's validator on every read
     return ClusterSnapshot.model_construct(nodes=states, pods=store.pending_views(), running=store.running_views())

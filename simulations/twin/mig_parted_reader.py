@@ -83,8 +83,10 @@ def _go_uint(text: str, bits: int) -> int | None:
     return value if value < 1 << bits else None
 
 
+@lru_cache(maxsize=4096)
 def _go_plain(text: str) -> object:
-    """A plain (unquoted, untagged) scalar as go-yaml v2 resolves it into an untyped value."""
+    """A plain (unquoted, untagged) scalar as go-yaml v2 resolves it into an untyped value (each value immutable, so
+    remembered per text: a file re-read after every plan repeats the same few hundred scalars)."""
     if text in _WORDS:
         return _WORDS[text]
     if text[:1] == ".":

@@ -246,6 +246,26 @@ class PodSpec(_Record):
     owned: bool = Field(default=True, description="a controller re-creates it when it is evicted")
 
 
+class PodEdits:
+    """The names of pods whose `spec` or `devices` were assigned since their store last looked: what the store's
+    list of running pods as the snapshot shows them follows (`PodStore.running_views`). Both fields change by
+    assignment, never in place (a spec is frozen). Bookkeeping only: it never makes two pods compare unequal."""
+
+    __slots__ = ("names",)
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PodEdits)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_SHOWN_POD_FIELDS = frozenset({"spec", "devices"})
+"""What a running pod's entry in the snapshot is made from, besides its name."""
+
+
 class TwinPod(_Mutable):
     name: str
     origin: str = Field(description="the name of the first pod of its controller lineage (PDBs match it too)")
@@ -259,6 +279,16 @@ class TwinPod(_Mutable):
     finished_at: float | None = None
     terminating_since: float | None = None
     deleted_at: float | None = None
+    _edits: PodEdits = PrivateAttr(default_factory=PodEdits)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name in _SHOWN_POD_FIELDS:
+            self._edits.names.add(self.name)
+
+    def report_to(self, edits: PodEdits) -> None:
+        """Tell assignments of `spec` and `devices` to `edits` (its store's) from now on."""
+        self._edits = edits
 
     @property
     def active(self) -> bool:
