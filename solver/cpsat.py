@@ -97,6 +97,7 @@ class GeometryModel:
         self.pool_index = {pool: i for i, pool in enumerate(problem.pools)}
         self.cpsat_seconds = 0.0  # CP-SAT's own solving in `solve`, every stage
         self.solve_seconds = 0.0  # all of `solve`: CP-SAT and the Python between its stages
+        self._hinted: list[int] | None = None  # the variables a stage's solution hints the next with, by index
         self._build()
 
     def _build(self) -> None:
@@ -282,12 +283,16 @@ class GeometryModel:
         hint.vars.extend([var.index for var, _ in pairs])
         hint.values.extend([value for _, value in pairs])
 
-    def _hint_from(self, solver: cp_model.CpSolver) -> None:
-        """Hint the next stage with this one's solution: every variable, r, y, s, z in that order (as `add_hint`
-        would write them, in bulk)."""
-        solution = list(solver.response_proto.solution)
-        variables = (*self.r.values(), *self.y.values(), *self.s.values(), *self.z.values())
-        self._set_hints([(var, solution[var.index]) for var in variables])
+    def _hint_from(self, solution: list[int]) -> None:
+        """Hint the next stage with this one's solution (values by variable index): every variable, r, y, s, z in
+        that order (as `add_hint` would write them, in bulk)."""
+        if self._hinted is None:
+            variables = (*self.r.values(), *self.y.values(), *self.s.values(), *self.z.values())
+            self._hinted = [var.index for var in variables]
+        self.model.clear_hints()  # type: ignore[no-untyped-call]
+        hint = self.model.proto.solution_hint
+        hint.vars.extend(self._hinted)
+        hint.values.extend([solution[index] for index in self._hinted])
 
     def stages(self) -> list[list[int]]:
         """Terms (`SERVED`, `DISRUPTION`, `FRAGMENTATION`, `EXPECTED`) solved together per stage.
@@ -361,9 +366,10 @@ class GeometryModel:
         solver = self._solver()
         served = bound = 0
         proven = False
-        answer: AggregateSolution | None = None
+        found: tuple[list[int], int, int, bool, list[str]] | None = None
         expressions = (self.served_weight, self.disruption, self.fragmentation, self.expected)
-        for number, terms in enumerate(self.stages()):
+        stages = self.stages()
+        for number, terms in enumerate(stages):
             left = time_limit_s - (time.perf_counter() - started)
             if number and left <= 0.01:
                 break
@@ -397,24 +403,27 @@ class GeometryModel:
                 if earlier_bound is not None:
                     best_bound = min(best_bound, earlier_bound)
                 bound = int((int(best_bound + 1e-6) + factor - 1) // factor)
-            answer = self._read(solver, served, max(bound, served), proven, statuses)
-            self._hint_from(solver)
+            solution = list(solver.response_proto.solution)  # by variable index: one copy, not a call per variable
+            found = (solution, served, max(bound, served), proven, list(statuses))
+            if number < len(stages) - 1:
+                self._hint_from(solution)
             for term in terms:
                 value = int(solver.value(expressions[term]))
                 if term in _MAXIMISED:
                     self.model.add(expressions[term] >= value)
                 else:
                     self.model.add(expressions[term] <= value)
+        answer = None if found is None else self._read(*found)  # the last stage that found a solution
         self.solve_seconds += time.perf_counter() - started
         if answer is not None:
             answer.solve_seconds = time.perf_counter() - started
         return answer
 
     def _read(
-        self, solver: cp_model.CpSolver, objective: int, bound: int, proven: bool, statuses: list[str]
+        self, values: list[int], objective: int, bound: int, proven: bool, statuses: list[str]
     ) -> AggregateSolution:
+        """The answer in a solution's values (by variable index)."""
         p = self.problem
-        values = list(solver.response_proto.solution)  # by variable index: one copy, not a call per variable
         return AggregateSolution(
             reconfigured={u: values[v.index] for u, v in self.r.items() if values[v.index]},
             targets={
@@ -427,5 +436,5 @@ class GeometryModel:
             objective=objective,
             bound=bound,
             solve_seconds=0.0,
-            stage_status=list(statuses),
+            stage_status=statuses,
         )
