@@ -22,8 +22,12 @@ from solver.plan import GpuPlan, Plan, PlanPolicy, PodPlacement
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
 
-def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> list[str]:
-    """Every way the plan breaks the rules above (empty when it is valid)."""
+def plan_problems(
+    snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, pending: list[Demand] | None = None
+) -> list[str]:
+    """Every way the plan breaks the rules above (empty when it is valid). `pending`: the snapshot's pending pods
+    as `pending_demands` reads them, when the caller had them made already (the optimal policy, while CP-SAT
+    solves)."""
     problems: list[str] = []
     nodes = {n.name: n for n in snapshot.nodes}
     gpu_plans = {(g.node, g.index): g for g in plan.gpus}
@@ -63,14 +67,19 @@ def plan_problems(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> 
         problems.append(f"{reconfigured} reconfigurations exceed the cap of {policy.max_reconfigurations}")
 
     problems += _single_strategy_problems(snapshot, plan)
-    pending = {d.pod.name: d for d in demands(snapshot, weights_for(snapshot))}
+    by_name = {d.pod.name: d for d in (pending_demands(snapshot) if pending is None else pending)}
     for placement in plan.placements:
-        problems += _placement_problems(placement, pending.get(placement.pod), nodes, gpus, gpu_plans, free, tier)
+        problems += _placement_problems(placement, by_name.get(placement.pod), nodes, gpus, gpu_plans, free, tier)
     placed = {p.pod for p in plan.placements}
     unplaced = {u.pod for u in plan.unplaced}
-    if placed & unplaced or (placed | unplaced) != set(pending) or len(plan.placements) != len(placed):
+    if placed & unplaced or (placed | unplaced) != set(by_name) or len(plan.placements) != len(placed):
         problems.append("pending pods are not each either placed once or explained")
     return problems
+
+
+def pending_demands(snapshot: ClusterSnapshot) -> list[Demand]:
+    """The snapshot's pending pods as the checks read them: made afresh, not taken from the planner's problem."""
+    return demands(snapshot, weights_for(snapshot))
 
 
 class _FreeDevices:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from solver.demand import Demand
 from solver.errors import MigoptError
 from solver.plan import ObjectiveBreakdown, Plan, PlanPolicy
 from solver.snapshot import ClusterSnapshot
@@ -24,18 +25,21 @@ def rank(plan: Scored) -> tuple[int, ...]:
     return (o.served_weight, -o.evicted_weight, -o.reconfigured_gpus, -o.touched_nodes, -o.fragmentation)
 
 
-def checked(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy) -> Plan:
-    """The plan, once validated: an invalid one is a bug, reported as such rather than acted on."""
-    problems = plan_problems(snapshot, plan, policy)
+def checked(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, pending: list[Demand] | None = None) -> Plan:
+    """The plan, once validated: an invalid one is a bug, reported as such rather than acted on. `pending`: the
+    checks' own reading of the pending pods, when made already (`plan_problems`)."""
+    problems = plan_problems(snapshot, plan, policy, pending)
     if problems:
         raise MigoptError(f"internal error: the {plan.policy} plan is invalid: {problems[0]}")
     return plan
 
 
-def finished(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, clock: PlanClock) -> Plan:
+def finished(
+    snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, clock: PlanClock, pending: list[Demand] | None = None
+) -> Plan:
     """The plan, validated (`checked`), with the run's timings: validation is the last phase the limit covers."""
     with clock.phase("validate"):
-        checked(snapshot, plan, policy)
+        checked(snapshot, plan, policy, pending)
     plan.timings = clock.timings()
     return plan
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from solver.assemble import Draft, draft, prepare_writing
 from solver.collector import collector_paused
 from solver.cpsat import AggregateSolution, GeometryModel
+from solver.demand import Demand
 from solver.disaggregate import disaggregate
 from solver.errors import MigoptError
 from solver.hint import greedy_answer
@@ -29,6 +30,7 @@ from solver.policies.greedy import baseline, empty, written
 from solver.problem import Problem, build_problem
 from solver.snapshot import ClusterSnapshot
 from solver.timing import PlanClock
+from solver.validate import pending_demands
 
 _ROUNDS = 3
 
@@ -46,11 +48,11 @@ def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | No
             raise no_model_built("no pending pod asks for MIG devices")
         return finished(snapshot, written(problem, empty(baseline(problem, clock)), clock), policy, clock)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="migopt-greedy") as second_thread:
-        greedy = _Alongside(second_thread, problem, clock)
+        greedy = _Alongside(second_thread, problem, clock, snapshot)
         solved = _optimal(problem, policy, clock, dump_model, greedy)
         baseline_draft = greedy.draft()
     chosen = _unsolved(baseline_draft, clock.elapsed()) if solved is None else _better(solved, baseline_draft)
-    return finished(snapshot, written(problem, chosen, clock), policy, clock)
+    return finished(snapshot, written(problem, chosen, clock), policy, clock, greedy.pending)
 
 
 class _Alongside:
@@ -59,9 +61,10 @@ class _Alongside:
     what disaggregating and writing the chosen plan will read (`_prepare`). `draft` waits for all of it,
     starting it first if no solve did; `answer` only for the baseline and its answer."""
 
-    def __init__(self, thread: ThreadPoolExecutor, problem: Problem, clock: PlanClock) -> None:
-        self._thread, self._problem, self._clock = thread, problem, clock
+    def __init__(self, thread: ThreadPoolExecutor, problem: Problem, clock: PlanClock, snapshot: ClusterSnapshot):
+        self._thread, self._problem, self._clock, self._snapshot = thread, problem, clock, snapshot
         self._work: tuple[Future[Draft], Future[AggregateSolution], Future[None]] | None = None
+        self.pending: list[Demand] | None = None  # the plan checks' own reading of the pending pods, once made
 
     def start(self) -> tuple[Future[Draft], Future[AggregateSolution], Future[None]]:
         if self._work is None:
@@ -72,12 +75,13 @@ class _Alongside:
 
     def _prepare(self, greedy: Future[Draft]) -> None:
         """What disaggregating any answer reads (the devices of units left as they are), then what writing the
-        plan reads; a greedy plan that leaves pods pending suggests the chosen one will too: count what explains
-        them."""
-        pending = greedy.result().objectives.served_pods < len(self._problem.demands)
+        plan reads (a greedy plan that leaves pods pending suggests the chosen one will too: count what explains
+        them), then the pending pods as the plan's checks read them."""
+        unplaced = greedy.result().objectives.served_pods < len(self._problem.demands)
         with self._clock.phase("prepare"):
             self._problem.kept_offers()
-            prepare_writing(self._problem, pending)
+            prepare_writing(self._problem, unplaced)
+            self.pending = pending_demands(self._snapshot)  # the snapshot the checks read, not the scoped one
 
     def draft(self) -> Draft:
         greedy, _, prepared = self.start()
