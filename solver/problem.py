@@ -492,7 +492,13 @@ class _UnitFactory:
     data: _PendingData
     targets: _TargetCache
     signatures: dict[str, frozenset[int]]
-    holders: dict[str, tuple[bool, int, int]] = field(default_factory=dict)  # running pod -> `_holder`'s answer
+    holders: dict[str, tuple[bool, int, int]] = field(init=False)  # running pod -> `_holder`'s answer
+
+    def __post_init__(self) -> None:
+        """Every running pod the snapshot describes as a GPU's key reads it, in one pass (`_holder`)."""
+        may_evict, factor = self.policy.may_evict, self.data.weights.factor
+        facts = {p.name: (may_evict(p), p.priority, factor(p.priority)) for p in self.snapshot.running}
+        object.__setattr__(self, "holders", facts)  # frozen: set once, as the factory is made
 
     def mixed_key(self, node: NodeState, gpu: GpuState, layouts: dict[tuple[object, ...], _LayoutFacts]) -> UnitKey:
         """`unit(...).key` of a mixed-strategy GPU, without building the unit; what follows from the model and the
@@ -501,7 +507,8 @@ class _UnitFactory:
         model = gpu.gpu_model
         shape = gpu.layout_shape
         facts = layouts.get(shape) or self._layout(shape, gpu, layouts)
-        holders = [self.holders.get(name) or self._holder(name) for name in gpu.holders]
+        known = self.holders
+        holders = [known.get(name) or self._holder(name) for name in gpu.holders]
         if node.unmanaged is not None or not facts.has_targets or not all(h[0] for h in holders):
             return UnitKey("mixed", model.key, facts.keep_capacity, facts.fragmentation, self.signatures[node.name],
                            None, False, 0, 0, 1, None)  # fmt: skip
