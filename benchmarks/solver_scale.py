@@ -46,6 +46,13 @@ WHOLE_COMMAND_CASES = [  # time limits as in the scaling table: 2 s up to 1,000 
     {"name": "migopt plan, 1000 nodes x 8 GPUs, 5000 pods", "nodes": 1000, "pods": 5000, "time_limit": 2.0},
     {"name": "migopt plan, 5000 nodes x 8 GPUs, 25000 pods", "nodes": 5000, "pods": 25000, "time_limit": 10.0},
     {"name": "migopt plan, 10000 nodes x 8 GPUs, 50000 pods", "nodes": 10000, "pods": 50000, "time_limit": 20.0},
+    {
+        "name": "migopt plan, fragmented, 1000 nodes x 8 GPUs, 5000 pods",
+        "nodes": 1000,
+        "pods": 5000,
+        "time_limit": 2.0,
+        "fragmented": True,
+    },
 ]
 QUICK_WHOLE_COMMAND_CASES = [
     {"name": "quick: migopt plan, 50 nodes x 8 GPUs, 250 pods", "nodes": 50, "pods": 250, "time_limit": 2.0}
@@ -190,7 +197,9 @@ def _import_seconds(importtime_log: str) -> float:
 def run_whole_command(case: dict[str, Any], seed: int) -> dict[str, Any]:
     """`migopt plan --snapshot FILE.json -o json` as a user runs it, in a child of this (fresh) process, so the
     child's peak RSS is `RUSAGE_CHILDREN`'s: wall time, time spent importing (per `-X importtime`), the rest."""
-    spec = ClusterSpec(nodes=case["nodes"], pending_pods=case["pods"], seed=seed)
+    spec = ClusterSpec(
+        nodes=case["nodes"], pending_pods=case["pods"], fragmented=case.get("fragmented", False), seed=seed
+    )
     with tempfile.TemporaryDirectory() as folder:
         snapshot = Path(folder) / "snapshot.json"
         text = json.dumps(generate_snapshot(spec))
