@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from functools import cache
+from typing import NamedTuple
 
 from solver.catalog import GpuModel, load_catalog
 from solver.decisions import Decisions, Device, GpuRef, single_profile
@@ -116,6 +117,7 @@ class _Bounds:
         self._used = used
         self._floors = floors
         self._bounds: dict[str, dict[int, dict[str, int]]] = defaultdict(dict)
+        self._gpus: dict[str, list[_GpuFacts]] = {}
 
     def may_fit(self, node: NodeState, demand: Demand) -> bool:
         if node.strategy == "single":
@@ -128,27 +130,64 @@ class _Bounds:
 
     def forget(self, node: NodeState) -> None:
         self._bounds.pop(node.name, None)
+        self._gpus.pop(node.name, None)
 
     def _bound(self, node: NodeState, priority: int) -> dict[str, int]:
         """A GPU the pod may take the place of counts as many of each profile as the model ever holds (no more
         than any feasible map, its current one or its target, offers); any other, what it offers the pod."""
-        snapshot = self._problem.snapshot
-        used = self._used[node.name]
-        taken = Counter((d.gpu, d.profile) for d in used)
-        busy = {d.gpu for d in used}
-        managed = node.unmanaged is None
+        gpus = self._gpus.get(node.name)
+        if gpus is None:
+            gpus = self._gpus[node.name] = self._facts(node)
         bound: dict[str, int] = {}
-        for gpu in node.gpus:
-            if managed and gpu.index not in busy and self._floors.floor(gpu) < priority:
-                for name, most in _most(gpu.gpu_model.key):
-                    bound[name] = bound.get(name, 0) + most
-                continue
-            target = self._decisions.targets.get((node.name, gpu.index))
-            if _tier(snapshot, gpu, target) < priority:
-                devices = _free_counts(gpu.free_instances) if target is None or target == gpu.mig_devices else target
-                for name, count in devices.items():
-                    bound[name] = bound.get(name, 0) + count - taken[gpu.index, name]
+        displaceable: dict[str, int] = {}  # GPUs the pod may take the place of, per model: each counts the most
+        for model, floor, tier, offered in gpus:
+            if floor < priority:
+                displaceable[model] = displaceable.get(model, 0) + 1
+            elif tier < priority:
+                for name, count in offered:
+                    bound[name] = bound.get(name, 0) + count
+        for model, count in displaceable.items():
+            for name, most in _most(model):
+                bound[name] = bound.get(name, 0) + most * count
         return bound
+
+    def _facts(self, node: NodeState) -> list[_GpuFacts]:
+        """What `_bound` reads of each GPU of the node, whatever the pod's priority (until a repair there)."""
+        used = self._used[node.name]
+        taken: dict[tuple[int, str], int] = {}
+        for device in used:
+            taken[device.gpu, device.profile] = taken.get((device.gpu, device.profile), 0) + 1
+        busy = {index for index, _ in taken}
+        managed = node.unmanaged is None
+        targets = self._decisions.targets
+        facts = []
+        for gpu in node.gpus:
+            target = targets.get((node.name, gpu.index))
+            if target is None or target == gpu.mig_devices:
+                offered, tier = _free_pairs(gpu.free_instances), float("-inf")
+            else:
+                offered, tier = tuple(target.items()), _tier(self._problem.snapshot, gpu, target)
+            if taken:
+                offered = tuple((name, count - taken.get((gpu.index, name), 0)) for name, count in offered)
+            floor = self._floors.floor(gpu) if managed and gpu.index not in busy else float("inf")
+            facts.append(_GpuFacts(gpu.gpu_model.key, floor, tier, offered))
+        return facts
+
+
+class _GpuFacts(NamedTuple):
+    """One GPU as a repair bound reads it: a pod above `floor` may take its place (counting the most of every
+    profile its model holds); else a pod above `tier` may take what it `offered`."""
+
+    model: str
+    floor: float
+    tier: float
+    offered: tuple[tuple[str, int], ...]
+
+
+@cache
+def _free_pairs(free_instances: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+    """`_free_counts` as (profile, count) pairs."""
+    return tuple(_free_counts(free_instances).items())
 
 
 class _Floors:
