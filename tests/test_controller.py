@@ -260,3 +260,22 @@ def test_rewriting_a_broken_configmap_keeps_the_standard_names_nodes_are_labelle
     twin.advance(300)
     assert twin.node("n1").labels[MIG_STATE_LABEL] == "success"
     converged(twin)
+
+
+def test_a_quarantined_nodes_config_entry_outlives_other_nodes_changes() -> None:
+    """A node held out of planning (here quarantined after a run that never finished) keeps the config entry its
+    label names when another node's change rewrites the ConfigMap: mig-manager there may read it again at any
+    time, and an entry gone under a label is a failed run."""
+    twin = cluster(nodes=2)
+    twin.stuck_pending.add("n0")
+    twin.add_pod("team/first", {"nvidia.com/mig-7g.40gb": 1}, node_selector={"kubernetes.io/hostname": "n0"})
+    controller = mig_controller(twin, settings(apply_timeout_s=200))
+    run(twin, lambda: controller, 310)
+    assert twin.node("n0").annotations[PHASE] == Phase.FAILED  # quarantined, still labelled with its target
+    held_label = twin.node("n0").labels[MIG_CONFIG_LABEL]
+    assert held_label.startswith("migopt-")
+    twin.add_pod("team/second", {"nvidia.com/mig-4g.20gb": 2})  # a map of its own for n1
+    run(twin, lambda: controller, 150)
+    n1_label = twin.node("n1").labels[MIG_CONFIG_LABEL]
+    assert n1_label.startswith("migopt-") and n1_label != held_label  # the ConfigMap was rewritten for n1
+    assert held_label in parse_config(twin.read_mig_config()).mig_configs

@@ -107,7 +107,8 @@ class Actuator(Protocol):
     def start(
         self, port: ClusterPort, snapshot: ClusterSnapshot, changes: Sequence[NodeChange], may_act: Callable[[], bool]
     ) -> None:
-        """Begin these changes (one plan's); `may_act` is asked before each node's start."""
+        """Begin these changes (one plan's); `may_act` is asked before each node's start. `snapshot` is the whole
+        cluster as read, nodes held out of planning included: what they use must be kept."""
         ...
 
     def advance(self, port: ClusterPort, snapshot: ClusterSnapshot, node: NodeState) -> Phase | None:

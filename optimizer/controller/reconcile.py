@@ -137,7 +137,8 @@ class Controller:
             self.observer.plan_made(plan, seen, plan_id, targets)
         if self.settings.mode == "enforce":
             try:
-                self.actuator.start(self.port, seen, changes, self.may_act)
+                # the whole cluster: what nodes held out of planning are labelled with must stay in use
+                self.actuator.start(self.port, snapshot, changes, self.may_act)
             except Exception:
                 self._planned_for = None  # not carried out: the next pass plans again
                 raise
