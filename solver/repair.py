@@ -6,10 +6,15 @@ has all its profiles (name order), the pod gets the node's free devices it may u
 in the plan and whose holders it may displace (lower priority, evictable), re-targeted to the maps that best
 cover what is still missing, within the policy caps. Under the single strategy a node's GPUs change together.
 
+Every node is first tried without evicting anyone the plan does not already evict (only GPUs nobody holds are
+re-targeted, only devices of GPUs the plan already rebuilds for a pod are taken); only when no node takes the
+pod so are holders displaced. Disruption ranks right after served demand, so a repair that evicts where another
+node would not makes the plan worse than it needs to be.
+
 The scan is indexed so that it stays near-linear in nodes plus stranded pods: a node's answer for a pod depends
 only on the node's own state, the pod's request, filters and priority, and the caps, which only tighten as
-repairs succeed; so pods of one group resume the scan where the previous one succeeded, and a group whose pod
-found no node skips the rest of its pods.
+repairs succeed; so pods of one group resume each pass's scan where it last succeeded (`_Scan`), retrying the
+nodes changed since, and a group whose pod found no node skips the rest of its pods.
 """
 
 from __future__ import annotations
@@ -26,47 +31,145 @@ from solver.problem import PodGroup, Problem
 from solver.scope import PlanScope
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
+_NOBODY = float("-inf")
+"""The floor and tier of a GPU nobody holds: any pod may take its place or its devices."""
+
 
 def repair(problem: Problem, decisions: Decisions) -> None:
-    """Place what can be placed of the stranded several-device pods (recorded in `decisions`)."""
+    """Place what can be placed of the stranded several-device pods (recorded in `decisions`).
+
+    Preferring nodes where nobody is evicted can cost served demand: a pod sent to such a node may take what a
+    later pod could use nowhere else. So when the careful scan had to displace holders or left a pod out, the
+    plain name-order scan runs too, and the careful result stands unless the plain one serves more, or as much
+    with fewer evictions (`_Attempt.score`)."""
+    stranded = _stranded(problem, decisions)
+    if not stranded:
+        return
+    nodes = _NodeIndex(problem, [pods[0] for _, pods in stranded])
+    floors = _Floors(problem)
+    chosen = careful = _Attempt(problem, decisions, floors, passes=(False, True))
+    careful.run(stranded, nodes)
+    if careful.displaced or careful.missed:
+        plain = _Attempt(problem, decisions, floors, passes=(True,))
+        plain.run(stranded, nodes)
+        touched = [*careful.touched.values(), *plain.touched.values()]
+        chosen = max(careful, plain, key=lambda attempt: attempt.score(touched))  # the careful one on a tie
+    decisions.targets, decisions.placements = chosen.decisions.targets, chosen.decisions.placements
+
+
+def _stranded(problem: Problem, decisions: Decisions) -> list[tuple[PodGroup, list[Demand]]]:
+    """Several-device pod groups with the pods the plan has not placed, groups in order (heaviest first)."""
     stranded = [
         (group, [d for d in group.demands if d.pod.name not in decisions.placements])
         for group in problem.pod_groups
         if group.demands[0].devices > 1
     ]
-    stranded = [(group, pods) for group, pods in stranded if pods]
-    if not stranded:
-        return
-    used: dict[str, set[Device]] = defaultdict(set)
-    for devices in decisions.placements.values():
-        for device in devices:
-            used[device.node].add(device)
-    caps = _Caps(problem, decisions)
-    nodes = _NodeIndex(problem, [d for _, pods in stranded for d in pods[:1]])
-    floors = _Floors(problem)
-    bounds = _Bounds(problem, decisions, used, floors)
-    for group, pods in stranded:
-        candidates = nodes.candidates(group)
-        start = 0
-        for demand in pods:
-            found = None
-            for position in range(start, len(candidates)):
-                node = candidates[position]
-                if not bounds.may_fit(node, demand):
-                    continue
-                repair_on = _repair_single_on if node.strategy == "single" else _repair_on
-                changing = caps.changing_count
-                taken = repair_on(problem, decisions, node, demand, used[node.name], caps, floors)
-                if taken:
-                    used[node.name].update(taken)
-                    caps.record(node, decisions)
-                    bounds.forget(node)
-                    # a single-strategy node re-targeted back to its current maps may lift a cap: look again
-                    found = 0 if caps.changing_count < changing else position
-                    break
-            if found is None:
-                break  # no node took this pod; its group's other pods are alike and would fare the same
-            start = found
+    return [(group, pods) for group, pods in stranded if pods]
+
+
+class _Attempt:
+    """One scan over the stranded pods, on its own copy of the decisions: each pod tries the `passes` in turn
+    (False: no new evictions; True: holders may be displaced), each pass every candidate node in name order."""
+
+    def __init__(self, problem: Problem, decisions: Decisions, floors: _Floors, passes: tuple[bool, ...]) -> None:
+        self.problem, self.passes, self.floors = problem, passes, floors
+        self.decisions = Decisions(dict(decisions.targets), dict(decisions.placements))  # values are replaced
+        self.used: dict[str, set[Device]] = defaultdict(set)
+        for devices in decisions.placements.values():
+            for device in devices:
+                self.used[device.node].add(device)
+        self.caps = _Caps(problem, self.decisions)
+        self.bounds = _Bounds(problem, self.decisions, self.used, floors)
+        self.placed: list[Demand] = []
+        self.touched: dict[str, NodeState] = {}
+        self.displaced = False  # some pod needed a pass that displaces holders
+        self.missed = False  # some pod found no node
+
+    def run(self, stranded: list[tuple[PodGroup, list[Demand]]], nodes: _NodeIndex) -> None:
+        for group, pods in stranded:
+            candidates = nodes.candidates(group)
+            scans = {evict: _Scan(len(candidates)) for evict in self.passes}
+            for demand in pods:
+                if not any(self.place(demand, candidates, scans, evict) for evict in self.passes):
+                    self.missed = True
+                    break  # no node took this pod; its group's other pods are alike and would fare the same
+
+    def place(self, demand: Demand, candidates: list[NodeState], scans: dict[bool, _Scan], evict: bool) -> bool:
+        """Whether some node took the pod in this pass (displacing holders when `evict`); the scans learn where."""
+        scan = scans[evict]
+        for position in scan.order():
+            node = candidates[position]
+            if not self.bounds.may_fit(node, demand, evict):
+                continue
+            repair_on = _repair_single_on if node.strategy == "single" else _repair_on
+            changing = self.caps.changing_count
+            taken = repair_on(
+                self.problem, self.decisions, node, demand, self.used[node.name], self.caps, self.floors, evict=evict
+            )
+            if taken:
+                self.used[node.name].update(taken)
+                self.caps.record(node, self.decisions)
+                self.bounds.forget(node)
+                self.placed.append(demand)
+                self.touched[node.name] = node
+                self.displaced |= evict and len(self.passes) > 1
+                # a single-strategy node re-targeted back to its current maps may lift a cap: look again
+                lifted = self.caps.changing_count < changing
+                for other in scans.values():
+                    if lifted:
+                        other.restart()
+                    else:
+                        other.changed(position, other is scan)
+                return True
+        scan.exhausted()
+        return False
+
+    def score(self, nodes: list[NodeState]) -> tuple[int, int, int]:
+        """Served weight of the pods placed, then fewer evictions and GPU changes on these nodes (those either
+        scan touched), as the plan will count them: a changed GPU stays changed only while some pod uses it (its
+        node, under the single strategy)."""
+        evicted: set[str] = set()
+        changed = 0
+        targets = self.decisions.targets
+        for node in {node.name: node for node in nodes}.values():
+            in_use = {d.gpu for d in self.used[node.name]}
+            for gpu in node.gpus:
+                target = targets.get((node.name, gpu.index))
+                kept = bool(in_use) if node.strategy == "single" else gpu.index in in_use
+                if kept and target is not None and target != gpu.mig_devices:
+                    changed += 1
+                    evicted |= gpu.holders
+        running, factor = self.problem.snapshot.running_pod, self.problem.weights.factor
+        weight = sum(factor(running(p).priority) for p in evicted)
+        return sum(d.weight for d in self.placed), -weight, -changed
+
+
+class _Scan:
+    """Where one pass over a group's candidate nodes resumes for the group's next pod: nodes before `start`
+    failed for an earlier pod of the group and fail again unless a repair has changed them since (`revisit`)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._start = 0
+        self._revisit: set[int] = set()
+
+    def order(self) -> list[int]:
+        """Candidate positions to try, in name order."""
+        return sorted(self._revisit) + list(range(self._start, self._size))
+
+    def changed(self, position: int, succeeded_here: bool) -> None:
+        """A repair changed the node at `position`; this pass succeeded there (it resumes there) or not."""
+        if succeeded_here:
+            self._start, self._revisit = position, set()  # the revisited ones before it failed again
+        elif position < self._start:
+            self._revisit.add(position)
+
+    def exhausted(self) -> None:
+        """Every candidate failed for this pod: the group's next pods need only the nodes changed from now on."""
+        self._start, self._revisit = self._size, set()
+
+    def restart(self) -> None:
+        self._start, self._revisit = 0, set()
 
 
 class _NodeIndex:
@@ -116,32 +219,34 @@ class _Bounds:
         self._decisions = decisions
         self._used = used
         self._floors = floors
-        self._bounds: dict[str, dict[int, dict[str, int]]] = defaultdict(dict)
+        self._bounds: dict[str, dict[tuple[int, bool], dict[str, int]]] = defaultdict(dict)
         self._gpus: dict[str, list[_GpuFacts]] = {}
 
-    def may_fit(self, node: NodeState, demand: Demand) -> bool:
+    def may_fit(self, node: NodeState, demand: Demand, evict: bool) -> bool:
+        """Whether a repair on the node may give the pod its devices (displacing holders when `evict`)."""
         if node.strategy == "single":
             return True  # re-targeting a whole node is cheap to try and has no simple bound
         priority = demand.pod.priority
-        bound = self._bounds[node.name].get(priority)
+        bound = self._bounds[node.name].get((priority, evict))
         if bound is None:
-            bound = self._bounds[node.name][priority] = self._bound(node, priority)
+            bound = self._bounds[node.name][priority, evict] = self._bound(node, priority, evict)
         return all(bound.get(key, 0) >= count for key, count in demand.resources)
 
     def forget(self, node: NodeState) -> None:
         self._bounds.pop(node.name, None)
         self._gpus.pop(node.name, None)
 
-    def _bound(self, node: NodeState, priority: int) -> dict[str, int]:
-        """A GPU the pod may take the place of counts as many of each profile as the model ever holds (no more
-        than any feasible map, its current one or its target, offers); any other, what it offers the pod."""
+    def _bound(self, node: NodeState, priority: int, evict: bool) -> dict[str, int]:
+        """A GPU the pod may take the place of (without evicting: one nobody holds) counts as many of each profile
+        as the model ever holds (no more than any feasible map, its current one or its target, offers); any
+        other, what it offers the pod."""
         gpus = self._gpus.get(node.name)
         if gpus is None:
             gpus = self._gpus[node.name] = self._facts(node)
         bound: dict[str, int] = {}
         displaceable: dict[str, int] = {}  # GPUs the pod may take the place of, per model: each counts the most
         for model, floor, tier, offered in gpus:
-            if floor < priority:
+            if floor < priority and (evict or floor == _NOBODY):
                 displaceable[model] = displaceable.get(model, 0) + 1
             elif tier < priority:
                 for name, count in offered:
@@ -164,7 +269,7 @@ class _Bounds:
         for gpu in node.gpus:
             target = targets.get((node.name, gpu.index))
             if target is None or target == gpu.mig_devices:
-                offered, tier = _free_pairs(gpu.free_instances), float("-inf")
+                offered, tier = _free_pairs(gpu.free_instances), _NOBODY
             else:
                 offered, tier = tuple(target.items()), _tier(self._problem.snapshot, gpu, target)
             if taken:
@@ -206,13 +311,14 @@ class _Floors:
             if not all(self._policy.may_evict(p) for p in holders):
                 floor = float("inf")
             else:
-                floor = max((p.priority for p in holders), default=float("-inf"))
+                floor = max((p.priority for p in holders), default=_NOBODY)
             self._floors[id(gpu)] = floor
         return floor
 
-    def displaceable(self, gpu: GpuState, priority: int) -> bool:
-        """A pod of this priority may take the GPU's place."""
-        return self.floor(gpu) < priority
+    def displaceable(self, gpu: GpuState, priority: int, evict: bool = True) -> bool:
+        """A pod of this priority may take the GPU's place (without `evict`: only when nobody holds it)."""
+        floor = self.floor(gpu)
+        return floor < priority and (evict or floor == _NOBODY)
 
 
 @cache
@@ -284,9 +390,11 @@ def _repair_on(
     used: set[Device],
     caps: _Caps,
     floors: _Floors | None = None,
+    *,
+    evict: bool = True,
 ) -> list[Device]:
     """Mixed strategy: the devices the pod gets on this node after re-targeting spare GPUs (recorded in
-    `decisions`), or []."""
+    `decisions`), or []. Without `evict`, no GPU whose holders the plan keeps is re-targeted or used."""
     policy, snapshot = problem.policy, problem.snapshot
     floors = floors or _Floors(problem)
     priority = demand.pod.priority
@@ -295,7 +403,8 @@ def _repair_on(
     counts: dict[int, Counter[str]] = {}
     for gpu in node.gpus:
         target = decisions.targets.get((node.name, gpu.index))
-        if _tier(snapshot, gpu, target) < priority:
+        tier = _tier(snapshot, gpu, target)
+        if tier < priority and (evict or tier == _NOBODY or gpu.index in busy):
             offer[gpu.index] = [d for _, d in problem.keyed_devices(node, gpu, target) if d not in used]
             counts[gpu.index] = Counter(d.profile for d in offer[gpu.index])  # mixed: the key is the profile
     total: Counter[str] = sum(counts.values(), Counter())
@@ -304,7 +413,7 @@ def _repair_on(
     for gpu in sorted(node.gpus, key=lambda g: (len(g.holders), g.index)):
         own = counts.get(gpu.index, Counter())
         missing = wanted - (total - own)
-        if not missing or gpu.index in busy or not floors.displaceable(gpu, priority):
+        if not missing or gpu.index in busy or not floors.displaceable(gpu, priority, evict):
             continue
         if node.unmanaged is not None:
             break  # kept as it is: only its free devices serve
@@ -332,13 +441,16 @@ def _repair_single_on(
     used: set[Device],
     caps: _Caps,
     floors: _Floors | None = None,
+    *,
+    evict: bool = True,
 ) -> list[Device]:
     """Single strategy: the node's devices for the pod (recorded in `decisions`), or [].
 
     Such a node holds one profile on every GPU or advertises nothing (spec §1.10), so its GPUs never change one
     at a time: the pod gets free devices of the profile the node already holds after the plan, or else every
     GPU of the node is re-targeted to the pod's profile alone, which needs every GPU that changes to be unused
-    by the plan and its holders displaceable, within the policy caps.
+    by the plan and its holders displaceable, within the policy caps. The plan keeps a node's changes only
+    while some pod uses the node, so without `evict` a node nobody uses yet must change no held GPU.
     """
     floors = floors or _Floors(problem)
     ((key, _),) = demand.resources
@@ -346,6 +458,8 @@ def _repair_single_on(
     if any(g.gpu_model.key != model_key for g in node.gpus):
         return []
     taken = _single_take(problem, node, decisions.targets, demand, used)
+    if taken and not evict and not used and _changes_held_gpu(node, decisions.targets):
+        taken = []
     if taken:
         decisions.placements[demand.pod.name] = taken
         return taken
@@ -360,7 +474,7 @@ def _repair_single_on(
             continue
         stays = whole == gpu.mig_devices  # mig-parted leaves it alone: its holders stay
         priority = demand.pod.priority
-        if gpu.index in busy or not (stays or floors.displaceable(gpu, priority)):
+        if gpu.index in busy or not (stays or floors.displaceable(gpu, priority, evict)):
             return []
         new_targets[gpu.index] = whole
     gpus = problem.gpu_index()
@@ -368,11 +482,18 @@ def _repair_single_on(
     if not new_targets or not caps.allow(node, changing):
         return []
     trial = {**decisions.targets, **{(node.name, i): t for i, t in new_targets.items()}}
+    if not evict and not used and _changes_held_gpu(node, trial):
+        return []
     taken = _single_take(problem, node, trial, demand, used)
     if taken:
         decisions.targets.update((ref, t) for ref, t in trial.items() if ref[0] == node.name)
         decisions.placements[demand.pod.name] = taken
     return taken
+
+
+def _changes_held_gpu(node: NodeState, targets: dict[GpuRef, dict[str, int]]) -> bool:
+    """Some GPU of the node that somebody holds changes under these targets."""
+    return any(g.holders and targets.get((node.name, g.index), g.mig_devices) != g.mig_devices for g in node.gpus)
 
 
 def _single_take(
@@ -398,7 +519,7 @@ def _single_take(
 def _tier(snapshot: ClusterSnapshot, gpu: GpuState, target: dict[str, int] | None) -> float:
     """The priority a pod must exceed to use this GPU's devices: its holders' if it changes, else none."""
     if target is None or not gpu.holders or target == gpu.mig_devices:
-        return float("-inf")
+        return _NOBODY
     return max(snapshot.running_pod(p).priority for p in gpu.holders)
 
 

@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
 from solver import repair as repair_module
+from solver.assemble import draft
 from solver.cpsat import GeometryModel
 from solver.decisions import Decisions, Device
 from solver.demand import Demand, rejection
-from solver.disaggregate import _index, _place
-from solver.plan import PlanPolicy
+from solver.disaggregate import _drop_idle_reconfigurations, _index, _place
+from solver.plan import PlanPolicy, PlanStatus
 from solver.problem import Problem, build_problem
 from solver.snapshot import NodeState, parse_snapshot
 
@@ -43,8 +44,9 @@ class _FreshCaps:
         return None
 
 
-def _plain_scan(problem: Problem, decisions: Decisions) -> None:
-    """Every stranded pod (pod groups in order) tries every node in name order until one takes it."""
+def _plain_scan(problem: Problem, decisions: Decisions, passes: tuple[bool, ...]) -> None:
+    """Every stranded pod (pod groups in order) tries, pass by pass (False: no new evictions, True: holders may
+    be displaced), every node in name order until one takes it."""
     stranded: list[Demand] = [
         d for g in problem.pod_groups for d in g.demands if d.devices > 1 and d.pod.name not in decisions.placements
     ]
@@ -56,14 +58,17 @@ def _plain_scan(problem: Problem, decisions: Decisions) -> None:
     nodes = sorted(problem.snapshot.nodes, key=lambda n: n.name)
     for demand in stranded:
         needed = {k.rsplit(":", 1)[-1] for k, _ in demand.resources}
-        for node in nodes:
-            profiles = {p for g in node.gpus for p in g.gpu_model.profile_names}
-            if needed <= profiles and rejection(node, demand) is None:
-                on = repair_module._repair_single_on if node.strategy == "single" else repair_module._repair_on
-                taken = on(problem, decisions, node, demand, used[node.name], caps)
-                if taken:
-                    used[node.name].update(taken)
-                    break
+        accepting = [
+            node
+            for node in nodes
+            if needed <= {p for g in node.gpus for p in g.gpu_model.profile_names} and rejection(node, demand) is None
+        ]
+        for evict, node in [(evict, node) for evict in passes for node in accepting]:
+            on = repair_module._repair_single_on if node.strategy == "single" else repair_module._repair_on
+            taken = on(problem, decisions, node, demand, used[node.name], caps, evict=evict)
+            if taken:
+                used[node.name].update(taken)
+                break
 
 
 @st.composite
@@ -87,21 +92,104 @@ def _cases(draw: st.DrawFn) -> tuple[ClusterSpec, PlanPolicy]:
     return spec, policy
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_cases())
-def test_indexed_repair_matches_the_plain_scan(case: tuple[ClusterSpec, PlanPolicy]) -> None:
+def _placed(case: tuple[ClusterSpec, PlanPolicy]) -> tuple[Problem, Decisions] | None:
+    """The case's problem and the decisions disaggregation reaches before the repair."""
     spec, policy = case
     problem = build_problem(parse_snapshot(generate_snapshot(spec)), policy)
     if not problem.demands:
-        return
+        return None
     answer = GeometryModel(problem).solve(5.0)
     if answer is None:
-        return
+        return None
     decisions = Decisions()
     free = _index(problem, answer, decisions)
     _place(problem, answer, free, decisions)
+    return problem, decisions
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_cases(), st.sampled_from([(False, True), (True,)]))
+def test_indexed_repair_matches_the_plain_scan(case: tuple[ClusterSpec, PlanPolicy], passes: tuple[bool, ...]) -> None:
+    """Both scans the repair runs (eviction-free first, and name order alone) decide what a plain scan does."""
+    placed = _placed(case)
+    if placed is None:
+        return
+    problem, decisions = placed
+    plain = copy.deepcopy(decisions)
+    stranded = repair_module._stranded(problem, decisions)
+    nodes = repair_module._NodeIndex(problem, [pods[0] for _, pods in stranded])
+    attempt = repair_module._Attempt(problem, decisions, repair_module._Floors(problem), passes)
+    attempt.run(stranded, nodes)
+    _plain_scan(problem, plain, passes)
+    assert attempt.decisions.placements == plain.placements
+    assert attempt.decisions.targets == plain.targets
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_cases())
+def test_preferring_eviction_free_nodes_never_serves_less_or_evicts_more(case: tuple[ClusterSpec, PlanPolicy]) -> None:
+    """Against the name-order scan alone, the repair serves as much weight and, serving the same, evicts no more."""
+    placed = _placed(case)
+    if placed is None:
+        return
+    problem, decisions = placed
     plain = copy.deepcopy(decisions)
     repair_module.repair(problem, decisions)
-    _plain_scan(problem, plain)
-    assert decisions.placements == plain.placements
-    assert decisions.targets == plain.targets
+    _plain_scan(problem, plain, (True,))
+    mine, theirs = (
+        draft(problem, d, status=PlanStatus.FEASIBLE, policy_name="optimal", solve_seconds=0.0, bound=None).objectives
+        for d in (_dropped(problem, decisions), _dropped(problem, plain))
+    )
+    assert mine.served_weight >= theirs.served_weight
+    if mine.served_weight == theirs.served_weight:
+        assert mine.evicted_weight <= theirs.evicted_weight
+
+
+def _dropped(problem: Problem, decisions: Decisions) -> Decisions:
+    _drop_idle_reconfigurations(problem, decisions)
+    return decisions
+
+
+def _held_gpu_snapshot() -> dict[str, Any]:
+    """Node a's GPU serves a low-priority pod on one of seven 1g.5gb; node b's, the same map, serves nobody."""
+    seven = [{"profile": "1g.5gb", "start": start, "pod": None} for start in range(7)]
+    held = [{**seven[0], "pod": "batch/low"}, *seven[1:]]
+    return {
+        "nodes": [
+            {"name": "a", "gpus": [{"index": 0, "model": "A100-SXM4-40GB", "instances": held}]},
+            {"name": "b", "gpus": [{"index": 0, "model": "A100-SXM4-40GB", "instances": seven}]},
+        ],
+        "running": [{"name": "batch/low", "priority": 0}],
+        "pods": [{"name": "train/two", "requests": {"nvidia.com/mig-3g.20gb": 2}, "priority": 100}],
+    }
+
+
+def test_a_stranded_pod_goes_where_nobody_is_evicted_before_anywhere_first_in_name_order() -> None:
+    """Node a comes first in name order and its holder may be displaced, but node b takes the pod for free."""
+    problem = build_problem(parse_snapshot(_held_gpu_snapshot()), PlanPolicy())
+    decisions = Decisions()
+    repair_module.repair(problem, decisions)
+    assert {d.node for d in decisions.placements["train/two"]} == {"b"}
+    assert list(decisions.targets) == [("b", 0)]
+
+
+def test_a_stranded_pod_still_displaces_holders_when_no_node_is_free() -> None:
+    raw = _held_gpu_snapshot()
+    raw["nodes"] = raw["nodes"][:1]
+    problem = build_problem(parse_snapshot(raw), PlanPolicy())
+    decisions = Decisions()
+    repair_module.repair(problem, decisions)
+    assert {d.node for d in decisions.placements["train/two"]} == {"a"}
+    assert list(decisions.targets) == [("a", 0)]
+
+
+def test_the_name_order_scan_wins_when_going_eviction_free_would_leave_a_pod_out() -> None:
+    """Sent to node b, the heavy pod would take the only GPU the light one (which may displace nobody) can use;
+    displacing node a's holder for the heavy pod serves both."""
+    raw = _held_gpu_snapshot()
+    raw["pods"].append({"name": "train/light", "requests": {"nvidia.com/mig-3g.20gb": 2}, "priority": 0})
+    problem = build_problem(parse_snapshot(raw), PlanPolicy())
+    decisions = Decisions()
+    repair_module.repair(problem, decisions)
+    assert {d.node for d in decisions.placements["train/two"]} == {"a"}
+    assert {d.node for d in decisions.placements["train/light"]} == {"b"}
