@@ -46,11 +46,11 @@ def repair(problem: Problem, decisions: Decisions) -> None:
     if not stranded:
         return
     nodes = _NodeIndex(problem, [pods[0] for _, pods in stranded])
-    floors = _Floors(problem)
-    chosen = careful = _Attempt(problem, decisions, floors, passes=(False, True))
+    floors, initial = _Floors(problem), _Remembered()
+    chosen = careful = _Attempt(problem, decisions, floors, initial, passes=(False, True))
     careful.run(stranded, nodes)
-    if careful.displaced or careful.missed:
-        plain = _Attempt(problem, decisions, floors, passes=(True,))
+    if careful.missed:
+        plain = _Attempt(problem, decisions, floors, initial, passes=(True,))
         plain.run(stranded, nodes)
         touched = [*careful.touched.values(), *plain.touched.values()]
         chosen = max(careful, plain, key=lambda attempt: attempt.score(touched))  # the careful one on a tie
@@ -71,7 +71,9 @@ class _Attempt:
     """One scan over the stranded pods, on its own copy of the decisions: each pod tries the `passes` in turn
     (False: no new evictions; True: holders may be displaced), each pass every candidate node in name order."""
 
-    def __init__(self, problem: Problem, decisions: Decisions, floors: _Floors, passes: tuple[bool, ...]) -> None:
+    def __init__(
+        self, problem: Problem, decisions: Decisions, floors: _Floors, initial: _Remembered, passes: tuple[bool, ...]
+    ) -> None:
         self.problem, self.passes, self.floors = problem, passes, floors
         self.decisions = Decisions(dict(decisions.targets), dict(decisions.placements))  # values are replaced
         self.used: dict[str, set[Device]] = defaultdict(set)
@@ -79,7 +81,7 @@ class _Attempt:
             for device in devices:
                 self.used[device.node].add(device)
         self.caps = _Caps(problem, self.decisions)
-        self.bounds = _Bounds(problem, self.decisions, self.used, floors)
+        self.bounds = _Bounds(problem, self.decisions, self.used, floors, initial)
         self.placed: list[Demand] = []
         self.touched: dict[str, NodeState] = {}
         self.displaced = False  # some pod needed a pass that displaces holders
@@ -212,49 +214,60 @@ class _Bounds:
     """Per mixed-strategy node and pod priority, the most devices of each profile a repair there could give: each
     GPU's devices the pod may use as the plan stands, or, where the pod may take the GPU's place, as many as the
     profile ever has on it. A node below the request on some profile cannot take the pod, so it is skipped without
-    trying; bounds are kept until a repair changes their node."""
+    trying; bounds are kept until a repair changes their node. What nodes no repair has changed yet give is the
+    same for every scan that starts from the same plan, so scans share it (`initial`)."""
 
-    def __init__(self, problem: Problem, decisions: Decisions, used: dict[str, set[Device]], floors: _Floors) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        decisions: Decisions,
+        used: dict[str, set[Device]],
+        floors: _Floors,
+        initial: _Remembered,
+    ) -> None:
         self._problem = problem
         self._decisions = decisions
         self._used = used
         self._floors = floors
-        self._bounds: dict[str, dict[tuple[int, bool], dict[str, int]]] = defaultdict(dict)
-        self._gpus: dict[str, list[_GpuFacts]] = {}
+        self._initial = initial
+        self._since = _Remembered()  # for the nodes in `_changed`
+        self._changed: set[str] = set()
 
     def may_fit(self, node: NodeState, demand: Demand, evict: bool) -> bool:
         """Whether a repair on the node may give the pod its devices (displacing holders when `evict`)."""
         if node.strategy == "single":
             return True  # re-targeting a whole node is cheap to try and has no simple bound
+        remembered = self._since if node.name in self._changed else self._initial
         priority = demand.pod.priority
-        bound = self._bounds[node.name].get((priority, evict))
-        if bound is None:
-            bound = self._bounds[node.name][priority, evict] = self._bound(node, priority, evict)
+        bounds = remembered.bounds[node.name].get(priority)
+        if bounds is None:
+            bounds = remembered.bounds[node.name][priority] = self._bounds(node, priority, remembered)
+        bound = bounds[evict]
         return all(bound.get(key, 0) >= count for key, count in demand.resources)
 
     def forget(self, node: NodeState) -> None:
-        self._bounds.pop(node.name, None)
-        self._gpus.pop(node.name, None)
+        self._changed.add(node.name)
+        self._since.bounds.pop(node.name, None)
+        self._since.gpus.pop(node.name, None)
 
-    def _bound(self, node: NodeState, priority: int, evict: bool) -> dict[str, int]:
-        """A GPU the pod may take the place of (without evicting: one nobody holds) counts as many of each profile
-        as the model ever holds (no more than any feasible map, its current one or its target, offers); any
-        other, what it offers the pod."""
-        gpus = self._gpus.get(node.name)
+    def _bounds(self, node: NodeState, priority: int, remembered: _Remembered) -> tuple[dict[str, int], ...]:
+        """The bound without evictions and with them. A GPU the pod may take the place of (without evicting: one
+        nobody holds) counts as many of each profile as the model ever holds (no more than any feasible map, its
+        current one or its target, offers); any other, what it offers the pod."""
+        gpus = remembered.gpus.get(node.name)
         if gpus is None:
-            gpus = self._gpus[node.name] = self._facts(node)
-        bound: dict[str, int] = {}
-        displaceable: dict[str, int] = {}  # GPUs the pod may take the place of, per model: each counts the most
+            gpus = remembered.gpus[node.name] = self._facts(node)
+        bounds: tuple[dict[str, int], dict[str, int]] = ({}, {})
         for model, floor, tier, offered in gpus:
-            if floor < priority and (evict or floor == _NOBODY):
-                displaceable[model] = displaceable.get(model, 0) + 1
-            elif tier < priority:
-                for name, count in offered:
-                    bound[name] = bound.get(name, 0) + count
-        for model, count in displaceable.items():
-            for name, most in _most(model):
-                bound[name] = bound.get(name, 0) + most * count
-        return bound
+            if floor < priority:  # the pod may take its place, always when nobody holds it
+                for bound in bounds if floor == _NOBODY else bounds[1:]:
+                    for name, most in _most(model):
+                        bound[name] = bound.get(name, 0) + most
+            if tier < priority and floor != _NOBODY:  # what it offers, where the pod may not take its place
+                for bound in bounds[:1] if floor < priority else bounds:
+                    for name, count in offered:
+                        bound[name] = bound.get(name, 0) + count
+        return bounds
 
     def _facts(self, node: NodeState) -> list[_GpuFacts]:
         """What `_bound` reads of each GPU of the node, whatever the pod's priority (until a repair there)."""
@@ -277,6 +290,14 @@ class _Bounds:
             floor = self._floors.floor(gpu) if managed and gpu.index not in busy else float("inf")
             facts.append(_GpuFacts(gpu.gpu_model.key, floor, tier, offered))
         return facts
+
+
+class _Remembered:
+    """Per node, its bounds (by pod priority, without and with evictions) and the GPU facts they are made from."""
+
+    def __init__(self) -> None:
+        self.bounds: dict[str, dict[int, tuple[dict[str, int], ...]]] = defaultdict(dict)
+        self.gpus: dict[str, list[_GpuFacts]] = {}
 
 
 class _GpuFacts(NamedTuple):
