@@ -39,9 +39,11 @@ def repair(problem: Problem, decisions: Decisions) -> None:
     """Place what can be placed of the stranded several-device pods (recorded in `decisions`).
 
     Preferring nodes where nobody is evicted can cost served demand: a pod sent to such a node may take what a
-    later pod could use nowhere else. So when the careful scan had to displace holders or left a pod out, the
-    plain name-order scan runs too, and the careful result stands unless the plain one serves more, or as much
-    with fewer evictions (`_Attempt.score`)."""
+    later pod could use nowhere else. So when the careful scan left a pod out, the plain name-order scan runs too,
+    and the careful result stands unless the plain one serves more, or as much with fewer evictions
+    (`_Attempt.score`, on the nodes either touched). When the careful scan placed every pod, nothing serves more;
+    evicting more than the plain scan would then takes a later pod being pushed off an eviction-free node,
+    which the property test (`tests/test_repair_index.py`) has not found."""
     stranded = _stranded(problem, decisions)
     if not stranded:
         return
