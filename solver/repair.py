@@ -20,6 +20,7 @@ nodes changed since, and a group whose pod found no node skips the rest of its p
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from functools import cache
 from typing import NamedTuple
 
@@ -157,9 +158,10 @@ class _Scan:
         self._start = 0
         self._revisit: set[int] = set()
 
-    def order(self) -> list[int]:
-        """Candidate positions to try, in name order."""
-        return sorted(self._revisit) + list(range(self._start, self._size))
+    def order(self) -> Iterator[int]:
+        """Candidate positions to try, in name order (lazily: a scan mostly stops soon after `start`)."""
+        yield from sorted(self._revisit)
+        yield from range(self._start, self._size)
 
     def changed(self, position: int, succeeded_here: bool) -> None:
         """A repair changed the node at `position`; this pass succeeded there (it resumes there) or not."""
@@ -184,6 +186,7 @@ class _NodeIndex:
         keys = {k for d in representatives for k in d.pod.node_selector}
         keys |= {r.key for d in representatives for t in d.pod.node_affinity for r in t.match_expressions}
         self._shape_of: list[int] = []
+        self._candidates: dict[int, list[NodeState]] = {}  # by the group's id: groups outlive the repair
         self._shapes: list[tuple[NodeState, frozenset[str]]] = []  # a node of the kind, and its GPUs' profiles
         seen: dict[tuple[object, ...], int] = {}
         models: dict[tuple[str, ...], frozenset[str]] = {}  # the GPUs' models -> their profiles
@@ -205,7 +208,14 @@ class _NodeIndex:
             self._shape_of.append(seen[shape])
 
     def candidates(self, group: PodGroup) -> list[NodeState]:
-        """The nodes that accept the group's pods and have every profile they ask for, name order."""
+        """The nodes that accept the group's pods and have every profile they ask for, name order (made once per
+        group: every scan asks)."""
+        known = self._candidates.get(id(group))
+        if known is None:
+            known = self._candidates[id(group)] = self._accepting(group)
+        return known
+
+    def _accepting(self, group: PodGroup) -> list[NodeState]:
         demand = group.demands[0]
         needed = {k.rsplit(":", 1)[-1] for k, _ in demand.resources}
         fits = [needed <= profiles and rejection(node, demand) is None for node, profiles in self._shapes]
@@ -236,21 +246,53 @@ class _Bounds:
         self._changed: set[str] = set()
 
     def may_fit(self, node: NodeState, demand: Demand, evict: bool) -> bool:
-        """Whether a repair on the node may give the pod its devices (displacing holders when `evict`)."""
+        """Whether a repair on the node may give the pod its devices (displacing holders when `evict`).
+
+        Most nodes of a busy cluster can give a large profile only by evicting: before its bounds are made, a
+        node no repair has changed is ruled out of the eviction-free pass by the profiles it could offer at all
+        (`_offerable`)."""
         if node.strategy == "single":
             return True  # re-targeting a whole node is cheap to try and has no simple bound
-        remembered = self._since if node.name in self._changed else self._initial
-        priority = demand.pod.priority
-        bounds = remembered.bounds[node.name].get(priority)
+        name = node.name
+        changed = name in self._changed
+        if not evict and not changed:
+            offerable = self._initial.offerable.get(name, _UNKNOWN)
+            if offerable is _UNKNOWN:
+                offerable = self._initial.offerable[name] = self._offerable(node)
+            if offerable is not None and any(key not in offerable for key, _ in demand.resources):
+                return False
+        remembered = self._since if changed else self._initial
+        key = (name, demand.pod.priority)
+        bounds = remembered.bounds.get(key)
         if bounds is None:
-            bounds = remembered.bounds[node.name][priority] = self._bounds(node, priority, remembered)
+            bounds = remembered.bounds[key] = self._bounds(node, demand.pod.priority, remembered)
         bound = bounds[evict]
-        return all(bound.get(key, 0) >= count for key, count in demand.resources)
+        for profile, count in demand.resources:  # noqa: SIM110 (a plain loop: called for every node and pod)
+            if bound.get(profile, 0) < count:
+                return False
+        return True
 
     def forget(self, node: NodeState) -> None:
         self._changed.add(node.name)
-        self._since.bounds.pop(node.name, None)
+        self._since.bounds = {key: b for key, b in self._since.bounds.items() if key[0] != node.name}
         self._since.gpus.pop(node.name, None)
+
+    def _offerable(self, node: NodeState) -> frozenset[str] | None:
+        """Every profile a repair on the mixed-strategy node could give without evicting (None: any), as the plan
+        stands: a GPU nobody holds or uses could be rebuilt to anything (on a node migopt manages); any other gives
+        what it offers (its free devices, or its target's devices when the plan rebuilds it), never more."""
+        busy = {device.gpu for device in self._used[node.name]}
+        if node.unmanaged is None and any(not gpu.holders and gpu.index not in busy for gpu in node.gpus):
+            return None
+        targets = self._decisions.targets
+        keys: set[str] = set()
+        for gpu in node.gpus:
+            target = targets.get((node.name, gpu.index))
+            if target is None or target == gpu.mig_devices:
+                keys.update(name for name, _ in _free_pairs(gpu.free_instances))
+            else:
+                keys.update(target)
+        return frozenset(keys)
 
     def _bounds(self, node: NodeState, priority: int, remembered: _Remembered) -> tuple[dict[str, int], ...]:
         """The bound without evictions and with them. A GPU the pod may take the place of (without evicting: one
@@ -295,11 +337,16 @@ class _Bounds:
 
 
 class _Remembered:
-    """Per node, its bounds (by pod priority, without and with evictions) and the GPU facts they are made from."""
+    """Per node (and pod priority), its bounds without and with evictions, the GPU facts they are made from, and
+    what it could offer at all without evicting."""
 
     def __init__(self) -> None:
-        self.bounds: dict[str, dict[int, tuple[dict[str, int], ...]]] = defaultdict(dict)
+        self.bounds: dict[tuple[str, int], tuple[dict[str, int], ...]] = {}
         self.gpus: dict[str, list[_GpuFacts]] = {}
+        self.offerable: dict[str, frozenset[str] | None] = {}  # only of nodes as the plan left them
+
+
+_UNKNOWN = frozenset({"<not yet computed>"})
 
 
 class _GpuFacts(NamedTuple):
