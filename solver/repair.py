@@ -49,11 +49,11 @@ def repair(problem: Problem, decisions: Decisions) -> None:
     if not stranded:
         return
     nodes = _NodeIndex(problem, [pods[0] for _, pods in stranded])
-    floors, initial = _Floors(problem), _Remembered()
-    chosen = careful = _Attempt(problem, decisions, floors, initial, passes=(False, True))
+    floors, initial, free = _Floors(problem), _Remembered(), _EvictionFree(decisions)
+    chosen = careful = _Attempt(problem, decisions, floors, initial, free, passes=(False, True))
     careful.run(stranded, nodes)
     if careful.missed:
-        plain = _Attempt(problem, decisions, floors, initial, passes=(True,))
+        plain = _Attempt(problem, decisions, floors, initial, free, passes=(True,))
         plain.run(stranded, nodes)
         touched = [*careful.touched.values(), *plain.touched.values()]
         chosen = max(careful, plain, key=lambda attempt: attempt.score(touched))  # the careful one on a tie
@@ -75,7 +75,13 @@ class _Attempt:
     (False: no new evictions; True: holders may be displaced), each pass every candidate node in name order."""
 
     def __init__(
-        self, problem: Problem, decisions: Decisions, floors: _Floors, initial: _Remembered, passes: tuple[bool, ...]
+        self,
+        problem: Problem,
+        decisions: Decisions,
+        floors: _Floors,
+        initial: _Remembered,
+        free: _EvictionFree,
+        passes: tuple[bool, ...],
     ) -> None:
         self.problem, self.passes, self.floors = problem, passes, floors
         self.decisions = Decisions(dict(decisions.targets), dict(decisions.placements))  # values are replaced
@@ -84,7 +90,7 @@ class _Attempt:
             for device in devices:
                 self.used[device.node].add(device)
         self.caps = _Caps(problem, self.decisions)
-        self.bounds = _Bounds(problem, self.decisions, self.used, floors, initial)
+        self.bounds = _Bounds(problem, self.decisions, self.used, floors, initial, free)
         self.placed: list[Demand] = []
         self.touched: dict[str, NodeState] = {}
         self.displaced = False  # some pod needed a pass that displaces holders
@@ -236,8 +242,10 @@ class _Bounds:
         used: dict[str, set[Device]],
         floors: _Floors,
         initial: _Remembered,
+        free: _EvictionFree,
     ) -> None:
         self._problem = problem
+        self._free = free
         self._decisions = decisions
         self._used = used
         self._floors = floors
@@ -246,21 +254,15 @@ class _Bounds:
         self._changed: set[str] = set()
 
     def may_fit(self, node: NodeState, demand: Demand, evict: bool) -> bool:
-        """Whether a repair on the node may give the pod its devices (displacing holders when `evict`).
-
-        Most nodes of a busy cluster can give a large profile only by evicting: before its bounds are made, a
-        node no repair has changed is ruled out of the eviction-free pass by the profiles it could offer at all
-        (`_offerable`)."""
+        """Whether a repair on the node may give the pod its devices (displacing holders when `evict`); in the
+        eviction-free pass a node no repair has changed is first ruled out by `_EvictionFree`, before its bounds
+        are made."""
         if node.strategy == "single":
             return True  # re-targeting a whole node is cheap to try and has no simple bound
         name = node.name
         changed = name in self._changed
-        if not evict and not changed:
-            offerable = self._initial.offerable.get(name, _UNKNOWN)
-            if offerable is _UNKNOWN:
-                offerable = self._initial.offerable[name] = self._offerable(node)
-            if offerable is not None and any(key not in offerable for key, _ in demand.resources):
-                return False
+        if not evict and not changed and not self._free.allows(node, demand.resources):
+            return False
         remembered = self._since if changed else self._initial
         key = (name, demand.pod.priority)
         bounds = remembered.bounds.get(key)
@@ -276,23 +278,6 @@ class _Bounds:
         self._changed.add(node.name)
         self._since.bounds = {key: b for key, b in self._since.bounds.items() if key[0] != node.name}
         self._since.gpus.pop(node.name, None)
-
-    def _offerable(self, node: NodeState) -> frozenset[str] | None:
-        """Every profile a repair on the mixed-strategy node could give without evicting (None: any), as the plan
-        stands: a GPU nobody holds or uses could be rebuilt to anything (on a node migopt manages); any other gives
-        what it offers (its free devices, or its target's devices when the plan rebuilds it), never more."""
-        busy = {device.gpu for device in self._used[node.name]}
-        if node.unmanaged is None and any(not gpu.holders and gpu.index not in busy for gpu in node.gpus):
-            return None
-        targets = self._decisions.targets
-        keys: set[str] = set()
-        for gpu in node.gpus:
-            target = targets.get((node.name, gpu.index))
-            if target is None or target == gpu.mig_devices:
-                keys.update(name for name, _ in _free_pairs(gpu.free_instances))
-            else:
-                keys.update(target)
-        return frozenset(keys)
 
     def _bounds(self, node: NodeState, priority: int, remembered: _Remembered) -> tuple[dict[str, int], ...]:
         """The bound without evictions and with them. A GPU the pod may take the place of (without evicting: one
@@ -336,17 +321,51 @@ class _Bounds:
         return facts
 
 
+_UNKNOWN = frozenset({"<not yet computed>"})
+
+
+class _EvictionFree:
+    """Which profiles each mixed-strategy node could give a pod without evicting anyone, as the plan stood before
+    the repair (the same for every scan; a scan asks only about nodes it has not changed): a GPU nobody holds or
+    uses could be rebuilt to anything (on a node migopt manages); any other gives what it offers (its free
+    devices, or its target's when the plan rebuilds it), never more. Most nodes of a busy cluster can give a
+    large profile only by evicting, so the eviction-free pass skips them without making their bounds."""
+
+    def __init__(self, plan: Decisions) -> None:
+        self._targets = plan.targets
+        self._busy: dict[str, set[int]] = defaultdict(set)
+        for devices in plan.placements.values():
+            for device in devices:
+                self._busy[device.node].add(device.gpu)
+        self._offerable: dict[str, frozenset[str] | None] = {}
+
+    def allows(self, node: NodeState, resources: tuple[tuple[str, int], ...]) -> bool:
+        """Whether the node could give every profile asked for (single-strategy nodes: always, unbounded here)."""
+        offerable = self._offerable.get(node.name, _UNKNOWN)
+        if offerable is _UNKNOWN:
+            offerable = self._offerable[node.name] = None if node.strategy == "single" else self._offerable_by(node)
+        return offerable is None or all(key in offerable for key, _ in resources)
+
+    def _offerable_by(self, node: NodeState) -> frozenset[str] | None:
+        busy = self._busy.get(node.name, set())
+        if node.unmanaged is None and any(not gpu.holders and gpu.index not in busy for gpu in node.gpus):
+            return None
+        keys: set[str] = set()
+        for gpu in node.gpus:
+            target = self._targets.get((node.name, gpu.index))
+            if target is None or target == gpu.mig_devices:
+                keys.update(name for name, _ in _free_pairs(gpu.free_instances))
+            else:
+                keys.update(target)
+        return frozenset(keys)
+
+
 class _Remembered:
-    """Per node (and pod priority), its bounds without and with evictions, the GPU facts they are made from, and
-    what it could offer at all without evicting."""
+    """Per node (and pod priority), its bounds without and with evictions, and the GPU facts they are made from."""
 
     def __init__(self) -> None:
         self.bounds: dict[tuple[str, int], tuple[dict[str, int], ...]] = {}
         self.gpus: dict[str, list[_GpuFacts]] = {}
-        self.offerable: dict[str, frozenset[str] | None] = {}  # only of nodes as the plan left them
-
-
-_UNKNOWN = frozenset({"<not yet computed>"})
 
 
 class _GpuFacts(NamedTuple):

@@ -118,8 +118,9 @@ def test_indexed_repair_matches_the_plain_scan(case: tuple[ClusterSpec, PlanPoli
     plain = copy.deepcopy(decisions)
     stranded = repair_module._stranded(problem, decisions)
     nodes = repair_module._NodeIndex(problem, [pods[0] for _, pods in stranded])
-    remembered = repair_module._Remembered()
-    attempt = repair_module._Attempt(problem, decisions, repair_module._Floors(problem), remembered, passes)
+    floors, remembered = repair_module._Floors(problem), repair_module._Remembered()
+    free = repair_module._EvictionFree(decisions)
+    attempt = repair_module._Attempt(problem, decisions, floors, remembered, free, passes)
     attempt.run(stranded, nodes)
     _plain_scan(problem, plain, passes)
     assert attempt.decisions.placements == plain.placements
