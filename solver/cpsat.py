@@ -85,6 +85,11 @@ class _Linear:
     def expression(self) -> cp_model.LinearExpr:
         return _weighted(self.variables, self.coefficients) + self.constant
 
+    def value(self, values: dict[int, int]) -> int:
+        """The expression's value where each variable (by index) has the given value (0 when not given)."""
+        terms = zip(self.variables, self.coefficients, strict=True)
+        return self.constant + sum(c * values.get(v.index, 0) for v, c in terms)
+
 
 class GeometryModel:
     """Builds the CP-SAT model once; `solve` runs the three lexicographic stages."""
@@ -98,6 +103,8 @@ class GeometryModel:
         self.cpsat_seconds = 0.0  # CP-SAT's own solving in `solve`, every stage
         self.solve_seconds = 0.0  # all of `solve`: CP-SAT and the Python between its stages
         self._hinted: list[int] | None = None  # the variables a stage's solution hints the next with, by index
+        # per forecast key: the room variable, the devices left that bound it, the forecast count
+        self.room: dict[str, tuple[cp_model.IntVar, _Linear, int]] = {}
         self._build()
 
     def _build(self) -> None:
@@ -251,7 +258,8 @@ class GeometryModel:
                 left[key].add(var, -1)
         for key, count in sorted(self.problem.expected.items()):
             room = self.model.new_int_var(0, count, f"x_{key}")
-            self.model.add(room <= left.get(key, _Linear()).expression())
+            self.room[key] = (room, left.get(key, _Linear()), count)
+            self.model.add(room <= self.room[key][1].expression())
             terms.append(key_compute_slices(key) * room)
         return _sum(terms)
 
@@ -268,6 +276,9 @@ class GeometryModel:
         pairs += [(var, min(answer.served.get(di, 0), caps.get(di, 10**9))) for di, var in self.s.items()]
         if allocation:
             pairs += [(var, answer.allocation.get(key, 0)) for key, var in self.z.items()]
+            if self.room:  # the forecast's room too: a hint missing it is not a solution CP-SAT can start from
+                values = {var.index: value for var, value in pairs}
+                pairs += [(var, min(count, max(left.value(values), 0))) for var, left, count in self.room.values()]
         return pairs
 
     def _value(self, objective: cp_model.LinearExpr, answer: AggregateSolution) -> int:
@@ -284,10 +295,11 @@ class GeometryModel:
         hint.values.extend([value for _, value in pairs])
 
     def _hint_from(self, solution: list[int]) -> None:
-        """Hint the next stage with this one's solution (values by variable index): every variable, r, y, s, z in
-        that order (as `add_hint` would write them, in bulk)."""
+        """Hint the next stage with this one's solution (values by variable index): every variable, r, y, s, z and
+        the forecast's room in that order (as `add_hint` would write them, in bulk)."""
         if self._hinted is None:
-            variables = (*self.r.values(), *self.y.values(), *self.s.values(), *self.z.values())
+            rooms = [var for var, _, _ in self.room.values()]
+            variables = (*self.r.values(), *self.y.values(), *self.s.values(), *self.z.values(), *rooms)
             self._hinted = [var.index for var in variables]
         self.model.clear_hints()  # type: ignore[no-untyped-call]
         hint = self.model.proto.solution_hint
