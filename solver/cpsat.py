@@ -289,10 +289,13 @@ class GeometryModel:
 
     def _set_hints(self, pairs: list[tuple[cp_model.IntVar, int]]) -> None:
         """Replace the hints with these, in this order: what `add_hint` per pair writes, in bulk."""
+        self._write_hints([var.index for var, _ in pairs], [value for _, value in pairs])
+
+    def _write_hints(self, indices: list[int], values: list[int]) -> None:
         self.model.clear_hints()  # type: ignore[no-untyped-call]
         hint = self.model.proto.solution_hint
-        hint.vars.extend([var.index for var, _ in pairs])
-        hint.values.extend([value for _, value in pairs])
+        hint.vars.extend(indices)
+        hint.values.extend(values)
 
     def _hint_from(self, solution: list[int]) -> None:
         """Hint the next stage with this one's solution (values by variable index): every variable, r, y, s, z and
@@ -301,10 +304,7 @@ class GeometryModel:
             rooms = [var for var, _, _ in self.room.values()]
             variables = (*self.r.values(), *self.y.values(), *self.s.values(), *self.z.values(), *rooms)
             self._hinted = [var.index for var in variables]
-        self.model.clear_hints()  # type: ignore[no-untyped-call]
-        hint = self.model.proto.solution_hint
-        hint.vars.extend(self._hinted)
-        hint.values.extend([solution[index] for index in self._hinted])
+        self._write_hints(self._hinted, [solution[index] for index in self._hinted])
 
     def stages(self) -> list[list[int]]:
         """Terms (`SERVED`, `DISRUPTION`, `FRAGMENTATION`, `EXPECTED`) solved together per stage.

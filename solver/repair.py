@@ -70,6 +70,15 @@ def _stranded(problem: Problem, decisions: Decisions) -> list[tuple[PodGroup, li
     return [(group, pods) for group, pods in stranded if pods]
 
 
+def _devices_by_node(placements: dict[str, list[Device]]) -> defaultdict[str, set[Device]]:
+    """The devices the placements use, per node."""
+    used: defaultdict[str, set[Device]] = defaultdict(set)
+    for devices in placements.values():
+        for device in devices:
+            used[device.node].add(device)
+    return used
+
+
 class _Attempt:
     """One scan over the stranded pods, on its own copy of the decisions: each pod tries the `passes` in turn
     (False: no new evictions; True: holders may be displaced), each pass every candidate node in name order."""
@@ -85,15 +94,11 @@ class _Attempt:
     ) -> None:
         self.problem, self.passes, self.floors = problem, passes, floors
         self.decisions = Decisions(dict(decisions.targets), dict(decisions.placements))  # values are replaced
-        self.used: dict[str, set[Device]] = defaultdict(set)
-        for devices in decisions.placements.values():
-            for device in devices:
-                self.used[device.node].add(device)
+        self.used = _devices_by_node(decisions.placements)
         self.caps = _Caps(problem, self.decisions)
         self.bounds = _Bounds(problem, self.decisions, self.used, floors, initial, free)
         self.placed: list[Demand] = []
         self.touched: dict[str, NodeState] = {}
-        self.displaced = False  # some pod needed a pass that displaces holders
         self.missed = False  # some pod found no node
 
     def run(self, stranded: list[tuple[PodGroup, list[Demand]]], nodes: _NodeIndex) -> None:
@@ -123,7 +128,6 @@ class _Attempt:
                 self.bounds.forget(node)
                 self.placed.append(demand)
                 self.touched[node.name] = node
-                self.displaced |= evict and len(self.passes) > 1
                 # a single-strategy node re-targeted back to its current maps may lift a cap: look again
                 lifted = self.caps.changing_count < changing
                 for other in scans.values():
@@ -264,10 +268,10 @@ class _Bounds:
         if not evict and not changed and not self._free.allows(node, demand.resources):
             return False
         remembered = self._since if changed else self._initial
-        key = (name, demand.pod.priority)
-        bounds = remembered.bounds.get(key)
+        priority = demand.pod.priority
+        bounds = remembered.bounds[name].get(priority)
         if bounds is None:
-            bounds = remembered.bounds[key] = self._bounds(node, demand.pod.priority, remembered)
+            bounds = remembered.bounds[name][priority] = self._bounds(node, priority, remembered)
         bound = bounds[evict]
         for profile, count in demand.resources:  # noqa: SIM110 (a plain loop: called for every node and pod)
             if bound.get(profile, 0) < count:
@@ -276,7 +280,7 @@ class _Bounds:
 
     def forget(self, node: NodeState) -> None:
         self._changed.add(node.name)
-        self._since.bounds = {key: b for key, b in self._since.bounds.items() if key[0] != node.name}
+        self._since.bounds.pop(node.name, None)
         self._since.gpus.pop(node.name, None)
 
     def _bounds(self, node: NodeState, priority: int, remembered: _Remembered) -> tuple[dict[str, int], ...]:
@@ -321,9 +325,6 @@ class _Bounds:
         return facts
 
 
-_UNKNOWN = frozenset({"<not yet computed>"})
-
-
 class _EvictionFree:
     """Which profiles each mixed-strategy node could give a pod without evicting anyone, as the plan stood before
     the repair (the same for every scan; a scan asks only about nodes it has not changed): a GPU nobody holds or
@@ -333,21 +334,18 @@ class _EvictionFree:
 
     def __init__(self, plan: Decisions) -> None:
         self._targets = plan.targets
-        self._busy: dict[str, set[int]] = defaultdict(set)
-        for devices in plan.placements.values():
-            for device in devices:
-                self._busy[device.node].add(device.gpu)
+        self._used = _devices_by_node(plan.placements)
         self._offerable: dict[str, frozenset[str] | None] = {}
 
     def allows(self, node: NodeState, resources: tuple[tuple[str, int], ...]) -> bool:
-        """Whether the node could give every profile asked for (single-strategy nodes: always, unbounded here)."""
-        offerable = self._offerable.get(node.name, _UNKNOWN)
-        if offerable is _UNKNOWN:
-            offerable = self._offerable[node.name] = None if node.strategy == "single" else self._offerable_by(node)
+        """Whether the (mixed-strategy) node could give every profile asked for."""
+        if node.name not in self._offerable:
+            self._offerable[node.name] = self._offerable_by(node)
+        offerable = self._offerable[node.name]
         return offerable is None or all(key in offerable for key, _ in resources)
 
     def _offerable_by(self, node: NodeState) -> frozenset[str] | None:
-        busy = self._busy.get(node.name, set())
+        busy = {device.gpu for device in self._used[node.name]}
         if node.unmanaged is None and any(not gpu.holders and gpu.index not in busy for gpu in node.gpus):
             return None
         keys: set[str] = set()
@@ -364,7 +362,7 @@ class _Remembered:
     """Per node (and pod priority), its bounds without and with evictions, and the GPU facts they are made from."""
 
     def __init__(self) -> None:
-        self.bounds: dict[tuple[str, int], tuple[dict[str, int], ...]] = {}
+        self.bounds: dict[str, dict[int, tuple[dict[str, int], ...]]] = defaultdict(dict)
         self.gpus: dict[str, list[_GpuFacts]] = {}
 
 
