@@ -7,20 +7,30 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from migopt.render import json_text, yaml_text
-from nvidia_protocol.safe_yaml import read_yaml_file
+from nvidia_protocol.safe_yaml import load_document, plain_json_within_limits, read_text_file, read_yaml_file
 from solver.collector import collector_paused
 from solver.errors import MigoptError, first_problem
 from solver.scope import PlanScope
-from solver.snapshot import ClusterSnapshot, parse_snapshot
+from solver.snapshot import ClusterSnapshot, checked_against_catalog, parse_snapshot
 
 
 @collector_paused
 def load_snapshot(path: Path) -> ClusterSnapshot:
-    """A snapshot file, validated (unreadable, not UTF-8, not YAML, nested too deeply: one line each). JSON is
-    read by the JSON parser, YAML by libyaml's (`read_yaml_file`): the same limits and errors either way. The
-    cyclic collector waits: parsing makes millions of objects, none of them garbage."""
-    data = read_yaml_file(path, f"snapshot {str(path)!r}", language="YAML/JSON")
-    return parse_snapshot(data)
+    """A snapshot file, validated (unreadable, not UTF-8, not YAML, nested too deeply: one line each). JSON within
+    the limits goes to pydantic as text, parsed and validated in one pass (a fifth faster than parsing first);
+    anything else, or JSON pydantic refuses, is read by the JSON parser or libyaml's (`load_document`) and then
+    validated, which names what is wrong. The cyclic collector waits: parsing makes millions of objects, none of
+    them garbage."""
+    what = f"snapshot {str(path)!r}"
+    text = read_text_file(path, what)
+    if plain_json_within_limits(text):
+        try:
+            snapshot = ClusterSnapshot.model_validate_json(text)
+        except ValidationError:
+            pass  # not JSON, or not a valid snapshot: the reading below says which, on one line
+        else:
+            return checked_against_catalog(snapshot)
+    return parse_snapshot(load_document(text, what, language="YAML/JSON"))
 
 
 def load_scope(path: Path) -> PlanScope:

@@ -300,15 +300,31 @@ def load_document(text: str, what: str, *, language: str = "YAML") -> Any:
     return load_yaml(text, what, language=language)
 
 
-def read_yaml_file(path: Path, what: str, *, language: str = "YAML") -> Any:
-    """A UTF-8 YAML (or JSON) file, parsed; every failure (unreadable, not UTF-8, not YAML, nested too deeply)
-    is one `MigoptError` line starting with `what` (say `scenario 'x.yaml'`) or `cannot read <what>`."""
+def plain_json_within_limits(text: str) -> bool:
+    """Whether text that may be JSON can go to a JSON validator as it is (pydantic's `model_validate_json`, which
+    parses and validates in one pass): it starts with `{` or `[`, nests fewer than `MAX_DEPTH` levels if it is
+    JSON, and holds no surrogate escape (whose pairing `_load_json` checks on the parsed data). It says nothing of
+    whether the text is JSON: text the validator refuses goes to `load_document`, which says what is wrong."""
+    return (
+        text.lstrip(" \t\r\n")[:1] in ("{", "[")
+        and _json_height_below(text, MAX_DEPTH)
+        and not _SURROGATE_ESCAPE.search(text)
+    )
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A UTF-8 text file's text; unreadable or not UTF-8 is one `MigoptError` line (see `read_yaml_file`)."""
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise MigoptError(f"cannot read {what}: {err.strerror or err}") from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise MigoptError(f"{what} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})") from None
-    return load_document(text, what, language=language)
+
+
+def read_yaml_file(path: Path, what: str, *, language: str = "YAML") -> Any:
+    """A UTF-8 YAML (or JSON) file, parsed; every failure (unreadable, not UTF-8, not YAML, nested too deeply)
+    is one `MigoptError` line starting with `what` (say `scenario 'x.yaml'`) or `cannot read <what>`."""
+    return load_document(read_text_file(path, what), what, language=language)

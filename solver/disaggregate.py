@@ -7,6 +7,7 @@ Reconfigurations are concentrated on nodes already being changed, to touch as fe
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import chain
 
 from solver.cpsat import AggregateSolution
 from solver.decisions import Decisions, Device, GpuRef, advertises_nothing
@@ -143,7 +144,7 @@ class _OneNode:
         by_key = [(count, [t for t in (free.get((pi, key)) for pi in pools) if t]) for key, count in demand.resources]
         for position in range(self._resume.get(group, 0), len(names)):
             node = names[position]
-            if all(sum(len(by_node.get(node, ())) for by_node in tables) >= count for count, tables in by_key):
+            if _offers(node, by_key):
                 taken = [
                     (pi, key, d)
                     for key, count in demand.resources
@@ -157,6 +158,18 @@ class _OneNode:
         return None
 
 
+def _offers(node: str, by_key: list[tuple[int, list[dict[str, list[Device]]]]]) -> bool:
+    """Whether the node has, for each key, at least its count of devices over the key's tables (plain loops: this
+    runs for every node a scan passes)."""
+    for count, tables in by_key:
+        have = 0
+        for by_node in tables:
+            have += len(by_node.get(node, ()))
+        if have < count:
+            return False
+    return True
+
+
 def _remove(free: FreeIndex, pool: int, key: str, device: Device) -> None:
     devices = free[pool, key][device.node]
     devices.remove(device)
@@ -167,7 +180,7 @@ def _remove(free: FreeIndex, pool: int, key: str, device: Device) -> None:
 def _take_single(demand: Demand, free: FreeIndex, quota: dict[int, int], pools: list[int]) -> list[Device] | None:
     """One device for a one-device pod: from a pool the IP allotted to its group while quota lasts, else any."""
     key = demand.resources[0][0]
-    for pi in [p for p in pools if quota.get(p, 0) > 0] + pools:
+    for pi in chain(sorted(pi for pi, left in quota.items() if left > 0), pools):  # quota: usable pools only
         by_node = free.get((pi, key))
         if by_node:
             quota[pi] = quota.get(pi, 0) - 1
@@ -182,12 +195,14 @@ def _place(problem: Problem, answer: AggregateSolution, free: FreeIndex, decisio
     whose co-location the IP relaxed; then let any other pod take what is left."""
     waiting: list[tuple[int, PodGroup, Demand]] = []
     single_first = sorted(range(len(problem.pod_groups)), key=lambda di: problem.pod_groups[di].demands[0].devices > 1)
-    quotas: dict[int, dict[int, int]] = defaultdict(dict)
-    for (di, pi, _), count in answer.allocation.items():
-        quotas[di][pi] = count
     pools_of = [
         [pi for pi, pool in enumerate(problem.pools) if problem.usable(group, pool)] for group in problem.pod_groups
     ]
+    usable = [set(pools) for pools in pools_of]
+    quotas: dict[int, dict[int, int]] = defaultdict(dict)
+    for (di, pi, _), count in answer.allocation.items():
+        if pi in usable[di]:
+            quotas[di][pi] = count
     one_node = _OneNode(free)
     for di in single_first:
         group = problem.pod_groups[di]

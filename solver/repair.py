@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from functools import cache
+from itertools import compress
 from typing import NamedTuple
 
 from solver.catalog import GpuModel, load_catalog
@@ -229,7 +230,7 @@ class _NodeIndex:
         demand = group.demands[0]
         needed = {k.rsplit(":", 1)[-1] for k, _ in demand.resources}
         fits = [needed <= profiles and rejection(node, demand) is None for node, profiles in self._shapes]
-        return [node for node, shape in zip(self.nodes, self._shape_of, strict=True) if fits[shape]]
+        return list(compress(self.nodes, map(fits.__getitem__, self._shape_of)))
 
 
 class _Bounds:

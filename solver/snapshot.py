@@ -321,6 +321,12 @@ def parse_snapshot(data: Any) -> ClusterSnapshot:
         first = err.errors()[0]
         where = _location(data, tuple(first["loc"])) or "snapshot"
         raise MigoptError(f"snapshot: {where}: {first['msg'].removeprefix('Value error, ')}") from None
+    return checked_against_catalog(snapshot)
+
+
+def checked_against_catalog(snapshot: ClusterSnapshot) -> ClusterSnapshot:
+    """The snapshot, once every GPU layout and pending request is known to the catalog (`parse_snapshot`'s second
+    half, for a snapshot pydantic validated from JSON text directly)."""
     verdicts = _Verdicts()
     for node in snapshot.nodes:
         _check_node(node, verdicts)
