@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -214,6 +215,7 @@ def plan(
         protect_priority=protect_priority,
         scope=load_scope(scope) if scope is not None else PlanScope(),
     )
+    _collector_off_when_one_shot()
     cluster = load_snapshot(snapshot)
     result = planner(cluster, knobs, dump_model=dump_model)
     if output is Output.table:
@@ -473,6 +475,16 @@ def recommend(
 
 
 _held: list[object] = []
+_one_shot = False  # set by `console_main`: the process ends as soon as the command has
+
+
+def _collector_off_when_one_shot() -> None:
+    """Under `console_main`, Python's cyclic collector stays off for the rest of a command that holds what it
+    built (`_hold_until_exit`): the process ends right after, and the collector's first pass once planning let it
+    run again walked every object the plan left alive and freed nothing (0.18–0.28 s after a 5,000-node plan,
+    measured). In-process (tests), the collector is left as it is."""
+    if _one_shot:
+        gc.disable()
 
 
 def _hold_until_exit(*objects: object) -> None:
@@ -486,6 +498,8 @@ def console_main() -> None:
     """The `migopt` console script and `python -m migopt`: `main`; after a command that held what it built
     (`_hold_until_exit`) and succeeded, the process ends at once, its output flushed, leaving the memory to the
     operating system instead of tearing every object down."""
+    global _one_shot
+    _one_shot = True
     try:
         main()
     except SystemExit as done:
