@@ -98,3 +98,22 @@ def test_bad_snapshot_in_a_real_process_has_no_traceback(tmp_path: Path) -> None
     result = run_cli_process("plan", "--snapshot", str(path))
     assert result.code == 2 and "Traceback" not in result.err
     assert result.err.startswith("error: snapshot: pods[a/b].requests.nvidia.com/mig-1g.5gb")
+
+
+@pytest.mark.parametrize("one_shot", [False, True])
+def test_the_collector_stays_off_only_when_the_process_ends_after_the_plan(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, one_shot: bool
+) -> None:
+    """Under the console script the process ends once the plan is written, so the cyclic collector is left off;
+    called in-process, the command leaves it running."""
+    import gc
+
+    import migopt.cli
+
+    monkeypatch.setattr(migopt.cli, "_one_shot", one_shot)
+    assert gc.isenabled()
+    try:
+        json.loads(run_cli(capsys, "plan", "--snapshot", EXAMPLE, "-o", "json").out)
+        assert gc.isenabled() is not one_shot
+    finally:
+        gc.enable()
