@@ -25,6 +25,7 @@ from optimizer.agent.nvml_discovery import compare_gpu, load_nvml, read_gpus
 from optimizer.logs import LogFormatOption, LogLevelOption, configure_logging
 from optimizer.metrics.http_serve import RunningServer
 from solver.catalog import GpuModel, load_catalog
+from solver.collector import keep_until_exit
 from solver.errors import MigoptError
 from solver.geometry import explain_map, feasible_maps, find_layout, maximal_maps
 from solver.plan import PlanPolicy
@@ -215,7 +216,7 @@ def plan(
         protect_priority=protect_priority,
         scope=load_scope(scope) if scope is not None else PlanScope(),
     )
-    _collector_off_when_one_shot()
+    _memory_left_to_exit()
     cluster = load_snapshot(snapshot)
     result = planner(cluster, knobs, dump_model=dump_model)
     if output is Output.table:
@@ -478,13 +479,15 @@ _held: list[object] = []
 _one_shot = False  # set by `console_main`: the process ends as soon as the command has
 
 
-def _collector_off_when_one_shot() -> None:
+def _memory_left_to_exit() -> None:
     """Under `console_main`, Python's cyclic collector stays off for the rest of a command that holds what it
-    built (`_hold_until_exit`): the process ends right after, and the collector's first pass once planning let it
-    run again walked every object the plan left alive and freed nothing (0.18–0.28 s after a 5,000-node plan,
-    measured). In-process (tests), the collector is left as it is."""
+    built (`_hold_until_exit`), and planners keep their working data rather than free it (`keep_until_exit`): the
+    process ends right after, and the collector's first pass once planning let it run again walked every object
+    the plan left alive and freed nothing (0.18–0.28 s after a 5,000-node plan, measured). In-process (tests),
+    both are left as they are."""
     if _one_shot:
         gc.disable()
+        keep_until_exit()
 
 
 def _hold_until_exit(*objects: object) -> None:

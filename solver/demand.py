@@ -57,14 +57,15 @@ class Demand(BaseModel):
     def eligibility_key(self) -> tuple[object, ...]:
         """Everything that decides which nodes may run the pod: its filters, and its request when that narrows the
         nodes further (single-strategy products; several devices, which must all be on one node)."""
-        selector = tuple(sorted((k, v) for k, v in self.pod.node_selector.items() if not self._is_product_key(k)))
+        pod = self.pod
+        selector = tuple(sorted((k, v) for k, v in pod.node_selector.items() if not self._is_product_key(k)))
         return (
             self.kind,
             self.resources if self.kind == "single" or self.devices > 1 else (),
             selector,
-            tuple(t.model_dump_json() for t in self.pod.node_affinity),
-            tuple(sorted(t.model_dump_json() for t in self.pod.tolerations)),
-        )
+            tuple(tuple((r.key, r.operator, tuple(r.values)) for r in t.match_expressions) for t in pod.node_affinity),
+            tuple(sorted((t.key, t.operator, t.value, t.effect) for t in pod.tolerations)),
+        )  # every field of the terms and tolerations, as plain tuples (hashable, and cheaper than JSON text)
 
     def _is_product_key(self, key: str) -> bool:
         return self.kind == "single" and key == PRODUCT_LABEL

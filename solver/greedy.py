@@ -156,7 +156,7 @@ class _Pending:
         self.group_left: list[int] = []
         buckets: dict[tuple[int, _Resources], _Bucket] = {}
         for rank, demand in enumerate(ordered):
-            key = demand.eligibility_key  # computed once: it serialises JSON
+            key = demand.eligibility_key  # computed once (memo)
             if key not in groups:
                 groups[key] = len(groups)
                 self.representatives.append(demand)

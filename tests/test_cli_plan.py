@@ -101,19 +101,22 @@ def test_bad_snapshot_in_a_real_process_has_no_traceback(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("one_shot", [False, True])
-def test_the_collector_stays_off_only_when_the_process_ends_after_the_plan(
+def test_memory_is_left_to_the_exit_only_when_the_process_ends_after_the_plan(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, one_shot: bool
 ) -> None:
-    """Under the console script the process ends once the plan is written, so the cyclic collector is left off;
-    called in-process, the command leaves it running."""
+    """Under the console script the process ends once the plan is written, so the cyclic collector is left off
+    and the planner's working data kept, not freed; called in-process, the command leaves both as they were."""
     import gc
 
     import migopt.cli
+    import solver.collector
 
     monkeypatch.setattr(migopt.cli, "_one_shot", one_shot)
+    monkeypatch.setattr(solver.collector, "_kept", None)  # restored after: other tests must free what they build
     assert gc.isenabled()
     try:
         json.loads(run_cli(capsys, "plan", "--snapshot", EXAMPLE, "-o", "json").out)
         assert gc.isenabled() is not one_shot
+        assert bool(solver.collector._kept) is one_shot
     finally:
         gc.enable()

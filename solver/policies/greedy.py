@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from solver.assemble import Draft, draft, write_plan
-from solver.collector import collector_paused
+from solver.collector import collector_paused, kept
 from solver.greedy import greedy_decisions
 from solver.plan import Plan, PlanPolicy, PlanStatus
 from solver.policies.common import finished, no_model_built
@@ -24,6 +24,7 @@ def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | No
     with clock.phase("aggregate"):
         problem = build_problem(snapshot, policy)
     result = baseline(problem, clock)
+    kept(problem, result)  # in a one-shot process, not freed as this returns
     return finished(snapshot, written(problem, result if problem.demands else empty(result), clock), policy, clock)
 
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from solver.assemble import Draft, draft, prepare_writing
-from solver.collector import collector_paused
+from solver.collector import collector_paused, kept
 from solver.cpsat import AggregateSolution, GeometryModel
 from solver.demand import Demand
 from solver.disaggregate import disaggregate
@@ -52,6 +52,7 @@ def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | No
         solved = _optimal(problem, policy, clock, dump_model, greedy)
         baseline_draft = greedy.draft()
     chosen = _unsolved(baseline_draft, clock.elapsed()) if solved is None else _better(solved, baseline_draft)
+    kept(problem, greedy, solved, baseline_draft)  # in a one-shot process, not freed as this returns
     return finished(snapshot, written(problem, chosen, clock), policy, clock, greedy.pending)
 
 
