@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from migopt.render import json_text, yaml_text
-from nvidia_protocol.safe_yaml import load_document, plain_json_within_limits, read_text_file, read_yaml_file
+from nvidia_protocol.safe_yaml import bounded_validator_may_read, load_document, read_text_file, read_yaml_file
 from solver.collector import collector_paused
 from solver.errors import MigoptError, first_problem
 from solver.scope import PlanScope
@@ -16,14 +16,14 @@ from solver.snapshot import ClusterSnapshot, checked_against_catalog, parse_snap
 
 @collector_paused
 def load_snapshot(path: Path) -> ClusterSnapshot:
-    """A snapshot file, validated (unreadable, not UTF-8, not YAML, nested too deeply: one line each). JSON within
-    the limits goes to pydantic as text, parsed and validated in one pass (a fifth faster than parsing first);
-    anything else, or JSON pydantic refuses, is read by the JSON parser or libyaml's (`load_document`) and then
-    validated, which names what is wrong. The cyclic collector waits: parsing makes millions of objects, none of
-    them garbage."""
+    """A snapshot file, validated (unreadable, not UTF-8, not YAML, nested too deeply: one line each). JSON goes
+    to pydantic as text, parsed and validated in one pass (a fifth faster than parsing first; the snapshot's
+    schema nests a few levels, so nothing deeper passes); anything else, or JSON pydantic refuses, is read by the
+    JSON parser or libyaml's (`load_document`) and then validated, which names what is wrong. The cyclic
+    collector waits: parsing makes millions of objects, none of them garbage."""
     what = f"snapshot {str(path)!r}"
     text = read_text_file(path, what)
-    if plain_json_within_limits(text):
+    if bounded_validator_may_read(text):
         try:
             snapshot = ClusterSnapshot.model_validate_json(text)
         except ValidationError:

@@ -300,16 +300,13 @@ def load_document(text: str, what: str, *, language: str = "YAML") -> Any:
     return load_yaml(text, what, language=language)
 
 
-def plain_json_within_limits(text: str) -> bool:
-    """Whether text that may be JSON can go to a JSON validator as it is (pydantic's `model_validate_json`, which
-    parses and validates in one pass): it starts with `{` or `[`, nests fewer than `MAX_DEPTH` levels if it is
-    JSON, and holds no surrogate escape (whose pairing `_load_json` checks on the parsed data). It says nothing of
-    whether the text is JSON: text the validator refuses goes to `load_document`, which says what is wrong."""
-    return (
-        text.lstrip(" \t\r\n")[:1] in ("{", "[")
-        and _json_height_below(text, MAX_DEPTH)
-        and not _SURROGATE_ESCAPE.search(text)
-    )
+def bounded_validator_may_read(text: str) -> bool:
+    """Whether text that may be JSON can go as it is to a JSON validator whose schema nests fewer than `MAX_DEPTH`
+    levels (pydantic's `model_validate_json` on a model without free-form fields, which parses and validates in
+    one pass): it starts with `{` or `[` and holds no surrogate escape (whose pairing `_load_json` checks on the
+    parsed data). Depth needs no check here: text nested deeper than the schema fails its validation. Text the
+    validator refuses goes to `load_document`, which says what is wrong (too deep, not JSON, ...)."""
+    return text.lstrip(" \t\r\n")[:1] in ("{", "[") and not _SURROGATE_ESCAPE.search(text)
 
 
 def read_text_file(path: Path, what: str) -> str:

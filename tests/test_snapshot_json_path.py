@@ -1,5 +1,5 @@
 """A JSON snapshot file goes to pydantic as text (`load_snapshot`'s fast path); whatever the file holds, the
-outcome is the one the general reading gives (parse with the JSON parser, then `parse_snapshot`): the same
+outcome is the one the general reading gives (`load_document`, with its limits, then `parse_snapshot`): the same
 snapshot, or the same one-line error."""
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from migopt.snapshot_io import load_snapshot
+from nvidia_protocol.safe_yaml import load_document
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
 from solver.errors import MigoptError
 from solver.snapshot import ClusterSnapshot, parse_snapshot
+
+DEEP = "deep-marker"  # a label value the test replaces in the text by brackets nested 5,000 levels deep
 
 
 def _edit(data: dict[str, Any], kind: str, pick: int) -> Any:
@@ -43,12 +46,20 @@ def _edit(data: dict[str, Any], kind: str, pick: int) -> Any:
         pod["requests"] = {"nvidia.com/mig-8g.1tb": 1}
     elif kind == "not a mapping":
         return nodes
+    elif kind == "nested deeper than the limit":
+        deep: Any = "x"
+        for _ in range(150):
+            deep = [deep]
+        node["labels"]["deep"] = deep
+    elif kind == "nested deeper than the parser goes":
+        node["labels"]["deep"] = DEEP  # replaced in the text: 5,000 levels, beyond what json.loads goes
     return data
 
 
 EDITS = [
     "none", "unknown profile", "overlapping layout", "unknown model", "negative count", "count as text",
     "huge priority", "duplicate node", "extra field", "request nobody knows", "not a mapping",
+    "nested deeper than the limit", "nested deeper than the parser goes",
 ]  # fmt: skip
 
 
@@ -70,11 +81,11 @@ def test_a_json_file_reads_as_the_general_path_reads_it(
     tmp_path_factory: Any, seed: int, kind: str, pick: int, indent: int | None
 ) -> None:
     data = _edit(generate_snapshot(ClusterSpec(nodes=4, pending_pods=6, seed=seed)), kind, pick)
-    text = json.dumps(data, indent=indent)
+    text = json.dumps(data, indent=indent).replace(f'"{DEEP}"', "[" * 5_000 + "]" * 5_000)
     path: Path = tmp_path_factory.mktemp("json") / "snapshot.json"
     path.write_text(text, encoding="utf-8")
     fast = _outcome(lambda: load_snapshot(path))
-    general = _outcome(lambda: parse_snapshot(json.loads(text)))
+    general = _outcome(lambda: parse_snapshot(load_document(text, f"snapshot {str(path)!r}", language="YAML/JSON")))
     assert fast == general
     if kind == "none":
         assert isinstance(fast, ClusterSnapshot)
