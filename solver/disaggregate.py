@@ -96,7 +96,15 @@ def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) ->
                 for name, offered in by_node.items():
                     table.setdefault(name, []).extend(offered)
             continue
+        offers = kept_offers.get(ui, {})
+        changing = {member.node for member in chosen[ui]}
+        copied: set[str] = set()
         for member in unit.members:
+            if member.node not in changing:  # none of the node's members changes: what it offers, copied
+                if member.node not in copied:
+                    copied.add(member.node)
+                    _copy_offers(free, pool_index[unit.pool], offers, member.node)
+                continue
             node = nodes[member.node]
             if len(member.gpus) == 1:
                 gpus = [gpu_index[member.node, member.gpus[0]][1]]
@@ -119,6 +127,15 @@ def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) ->
                 for key, device in problem.keyed_devices(node, gpu, target):
                     free[pi, key].setdefault(node.name, []).append(device)
     return free
+
+
+def _copy_offers(free: FreeIndex, pool: int, offers: dict[str, dict[str, list[Device]]], node: str) -> None:
+    """Index what a kept node of a unit offers (`Problem.kept_offers`, in the unit's member order): a unit
+    that changes holds thousands of members of which a few change, and the rest offer what they always do."""
+    for key, by_node in offers.items():
+        offered = by_node.get(node)
+        if offered:
+            free[pool, key].setdefault(node, []).extend(offered)
 
 
 class _OneNode:
