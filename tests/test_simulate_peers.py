@@ -44,9 +44,12 @@ def write(tmp_path: Path, data: object) -> Path:
 
 def test_every_policy_gets_the_same_pods_and_no_peer_evicts(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[int, list[tuple[object, ...]]] = {}
+    twins: list[Twin] = []  # held, so that no later twin can reuse a finished one's id
     original = Twin.add_pod
 
     def recording(self: Twin, name: str, requests: Any, **options: Any) -> Any:
+        if id(self) not in seen:
+            twins.append(self)
         seen.setdefault(id(self), []).append(
             (self.now(), name, tuple(sorted(requests.items())), options["at_least"], options["priority"])
         )
