@@ -25,7 +25,7 @@ from optimizer.agent.nvml_discovery import compare_gpu, load_nvml, read_gpus
 from optimizer.logs import LogFormatOption, LogLevelOption, configure_logging
 from optimizer.metrics.http_serve import RunningServer
 from solver.catalog import GpuModel, load_catalog
-from solver.collector import keep_until_exit
+from solver.collector import keep_until_exit, keeping, kept
 from solver.errors import MigoptError
 from solver.geometry import explain_map, feasible_maps, find_layout, maximal_maps
 from solver.plan import PlanPolicy
@@ -223,7 +223,7 @@ def plan(
         render_plan(result)
     else:
         emit_data(result, output)  # the model: serialised in one pass
-    _hold_until_exit(cluster, result)
+    kept(cluster, result)  # under `console_main`, left to the exit (`_memory_left_to_exit`)
 
 
 @app.command()
@@ -475,40 +475,33 @@ def recommend(
     console.print(table(title, columns, rows))
 
 
-_held: list[object] = []
 _one_shot = False  # set by `console_main`: the process ends as soon as the command has
 
 
 def _memory_left_to_exit() -> None:
-    """Under `console_main`, Python's cyclic collector stays off for the rest of a command that holds what it
-    built (`_hold_until_exit`), and planners keep their working data rather than free it (`keep_until_exit`): the
-    process ends right after, and the collector's first pass once planning let it run again walked every object
-    the plan left alive and freed nothing (0.18–0.28 s after a 5,000-node plan, measured). In-process (tests),
-    both are left as they are."""
+    """Under `console_main`, a command that builds a snapshot and a plan (millions of objects at thousands of
+    nodes) leaves them to the exit: planners and the command hand what they built to `kept` instead of freeing
+    it object by object (a fifth of a second after a 1,000-node plan, 0.1 s more of the planner's own data at
+    5,000 nodes, measured), and Python's cyclic collector stays off, as its first pass once planning let it run
+    again walked every object the plan left alive and freed nothing (0.18–0.28 s at 5,000 nodes). In-process
+    (tests), both are left as they are."""
     if _one_shot:
         gc.disable()
         keep_until_exit()
 
 
-def _hold_until_exit(*objects: object) -> None:
-    """Keep what a one-shot command built (a snapshot and a plan: millions of objects at thousands of nodes) alive
-    until the process ends: `console_main` then ends it without freeing them one by one, which took a fifth of a
-    second after a 1,000-node plan (measured). Called in-process (tests), it only holds them until the next call."""
-    _held[:] = objects
-
-
 def console_main() -> None:
-    """The `migopt` console script and `python -m migopt`: `main`; after a command that held what it built
-    (`_hold_until_exit`) and succeeded, the process ends at once, its output flushed, leaving the memory to the
-    operating system instead of tearing every object down."""
+    """The `migopt` console script and `python -m migopt`: `main`; after a command that left its memory to the
+    exit (`_memory_left_to_exit`) and succeeded, the process ends at once, its output flushed, instead of tearing
+    every object down."""
     global _one_shot
     _one_shot = True
     try:
         main()
     except SystemExit as done:
-        if done.code not in (0, None) or not _held:
+        if done.code not in (0, None) or not keeping():
             raise
-    if _held:
+    if keeping():
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()
