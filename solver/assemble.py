@@ -83,34 +83,39 @@ def draft(
     policy_name: str,
     solve_seconds: float,
     bound: int | None,
+    objectives: ObjectiveBreakdown | None = None,
 ) -> Draft:
-    """Score the decisions: served pods, evictions, changed GPUs and nodes, fragmentation (as `assemble` counts
-    them for a whole plan), from the changed GPUs and placed pods alone."""
-    snapshot = problem.snapshot
-    changed = _changes(problem, decisions)
-    evicted = {pod for _, gpu, _ in changed for pod in gpu.holders}
-    placed = [d for d in problem.demands if d.pod.name in decisions.placements]
-    served_weight = sum(d.weight for d in placed)
-    fragmentation = problem.kept_fragmentation_total() + sum(
-        _fragmentation_change(problem, node, gpu, target) for node, gpu, target in changed
-    )
-    breakdown = ObjectiveBreakdown(
-        served_weight=served_weight,
-        served_pods=len(placed),
-        evicted_weight=sum(problem.weights.factor(snapshot.running_pod(p).priority) for p in evicted),
-        evicted_pods=len(evicted),
-        reconfigured_gpus=len(changed),
-        touched_nodes=len({node.name for node, _, _ in changed}),
-        fragmentation=fragmentation,
-    )
+    """The decisions with their figures (`score`, unless given) and what the policy says of them."""
+    breakdown = score(problem, decisions) if objectives is None else objectives
     return Draft(
         decisions=decisions,
         objectives=breakdown,
         status=status,
         policy=policy_name,
         solve_seconds=round(solve_seconds, 4),
-        bound=max(bound if bound is not None else served_weight, served_weight),
+        bound=max(bound if bound is not None else breakdown.served_weight, breakdown.served_weight),
         notes=list(decisions.notes),
+    )
+
+
+def score(problem: Problem, decisions: Decisions) -> ObjectiveBreakdown:
+    """Served pods, evictions, changed GPUs and nodes, fragmentation (as `assemble` counts them for a whole plan),
+    from the changed GPUs and placed pods alone."""
+    snapshot = problem.snapshot
+    changed = _changes(problem, decisions)
+    evicted = {pod for _, gpu, _ in changed for pod in gpu.holders}
+    placed = [d for d in problem.demands if d.pod.name in decisions.placements]
+    fragmentation = problem.kept_fragmentation_total() + sum(
+        _fragmentation_change(problem, node, gpu, target) for node, gpu, target in changed
+    )
+    return ObjectiveBreakdown(
+        served_weight=sum(d.weight for d in placed),
+        served_pods=len(placed),
+        evicted_weight=sum(problem.weights.factor(snapshot.running_pod(p).priority) for p in evicted),
+        evicted_pods=len(evicted),
+        reconfigured_gpus=len(changed),
+        touched_nodes=len({node.name for node, _, _ in changed}),
+        fragmentation=fragmentation,
     )
 
 

@@ -56,6 +56,29 @@ class AggregateSolution:
     solve_seconds: float
     stage_status: list[str] = field(default_factory=list)
 
+    def decides_as(self, other: AggregateSolution) -> bool:
+        """Whether the two answers decide the same (what disaggregation reads), whatever their figures."""
+        return (self.reconfigured, self.targets, self.served, self.allocation) == (
+            other.reconfigured, other.targets, other.served, other.allocation,
+        )  # fmt: skip
+
+
+Incumbents = Callable[[Callable[[], AggregateSolution]], None]
+"""Told of each solution the last stage finds, as it finds it: a call that reads its answer (figures left at 0)."""
+
+
+class _Reporter(cp_model.CpSolverSolutionCallback):
+    """Hands each solution CP-SAT finds to `Incumbents`, reading no more than a copy of its values on CP-SAT's
+    thread (the answer is read where it is used)."""
+
+    def __init__(self, model: GeometryModel, incumbents: Incumbents) -> None:
+        super().__init__()
+        self._model, self._incumbents = model, incumbents
+
+    def on_solution_callback(self) -> None:
+        values = list(self.response_proto.solution)
+        self._incumbents(lambda: self._model.decisions_of(values))
+
 
 @dataclass
 class _Linear:
@@ -360,7 +383,10 @@ class GeometryModel:
         return solver
 
     def solve(
-        self, time_limit_s: float | None = None, fallback: Callable[[], AggregateSolution] | None = None
+        self,
+        time_limit_s: float | None = None,
+        fallback: Callable[[], AggregateSolution] | None = None,
+        incumbents: Incumbents | None = None,
     ) -> AggregateSolution | None:
         """Run the lexicographic stages within `time_limit_s`; None when the first found no solution.
 
@@ -369,7 +395,8 @@ class GeometryModel:
         half its time, or only solutions worse than that answer: starting from it always gives a solution at least
         as good, but when time suffices the search without it ends on better plans more often (measured with
         benchmarks/plan_fingerprint.py), so it is the second try; it is asked for only then, as the greedy plan
-        may still be in the making alongside this solve.
+        may still be in the making alongside this solve. `incumbents` is told of each solution of the last stage
+        as it is found: the answer is the last of them, unless that stage finds none.
         """
         if time_limit_s is None:
             time_limit_s = self.problem.policy.time_limit_s
@@ -391,7 +418,8 @@ class GeometryModel:
             objective, factor = self._objective(terms)
             self._maximize(objective)
             solving = time.perf_counter()
-            status = solver.solve(self.model)
+            last = number == len(stages) - 1
+            status = solver.solve(self.model, _Reporter(self, incumbents) if last and incumbents else None)
             self.cpsat_seconds += time.perf_counter() - solving
             statuses.append(solver.status_name(status))
             earlier_bound = None  # the first try's bound, when it found a solution: it bounds the same model
@@ -430,6 +458,10 @@ class GeometryModel:
         if answer is not None:
             answer.solve_seconds = time.perf_counter() - started
         return answer
+
+    def decisions_of(self, values: list[int]) -> AggregateSolution:
+        """What a solution (values by variable index) decides, its figures left at 0."""
+        return self._read(values, 0, 0, False, [])
 
     def _read(
         self, values: list[int], objective: int, bound: int, proven: bool, statuses: list[str]

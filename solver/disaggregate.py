@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from itertools import chain
 
+from solver.checkpoint import Checkpoint, carry_on
 from solver.cpsat import AggregateSolution
 from solver.decisions import Decisions, Device, GpuRef, advertises_nothing
 from solver.demand import Demand
@@ -207,7 +208,13 @@ def _take_single(demand: Demand, free: FreeIndex, quota: dict[int, int], pools: 
     return None
 
 
-def _place(problem: Problem, answer: AggregateSolution, free: FreeIndex, decisions: Decisions) -> None:
+def _place(
+    problem: Problem,
+    answer: AggregateSolution,
+    free: FreeIndex,
+    decisions: Decisions,
+    checkpoint: Checkpoint = carry_on,
+) -> None:
     """Place the pods the IP serves, one-device pods first, as the IP allotted them; then several-device pods,
     whose co-location the IP relaxed; then let any other pod take what is left."""
     waiting: list[tuple[int, PodGroup, Demand]] = []
@@ -222,6 +229,7 @@ def _place(problem: Problem, answer: AggregateSolution, free: FreeIndex, decisio
             quotas[di][pi] = count
     one_node = _OneNode(free)
     for di in single_first:
+        checkpoint()
         group = problem.pod_groups[di]
         pools = pools_of[di]
         quota = quotas[di]
@@ -255,10 +263,13 @@ def _drop_idle_reconfigurations(problem: Problem, decisions: Decisions) -> None:
             del decisions.targets[ref]
 
 
-def disaggregate(problem: Problem, answer: AggregateSolution) -> Decisions:
+def disaggregate(problem: Problem, answer: AggregateSolution, checkpoint: Checkpoint = carry_on) -> Decisions:
+    """The answer's decisions on concrete GPUs and pods; `checkpoint` may abandon the work between its steps."""
     decisions = Decisions()
     free = _index(problem, answer, decisions)
-    _place(problem, answer, free, decisions)
-    repair(problem, decisions)
+    checkpoint()
+    _place(problem, answer, free, decisions, checkpoint)
+    repair(problem, decisions, checkpoint)
+    checkpoint()
     _drop_idle_reconfigurations(problem, decisions)
     return decisions

@@ -93,7 +93,9 @@ class PlanTimings(BaseModel):
     cpsat_seconds: float = Field(default=0.0, description="CP-SAT's own solving, every stage and round")
     total_seconds: float = Field(default=0.0, description="the whole planning run, validation included")
     phases: dict[str, float] = Field(
-        default={}, description="seconds per phase (aggregate, greedy, model, cpsat, disaggregate, assemble, validate)"
+        default={},
+        description="seconds per phase: aggregate, model, cpsat, disaggregate, assemble, validate on the main "
+        "thread; greedy, prepare and speculate on a second thread, alongside CP-SAT",
     )
 
 

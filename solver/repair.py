@@ -26,6 +26,7 @@ from itertools import compress
 from typing import NamedTuple
 
 from solver.catalog import GpuModel, load_catalog
+from solver.checkpoint import Checkpoint, carry_on
 from solver.decisions import Decisions, Device, GpuRef, single_profile
 from solver.demand import Demand, rejection
 from solver.geometry import max_alone, maximal_maps
@@ -37,7 +38,7 @@ _NOBODY = float("-inf")
 """The floor and tier of a GPU nobody holds: any pod may take its place or its devices."""
 
 
-def repair(problem: Problem, decisions: Decisions) -> None:
+def repair(problem: Problem, decisions: Decisions, checkpoint: Checkpoint = carry_on) -> None:
     """Place what can be placed of the stranded several-device pods (recorded in `decisions`).
 
     Preferring nodes where nobody is evicted can cost served demand: a pod sent to such a node may take what a
@@ -52,10 +53,10 @@ def repair(problem: Problem, decisions: Decisions) -> None:
     nodes = _NodeIndex(problem, [pods[0] for _, pods in stranded])
     floors, initial, free = _Floors(problem), _Remembered(), _EvictionFree(decisions)
     chosen = careful = _Attempt(problem, decisions, floors, initial, free, passes=(False, True))
-    careful.run(stranded, nodes)
+    careful.run(stranded, nodes, checkpoint)
     if careful.missed:
         plain = _Attempt(problem, decisions, floors, initial, free, passes=(True,))
-        plain.run(stranded, nodes)
+        plain.run(stranded, nodes, checkpoint)
         touched = [*careful.touched.values(), *plain.touched.values()]
         chosen = max(careful, plain, key=lambda attempt: attempt.score(touched))  # the careful one on a tie
     decisions.targets, decisions.placements = chosen.decisions.targets, chosen.decisions.placements
@@ -102,11 +103,14 @@ class _Attempt:
         self.touched: dict[str, NodeState] = {}
         self.missed = False  # some pod found no node
 
-    def run(self, stranded: list[tuple[PodGroup, list[Demand]]], nodes: _NodeIndex) -> None:
+    def run(
+        self, stranded: list[tuple[PodGroup, list[Demand]]], nodes: _NodeIndex, checkpoint: Checkpoint = carry_on
+    ) -> None:
         for group, pods in stranded:
             candidates = nodes.candidates(group)
             scans = {evict: _Scan(len(candidates)) for evict in self.passes}
             for demand in pods:
+                checkpoint()
                 if not any(self.place(demand, candidates, scans, evict) for evict in self.passes):
                     self.missed = True
                     break  # no node took this pod; its group's other pods are alike and would fare the same

@@ -43,7 +43,7 @@ def test_cpsat_gets_what_is_left_of_the_limit(monkeypatch: pytest.MonkeyPatch, r
     the work after it; when nothing is left it still gets a token 0.05 s, and the greedy plan backs it up."""
     given: list[float] = []
 
-    def solve(self: Any, time_limit_s: float | None = None, fallback: Any = None) -> None:
+    def solve(self: Any, time_limit_s: float | None = None, fallback: Any = None, incumbents: Any = None) -> None:
         given.append(time_limit_s if time_limit_s is not None else -1.0)
 
     monkeypatch.setattr("solver.policies.optimal.GeometryModel.solve", solve)

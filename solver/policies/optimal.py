@@ -17,18 +17,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from solver.assemble import Draft, draft, prepare_writing
+from solver.assemble import Draft, draft, prepare_writing, score
+from solver.checkpoint import Checkpoint, carry_on
 from solver.collector import collector_paused, kept
 from solver.cpsat import AggregateSolution, GeometryModel
+from solver.decisions import Decisions
 from solver.demand import Demand
 from solver.disaggregate import disaggregate
 from solver.errors import MigoptError
 from solver.hint import greedy_answer
-from solver.plan import Plan, PlanPolicy, PlanStatus
+from solver.plan import ObjectiveBreakdown, Plan, PlanPolicy, PlanStatus
 from solver.policies.common import finished, no_model_built, rank
 from solver.policies.greedy import baseline, empty, written
 from solver.problem import Problem, build_problem
 from solver.snapshot import ClusterSnapshot
+from solver.speculation import Speculation
 from solver.timing import PlanClock
 from solver.validate import pending_demands
 
@@ -51,6 +54,7 @@ def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | No
         greedy = _Alongside(second_thread, problem, clock, snapshot)
         solved = _optimal(problem, policy, clock, dump_model, greedy)
         baseline_draft = greedy.draft()
+    clock.add("speculate", greedy.speculated_seconds())  # its work is over once the second thread is
     chosen = _unsolved(baseline_draft, clock.elapsed()) if solved is None else _better(solved, baseline_draft)
     kept(problem, greedy, solved, baseline_draft)  # in a one-shot process, not freed as this returns
     return finished(snapshot, written(problem, chosen, clock), policy, clock, greedy.pending)
@@ -59,12 +63,14 @@ def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | No
 class _Alongside:
     """The greedy baseline, started on the second thread when CP-SAT is about to solve (`start`), so that the two
     overlap; after it, there, the same plan as an answer of the aggregated problem (CP-SAT's fallback hint) and
-    what disaggregating and writing the chosen plan will read (`_prepare`). `draft` waits for all of it,
-    starting it first if no solve did; `answer` only for the baseline and its answer."""
+    what disaggregating and writing the chosen plan will read (`_prepare`); then the work on CP-SAT's incumbents
+    (`speculation`). `draft` waits for the baseline and what it prepares, starting them first if no solve did;
+    `answer` only for the baseline and its answer."""
 
     def __init__(self, thread: ThreadPoolExecutor, problem: Problem, clock: PlanClock, snapshot: ClusterSnapshot):
         self._thread, self._problem, self._clock, self._snapshot = thread, problem, clock, snapshot
         self._work: tuple[Future[Draft], Future[AggregateSolution], Future[None]] | None = None
+        self._speculations: list[Speculation[_Outcome]] = []
         self.pending: list[Demand] | None = None  # the plan checks' own reading of the pending pods, once made
 
     def start(self) -> tuple[Future[Draft], Future[AggregateSolution], Future[None]]:
@@ -92,6 +98,25 @@ class _Alongside:
     def answer(self) -> AggregateSolution:
         """The greedy plan as a complete answer of the aggregated problem: CP-SAT's fallback hint."""
         return self.start()[1].result()
+
+    def speculation(self) -> Speculation[_Outcome]:
+        """Disaggregating and scoring CP-SAT's incumbents on the second thread, after the work started there."""
+        problem = self._problem
+        made = Speculation(self._thread, lambda answer, checkpoint: _outcome(problem, answer, checkpoint))
+        self._speculations.append(made)
+        return made
+
+    def speculated_seconds(self) -> float:
+        return sum(s.seconds for s in self._speculations)
+
+
+_Outcome = tuple[Decisions, ObjectiveBreakdown]
+
+
+def _outcome(problem: Problem, answer: AggregateSolution, checkpoint: Checkpoint) -> _Outcome:
+    """An answer's decisions on concrete GPUs and pods, and their figures."""
+    decisions = disaggregate(problem, answer, checkpoint)
+    return decisions, score(problem, decisions)
 
 
 def _unsolved(greedy: Draft, elapsed: float) -> Draft:
@@ -142,23 +167,31 @@ def _optimal(
         if round_ == 0 and dump_model is not None:
             clock.exclude(_dump(model, dump_model))  # writing the model is not planning time
         fallback = greedy.answer if round_ == 0 and greedy is not None else None
+        speculation = None
         if greedy is not None:
             greedy.start()
-        answer = model.solve(max(clock.left() - reserve, 0.05), fallback)  # what is left once the model is built
+            speculation = greedy.speculation()
+        # CP-SAT gets what is left once the model is built
+        offer = speculation.offer if speculation is not None else None
+        answer = model.solve(max(clock.left() - reserve, 0.05), fallback, offer)
         clock.add("cpsat", model.cpsat_seconds)
         clock.add("model", model.solve_seconds - model.cpsat_seconds)
         if answer is None:
             break
         bound = answer.bound if bound is None else bound
-        disaggregated = clock.phases.get("disaggregate", 0.0)
         with clock.phase("disaggregate"):
-            decisions = disaggregate(problem, answer)
-        reserve += clock.phases["disaggregate"] - disaggregated  # another round would disaggregate once more
+            claimed = speculation.claim(answer) if speculation is not None else None
+            if claimed is None:
+                began = time.perf_counter()
+                decisions, objectives = _outcome(problem, answer, carry_on)
+                claimed = (decisions, objectives), time.perf_counter() - began
+        (decisions, objectives), seconds = claimed
+        reserve += seconds  # another round would disaggregate once more
         elapsed = clock.elapsed() - started
         with clock.phase("assemble"):
             scored = draft(
                 problem, decisions, status=PlanStatus.FEASIBLE, policy_name="optimal", solve_seconds=elapsed,
-                bound=bound,
+                bound=bound, objectives=objectives,
             )  # fmt: skip
         if round_ == 0 and scored.objective >= bound:  # the served objective meets its proven bound
             scored.status = PlanStatus.OPTIMAL

@@ -1,0 +1,193 @@
+"""Work on CP-SAT's incumbents while it solves: used only for the final answer, abandoned for any other, and the
+plan the same as without it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from ortools.sat.python import cp_model
+
+from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
+from solver.checkpoint import Abandoned, Checkpoint
+from solver.cpsat import AggregateSolution, GeometryModel
+from solver.disaggregate import disaggregate
+from solver.plan import Plan, PlanPolicy
+from solver.planner import make_plan
+from solver.problem import build_problem
+from solver.snapshot import parse_snapshot
+from solver.speculation import Speculation
+
+_WAIT = 10.0  # seconds a test waits for the other thread before it fails
+
+
+def _answer(served: int) -> AggregateSolution:
+    return AggregateSolution({}, {}, {0: served}, {}, False, 0, 0, 0.0)
+
+
+class _Work:
+    """Work that records what it was given and, for answers in `held`, waits at its checkpoint until released
+    (or abandoned)."""
+
+    def __init__(self, held: frozenset[int] = frozenset()) -> None:
+        self.held, self.release = held, threading.Event()
+        self.started: list[int] = []
+        self.finished: list[int] = []
+        self.abandoned: list[int] = []
+        self.in_progress = threading.Event()
+
+    def __call__(self, answer: AggregateSolution, checkpoint: Checkpoint) -> str:
+        served = answer.served[0]
+        self.started.append(served)
+        try:
+            checkpoint()
+            if served in self.held:
+                self.in_progress.set()
+                deadline = time.monotonic() + _WAIT
+                while not self.release.wait(0.01) and time.monotonic() < deadline:
+                    checkpoint()
+            checkpoint()
+        except Abandoned:
+            self.abandoned.append(served)
+            raise
+        self.finished.append(served)
+        return f"plan of {served}"
+
+
+def _settled(work: _Work, count: int) -> None:
+    deadline = time.monotonic() + _WAIT
+    while len(work.finished) + len(work.abandoned) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_the_work_done_on_the_final_answer_is_taken_as_it_is() -> None:
+    work = _Work()
+    with ThreadPoolExecutor(1) as thread:
+        speculation = Speculation(thread, work)
+        speculation.offer(lambda: _answer(7))
+        _settled(work, 1)
+        claimed = speculation.claim(_answer(7))  # another object, deciding the same
+        speculation.offer(lambda: _answer(8))  # the solve has ended: nothing starts
+    assert claimed is not None and claimed[0] == "plan of 7" and claimed[1] >= 0
+    assert work.started == [7]
+
+
+def test_work_on_another_answer_is_abandoned_and_not_used() -> None:
+    work = _Work(held=frozenset({1}))
+    with ThreadPoolExecutor(1) as thread:
+        speculation = Speculation(thread, work)
+        speculation.offer(lambda: _answer(1))
+        assert work.in_progress.wait(_WAIT)
+        assert speculation.claim(_answer(2)) is None  # without waiting for the work on 1
+    assert work.abandoned == [1] and work.finished == []
+
+
+def test_a_newer_incumbent_abandons_the_work_in_the_making_and_is_worked_on() -> None:
+    work = _Work(held=frozenset({1}))
+    with ThreadPoolExecutor(1) as thread:
+        speculation = Speculation(thread, work)
+        speculation.offer(lambda: _answer(1))
+        assert work.in_progress.wait(_WAIT)
+        speculation.offer(lambda: _answer(2))
+        speculation.offer(lambda: _answer(3))  # only the newest is taken up
+        _settled(work, 2)
+        claimed = speculation.claim(_answer(3))
+    assert work.abandoned == [1] and work.started == [1, 3]
+    assert claimed is not None and claimed[0] == "plan of 3"
+
+
+def test_the_claim_waits_for_work_on_the_final_answer() -> None:
+    work = _Work(held=frozenset({5}))
+    with ThreadPoolExecutor(1) as thread:
+        speculation = Speculation(thread, work)
+        speculation.offer(lambda: _answer(5))
+        assert work.in_progress.wait(_WAIT)
+        threading.Timer(0.2, work.release.set).start()
+        claimed = speculation.claim(_answer(5))
+    assert claimed is not None and claimed[0] == "plan of 5" and claimed[1] >= 0.2
+
+
+def test_a_failing_work_leaves_the_work_to_the_caller() -> None:
+    def failing(answer: AggregateSolution, checkpoint: Checkpoint) -> str:
+        raise RuntimeError("a bug in the work")
+
+    with ThreadPoolExecutor(1) as thread:
+        speculation = Speculation(thread, failing)
+        speculation.offer(lambda: _answer(1))
+        time.sleep(0.1)
+        assert speculation.claim(_answer(1)) is None
+
+
+def test_an_abandoned_disaggregation_leaves_the_problem_as_it_was() -> None:
+    """Abandoning at any checkpoint leaves nothing half-made behind: the next disaggregation is a fresh one's."""
+    snapshot = parse_snapshot(generate_snapshot(ClusterSpec(nodes=30, pending_pods=200, fragmented=True, seed=4)))
+    problem = build_problem(snapshot, PlanPolicy())
+    answer = GeometryModel(problem).solve(10.0)
+    assert answer is not None
+    expected = disaggregate(build_problem(snapshot, PlanPolicy()), answer)
+    calls = 0
+
+    def count() -> None:
+        nonlocal calls
+        calls += 1
+
+    disaggregate(problem, answer, count)
+    assert calls > 2
+    for stop_at in range(1, calls + 1):
+        with pytest.raises(Abandoned):
+            disaggregate(problem, answer, _stops_at(stop_at))
+    again = disaggregate(problem, answer)
+    assert (again.targets, again.placements) == (expected.targets, expected.placements)
+
+
+def _stops_at(call: int) -> Checkpoint:
+    """A checkpoint that abandons the work at its `call`-th call."""
+    seen = 0
+
+    def checkpoint() -> None:
+        nonlocal seen
+        seen += 1
+        if seen == call:
+            raise Abandoned
+
+    return checkpoint
+
+
+def _fingerprint(plan: Plan) -> dict[str, Any]:
+    return plan.model_dump(mode="json", exclude={"timings", "solve_seconds", "notes"})
+
+
+def test_a_plan_made_from_speculation_is_the_plan_made_without(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last stage's solve is held 0.3 s after it ends (a solve running on past its last solution), so the
+    work on its incumbent is done by the time the answer is claimed; the plan is the one made without it."""
+    snapshot = parse_snapshot(generate_snapshot(ClusterSpec(nodes=40, pending_pods=300, fragmented=True, seed=2)))
+    policy = PlanPolicy(time_limit_s=30.0)
+    real_solve = cp_model.CpSolver.solve
+
+    def solve_then_linger(self: cp_model.CpSolver, model: cp_model.CpModel, callback: Any = None) -> Any:
+        status = real_solve(self, model, callback)
+        if callback is not None:
+            time.sleep(0.3)
+        return status
+
+    claims: list[bool] = []
+    real_claim = Speculation.claim
+
+    def recorded(self: Speculation[Any], final: AggregateSolution) -> Any:
+        claimed = real_claim(self, final)
+        claims.append(claimed is not None)
+        return claimed
+
+    monkeypatch.setattr(cp_model.CpSolver, "solve", solve_then_linger)
+    monkeypatch.setattr(Speculation, "claim", recorded)
+    speculated = make_plan(snapshot, policy)
+    assert claims and all(claims)
+    used = len(claims)
+    monkeypatch.setattr(Speculation, "offer", lambda self, read: None)
+    plain = make_plan(snapshot, policy)
+    assert len(claims) > used and not any(claims[used:])  # made without: every answer disaggregated after its solve
+    assert _fingerprint(speculated) == _fingerprint(plain)
+    assert speculated.timings is not None and speculated.timings.phases["speculate"] > 0
