@@ -31,11 +31,13 @@ from solver.decisions import Decisions, Device, GpuRef, single_profile
 from solver.demand import Demand, rejection
 from solver.geometry import max_alone, maximal_maps
 from solver.problem import PodGroup, Problem
+from solver.relocation import NOBODY, Movers
 from solver.scope import PlanScope
-from solver.snapshot import ClusterSnapshot, GpuState, NodeState
+from solver.snapshot import GpuState, NodeState
 
-_NOBODY = float("-inf")
-"""The floor and tier of a GPU nobody holds: any pod may take its place or its devices."""
+_RELOCATE = 2
+"""The pass between the eviction-free one (False) and the evicting one (True): eviction-free, once one-device pods
+of the plan have moved off the node (`solver.relocation`)."""
 
 
 def repair(problem: Problem, decisions: Decisions, checkpoint: Checkpoint = carry_on) -> None:
@@ -52,7 +54,7 @@ def repair(problem: Problem, decisions: Decisions, checkpoint: Checkpoint = carr
         return
     nodes = _NodeIndex(problem, [pods[0] for _, pods in stranded])
     floors, initial, free = _Floors(problem), _Remembered(), _EvictionFree(decisions)
-    chosen = careful = _Attempt(problem, decisions, floors, initial, free, passes=(False, True))
+    chosen = careful = _Attempt(problem, decisions, floors, initial, free, passes=(False, _RELOCATE, True))
     careful.run(stranded, nodes, checkpoint)
     if careful.missed:
         plain = _Attempt(problem, decisions, floors, initial, free, passes=(True,))
@@ -83,7 +85,8 @@ def _devices_by_node(placements: dict[str, list[Device]]) -> defaultdict[str, se
 
 class _Attempt:
     """One scan over the stranded pods, on its own copy of the decisions: each pod tries the `passes` in turn
-    (False: no new evictions; True: holders may be displaced), each pass every candidate node in name order."""
+    (False: no new evictions; `_RELOCATE`: no new evictions once one-device pods of the plan have moved off the
+    node; True: holders may be displaced), each pass every candidate node in name order."""
 
     def __init__(
         self,
@@ -92,13 +95,15 @@ class _Attempt:
         floors: _Floors,
         initial: _Remembered,
         free: _EvictionFree,
-        passes: tuple[bool, ...],
+        passes: tuple[int, ...],
     ) -> None:
         self.problem, self.passes, self.floors = problem, passes, floors
         self.decisions = Decisions(dict(decisions.targets), dict(decisions.placements))  # values are replaced
         self.used = _devices_by_node(decisions.placements)
         self.caps = _Caps(problem, self.decisions)
-        self.bounds = _Bounds(problem, self.decisions, self.used, floors, initial, free)
+        self.movers = Movers(problem, self.decisions, self.used, self._accepting, floors.tier)
+        self.bounds = _Bounds(problem, self.decisions, self.used, floors, initial, free, self.movers)
+        self._nodes: _NodeIndex | None = None
         self.placed: list[Demand] = []
         self.touched: dict[str, NodeState] = {}
         self.missed = False  # some pod found no node
@@ -106,6 +111,7 @@ class _Attempt:
     def run(
         self, stranded: list[tuple[PodGroup, list[Demand]]], nodes: _NodeIndex, checkpoint: Checkpoint = carry_on
     ) -> None:
+        self._nodes = nodes
         for group, pods in stranded:
             candidates = nodes.candidates(group)
             scans = {evict: _Scan(len(candidates)) for evict in self.passes}
@@ -115,24 +121,33 @@ class _Attempt:
                     self.missed = True
                     break  # no node took this pod; its group's other pods are alike and would fare the same
 
-    def place(self, demand: Demand, candidates: list[NodeState], scans: dict[bool, _Scan], evict: bool) -> bool:
-        """Whether some node took the pod in this pass (displacing holders when `evict`); the scans learn where."""
+    def place(self, demand: Demand, candidates: list[NodeState], scans: dict[int, _Scan], evict: int) -> bool:
+        """Whether some node took the pod in this pass (`evict`: whether holders may be displaced, or
+        `_RELOCATE`); the scans learn where."""
         scan = scans[evict]
         for position in scan.order():
             node = candidates[position]
             if not self.bounds.may_fit(node, demand, evict):
                 continue
-            repair_on = _repair_single_on if node.strategy == "single" else _repair_on
             changing = self.caps.changing_count
-            taken = repair_on(
-                self.problem, self.decisions, node, demand, self.used[node.name], self.caps, self.floors, evict=evict
-            )
+            moved_to: list[NodeState] = []
+            if evict == _RELOCATE:
+                taken, moved_to = self._relocate(node, demand)
+            else:
+                repair_on = _repair_single_on if node.strategy == "single" else _repair_on
+                taken = repair_on(
+                    self.problem, self.decisions, node, demand, self.used[node.name], self.caps, self.floors,
+                    evict=bool(evict),
+                )  # fmt: skip
             if taken:
                 self.used[node.name].update(taken)
                 self.caps.record(node, self.decisions)
                 self.bounds.forget(node)
                 self.placed.append(demand)
                 self.touched[node.name] = node
+                for moved in moved_to:  # they hold more pods now: their bounds are made again
+                    self.bounds.forget(moved)
+                    self.touched[moved.name] = moved
                 # a single-strategy node re-targeted back to its current maps may lift a cap: look again
                 lifted = self.caps.changing_count < changing
                 for other in scans.values():
@@ -143,6 +158,38 @@ class _Attempt:
                 return True
         scan.exhausted()
         return False
+
+    def _relocate(self, node: NodeState, demand: Demand) -> tuple[list[Device], list[NodeState]]:
+        """The pod's devices on this node once the plan's one-device pods there have moved where they may (the
+        moves and targets recorded in the decisions), and the nodes they moved to; nothing when some pod in the
+        way has nowhere to go. Only the pods on devices the pod takes or on GPUs re-targeted for it move."""
+        used = self.used[node.name]
+        movable = {d for d in used if self.movers.movable(d)}
+        if not movable:
+            return [], []
+        targets, name = self.decisions.targets, node.name
+        before = {g.index: targets.get((name, g.index)) for g in node.gpus}
+        taken = _repair_on(
+            self.problem, self.decisions, node, demand, used - movable, self.caps, self.floors, evict=False
+        )
+        if not taken:
+            return [], []
+        rebuilt = {i for i, target in before.items() if targets.get((name, i)) is not target}
+        in_the_way = sorted(d for d in movable if d in taken or d.gpu in rebuilt)
+        moves = self.movers.destinations(in_the_way, away_from=name)
+        if moves is None:
+            for i, target in before.items():
+                if target is None:
+                    targets.pop((name, i), None)
+                else:
+                    targets[name, i] = target
+            del self.decisions.placements[demand.pod.name]
+            return [], []
+        return taken, self.movers.move(moves)
+
+    def _accepting(self, group: PodGroup) -> frozenset[str]:
+        assert self._nodes is not None, "asked only while a scan runs"
+        return self._nodes.accepting(group)
 
     def score(self, nodes: list[NodeState]) -> tuple[int, int, int]:
         """Served weight of the pods placed, then fewer evictions and GPU changes on these nodes (those either
@@ -202,6 +249,7 @@ class _NodeIndex:
         keys |= {r.key for d in representatives for t in d.pod.node_affinity for r in t.match_expressions}
         self._shape_of: list[int] = []
         self._candidates: dict[int, list[NodeState]] = {}  # by the group's id: groups outlive the repair
+        self._names: dict[int, frozenset[str]] = {}
         self._shapes: list[tuple[NodeState, frozenset[str]]] = []  # a node of the kind, and its GPUs' profiles
         seen: dict[tuple[object, ...], int] = {}
         models: dict[tuple[str, ...], frozenset[str]] = {}  # the GPUs' models -> their profiles
@@ -221,6 +269,13 @@ class _NodeIndex:
                 seen[shape] = len(self._shapes)
                 self._shapes.append((node, profiles))
             self._shape_of.append(seen[shape])
+
+    def accepting(self, group: PodGroup) -> frozenset[str]:
+        """The names of `candidates`."""
+        known = self._names.get(id(group))
+        if known is None:
+            known = self._names[id(group)] = frozenset(n.name for n in self.candidates(group))
+        return known
 
     def candidates(self, group: PodGroup) -> list[NodeState]:
         """The nodes that accept the group's pods and have every profile they ask for, name order (made once per
@@ -252,8 +307,11 @@ class _Bounds:
         floors: _Floors,
         initial: _Remembered,
         free: _EvictionFree,
+        movers: Movers,
     ) -> None:
         self._problem = problem
+        self._movers = movers
+        self._freed: dict[str, dict[int, dict[str, int]]] = defaultdict(dict)  # `_freed_bound`s
         self._free = free
         self._decisions = decisions
         self._used = used
@@ -262,22 +320,25 @@ class _Bounds:
         self._since = _Remembered()  # for the nodes in `_changed`
         self._changed: set[str] = set()
 
-    def may_fit(self, node: NodeState, demand: Demand, evict: bool) -> bool:
-        """Whether a repair on the node may give the pod its devices (displacing holders when `evict`); in the
-        eviction-free pass a node no repair has changed is first ruled out by `_EvictionFree`, before its bounds
-        are made."""
+    def may_fit(self, node: NodeState, demand: Demand, evict: int) -> bool:
+        """Whether a repair on the node may give the pod its devices (displacing holders when `evict`, moving
+        one-device pods away when `_RELOCATE`); in the eviction-free pass a node no repair has changed is first
+        ruled out by `_EvictionFree`, before its bounds are made."""
         if node.strategy == "single":
-            return True  # re-targeting a whole node is cheap to try and has no simple bound
+            return evict != _RELOCATE  # re-targeting a whole node is cheap to try and has no simple bound
         name = node.name
-        changed = name in self._changed
-        if not evict and not changed and not self._free.allows(node, demand.resources):
-            return False
-        remembered = self._since if changed else self._initial
         priority = demand.pod.priority
-        bounds = remembered.bounds[name].get(priority)
-        if bounds is None:
-            bounds = remembered.bounds[name][priority] = self._bounds(node, priority, remembered)
-        bound = bounds[evict]
+        if evict == _RELOCATE:
+            bound = self._freed_bound(node, priority)
+        else:
+            changed = name in self._changed
+            if not evict and not changed and not self._free.allows(node, demand.resources):
+                return False
+            remembered = self._since if changed else self._initial
+            bounds = remembered.bounds[name].get(priority)
+            if bounds is None:
+                bounds = remembered.bounds[name][priority] = self._bounds(node, priority, remembered)
+            bound = bounds[evict]
         for profile, count in demand.resources:  # noqa: SIM110 (a plain loop: called for every node and pod)
             if bound.get(profile, 0) < count:
                 return False
@@ -287,6 +348,7 @@ class _Bounds:
         self._changed.add(node.name)
         self._since.bounds.pop(node.name, None)
         self._since.gpus.pop(node.name, None)
+        self._freed.pop(node.name, None)
 
     def _bounds(self, node: NodeState, priority: int, remembered: _Remembered) -> tuple[dict[str, int], ...]:
         """The bound without evictions and with them. A GPU the pod may take the place of (without evicting: one
@@ -298,14 +360,51 @@ class _Bounds:
         bounds: tuple[dict[str, int], dict[str, int]] = ({}, {})
         for model, floor, tier, offered in gpus:
             if floor < priority:  # the pod may take its place, always when nobody holds it
-                for bound in bounds if floor == _NOBODY else bounds[1:]:
+                for bound in bounds if floor == NOBODY else bounds[1:]:
                     for name, most in _most(model):
                         bound[name] = bound.get(name, 0) + most
-            if tier < priority and floor != _NOBODY:  # what it offers, where the pod may not take its place
+            if tier < priority and floor != NOBODY:  # what it offers, where the pod may not take its place
                 for bound in bounds[:1] if floor < priority else bounds:
                     for name, count in offered:
                         bound[name] = bound.get(name, 0) + count
         return bounds
+
+    def _freed_bound(self, node: NodeState, priority: int) -> dict[str, int]:
+        """The bound without evictions once the one-device pods that might move have moved off the node: which
+        pods might move changes as the repair learns where none can go (`Movers.unsettled`), so it is made
+        again for those nodes."""
+        for name in self._movers.unsettled():
+            self._freed.pop(name, None)
+        known = self._freed[node.name].get(priority)
+        if known is not None:
+            return known
+        staying: dict[tuple[int, str], int] = {}  # devices of pods that may not move
+        for device in self._used[node.name]:
+            if not self._movers.movable(device):
+                staying[device.gpu, device.profile] = staying.get((device.gpu, device.profile), 0) + 1
+        busy = {index for index, _ in staying}
+        managed = node.unmanaged is None
+        bound: dict[str, int] = {}
+        for gpu in node.gpus:
+            offered, tier = self._offered(node, gpu)
+            if managed and gpu.index not in busy and self._floors.floor(gpu) == NOBODY:
+                pairs = _most(gpu.gpu_model.key)
+            elif tier < priority:
+                pairs = tuple((name, count - staying.get((gpu.index, name), 0)) for name, count in offered)
+            else:
+                continue
+            for name, count in pairs:
+                bound[name] = bound.get(name, 0) + count
+        self._freed[node.name][priority] = bound
+        return bound
+
+    def _offered(self, node: NodeState, gpu: GpuState) -> tuple[tuple[tuple[str, int], ...], float]:
+        """What the GPU offers as the plan stands (its free devices, or its target's when it changes), used or
+        not, and its tier."""
+        target = self._decisions.targets.get((node.name, gpu.index))
+        if target is None or target == gpu.mig_devices:
+            return _free_pairs(gpu.free_instances), NOBODY
+        return tuple(target.items()), self._floors.tier(gpu, target)
 
     def _facts(self, node: NodeState) -> list[_GpuFacts]:
         """What `_bound` reads of each GPU of the node, whatever the pod's priority (until a repair there)."""
@@ -315,14 +414,9 @@ class _Bounds:
             taken[device.gpu, device.profile] = taken.get((device.gpu, device.profile), 0) + 1
         busy = {index for index, _ in taken}
         managed = node.unmanaged is None
-        targets = self._decisions.targets
         facts = []
         for gpu in node.gpus:
-            target = targets.get((node.name, gpu.index))
-            if target is None or target == gpu.mig_devices:
-                offered, tier = _free_pairs(gpu.free_instances), _NOBODY
-            else:
-                offered, tier = tuple(target.items()), _tier(self._problem.snapshot, gpu, target)
+            offered, tier = self._offered(node, gpu)
             if taken:
                 offered = tuple((name, count - taken.get((gpu.index, name), 0)) for name, count in offered)
             floor = self._floors.floor(gpu) if managed and gpu.index not in busy else float("inf")
@@ -395,6 +489,7 @@ class _Floors:
         self._snapshot = problem.snapshot
         self._policy = problem.policy
         self._floors: dict[int, float] = {}
+        self._tops: dict[int, float] = {}
 
     def floor(self, gpu: GpuState) -> float:
         floor = self._floors.get(id(gpu))
@@ -403,14 +498,23 @@ class _Floors:
             if not all(self._policy.may_evict(p) for p in holders):
                 floor = float("inf")
             else:
-                floor = max((p.priority for p in holders), default=_NOBODY)
+                floor = max((p.priority for p in holders), default=NOBODY)
             self._floors[id(gpu)] = floor
         return floor
+
+    def tier(self, gpu: GpuState, target: dict[str, int] | None) -> float:
+        """The priority a pod must exceed to use this GPU's devices: its holders' if it changes, else none."""
+        if target is None or not gpu.holders or target == gpu.mig_devices:
+            return NOBODY
+        top = self._tops.get(id(gpu))
+        if top is None:
+            top = self._tops[id(gpu)] = max(self._snapshot.running_pod(p).priority for p in gpu.holders)
+        return top
 
     def displaceable(self, gpu: GpuState, priority: int, evict: bool = True) -> bool:
         """A pod of this priority may take the GPU's place (without `evict`: only when nobody holds it)."""
         floor = self.floor(gpu)
-        return floor < priority and (evict or floor == _NOBODY)
+        return floor < priority and (evict or floor == NOBODY)
 
 
 @cache
@@ -487,7 +591,7 @@ def _repair_on(
 ) -> list[Device]:
     """Mixed strategy: the devices the pod gets on this node after re-targeting spare GPUs (recorded in
     `decisions`), or []. Without `evict`, no GPU whose holders the plan keeps is re-targeted or used."""
-    policy, snapshot = problem.policy, problem.snapshot
+    policy = problem.policy
     floors = floors or _Floors(problem)
     priority = demand.pod.priority
     busy = {d.gpu for d in used}
@@ -495,8 +599,8 @@ def _repair_on(
     counts: dict[int, Counter[str]] = {}
     for gpu in node.gpus:
         target = decisions.targets.get((node.name, gpu.index))
-        tier = _tier(snapshot, gpu, target)
-        if tier < priority and (evict or tier == _NOBODY or gpu.index in busy):
+        tier = floors.tier(gpu, target)
+        if tier < priority and (evict or tier == NOBODY or gpu.index in busy):
             offer[gpu.index] = [d for _, d in problem.keyed_devices(node, gpu, target) if d not in used]
             counts[gpu.index] = Counter(d.profile for d in offer[gpu.index])  # mixed: the key is the profile
     total: Counter[str] = sum(counts.values(), Counter())
@@ -549,7 +653,7 @@ def _repair_single_on(
     model_key, profile = key.removeprefix("single:").rsplit(":", 1)
     if any(g.gpu_model.key != model_key for g in node.gpus):
         return []
-    taken = _single_take(problem, node, decisions.targets, demand, used)
+    taken = _single_take(problem, node, decisions.targets, demand, used, floors)
     if taken and not evict and not used and _changes_held_gpu(node, decisions.targets):
         taken = []
     if taken:
@@ -576,7 +680,7 @@ def _repair_single_on(
     trial = {**decisions.targets, **{(node.name, i): t for i, t in new_targets.items()}}
     if not evict and not used and _changes_held_gpu(node, trial):
         return []
-    taken = _single_take(problem, node, trial, demand, used)
+    taken = _single_take(problem, node, trial, demand, used, floors)
     if taken:
         decisions.targets.update((ref, t) for ref, t in trial.items() if ref[0] == node.name)
         decisions.placements[demand.pod.name] = taken
@@ -594,6 +698,7 @@ def _single_take(
     targets: dict[GpuRef, dict[str, int]],
     demand: Demand,
     used: set[Device],
+    floors: _Floors,
 ) -> list[Device]:
     """The pod's devices on a single-strategy node under these targets (lowest GPU index and start first), or []
     when the node would not hold the pod's profile alone or has too few devices the pod may take."""
@@ -603,16 +708,9 @@ def _single_take(
     devices: list[Device] = []
     for gpu in sorted(node.gpus, key=lambda g: g.index):
         target = targets.get((node.name, gpu.index))
-        if _tier(problem.snapshot, gpu, target) < demand.pod.priority:
+        if floors.tier(gpu, target) < demand.pod.priority:
             devices += [d for _, d in problem.keyed_devices(node, gpu, target) if d not in used]
     return devices[:count] if len(devices) >= count else []
-
-
-def _tier(snapshot: ClusterSnapshot, gpu: GpuState, target: dict[str, int] | None) -> float:
-    """The priority a pod must exceed to use this GPU's devices: its holders' if it changes, else none."""
-    if target is None or not gpu.holders or target == gpu.mig_devices:
-        return _NOBODY
-    return max(snapshot.running_pod(p).priority for p in gpu.holders)
 
 
 def _scoped_best_map(

@@ -1,0 +1,154 @@
+"""Moving a plan's one-device pods to spare devices on other nodes, so that a several-device pod can have the
+devices they sat on together.
+
+The aggregated answer hands out devices by pool, blind to which node they are on; disaggregation then seats
+one-device pods first, and a several-device pod may find no node with its devices together although the
+cluster has them apart. The repair would then evict holders for it, where moving a few pending one-device pods
+(which disrupts nobody) frees a node: that is what this module finds. A mover only goes where the plan's own
+placement rules allow it (a node that accepts it, a device nobody uses, a GPU whose change it may use without
+adding an eviction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
+
+from solver.decisions import Decisions, Device
+from solver.demand import Demand
+from solver.problem import PodGroup, Problem
+from solver.snapshot import GpuState, NodeState
+
+NOBODY = float("-inf")
+"""The floor and tier of a GPU nobody holds: any pod may take its place or its devices."""
+
+
+class _Spare(NamedTuple):
+    """A device that was unused when the spare index was made, with its GPU's target then (None: kept)."""
+
+    node: NodeState
+    gpu: GpuState
+    device: Device
+    target: dict[str, int] | None
+
+
+class _Mover(NamedTuple):
+    """A one-device pod of the plan, its group and the resource key it asks for."""
+
+    demand: Demand
+    group: PodGroup
+    key: str
+
+
+class Movers:
+    """The plan's one-device pods by the device each uses, and where each may move.
+
+    `accepting(group)` gives the names of the nodes that accept a group's pods, `tier(gpu, target)` the priority
+    a pod must exceed to use a GPU's devices. Spare devices are indexed once, on the first question, by resource
+    key in node name order; a device used since, or whose GPU got another target since, is dropped from the index
+    as it is met (devices only ever get used, and targets replaced, so the spare devices only get fewer)."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        decisions: Decisions,
+        used: Mapping[str, set[Device]],
+        accepting: Callable[[PodGroup], frozenset[str]],
+        tier: Callable[[GpuState, dict[str, int] | None], float],
+    ) -> None:
+        self._problem, self._decisions, self._used, self._accepting = problem, decisions, used, accepting
+        self._tier = tier
+        movers = {
+            d.pod.name: _Mover(d, g, d.resources[0][0])
+            for g in problem.pod_groups
+            if g.demands[0].devices == 1
+            for d in g.demands
+        }
+        self._movers: dict[Device, _Mover] = {
+            devices[0]: movers[pod] for pod, devices in decisions.placements.items() if pod in movers
+        }
+        self._spare: dict[str, list[_Spare]] | None = None
+        # a pod of a group found nowhere to go, so would the rest; no pod of a key can go anywhere
+        self._stuck: set[int] = set()
+        self._dry: set[str] = set()
+        self._unsettled: set[str] = set()  # nodes where `movable` has answered no for more devices since asked
+
+    def unsettled(self) -> set[str]:
+        """The nodes where fewer devices are movable than when this was last asked."""
+        nodes, self._unsettled = self._unsettled, set()
+        return nodes
+
+    def movable(self, device: Device) -> bool:
+        """Whether a one-device pod of the plan uses the device and might move elsewhere: not once a pod of its
+        group found nowhere to go (spare devices only get fewer), but for spare devices on the node it left."""
+        mover = self._movers.get(device)
+        return mover is not None and id(mover.group) not in self._stuck and mover.key not in self._dry
+
+    def destinations(self, devices: Iterable[Device], away_from: str) -> dict[Device, Device] | None:
+        """For each movable device, a spare device its pod may move to on another node (each used once), or None
+        when some pod has nowhere to go."""
+        moves: dict[Device, Device] = {}
+        reserved: set[Device] = set()
+        for device in devices:
+            mover = self._movers[device]
+            found = self._spare_for(mover, away_from, reserved)
+            if found is None:
+                if not reserved:  # nothing else was set aside: nowhere to go
+                    self._stuck.add(id(mover.group))
+                    self._unsettled |= {d.node for d, m in self._movers.items() if m.group is mover.group}
+                return None
+            moves[device] = found
+            reserved.add(found)
+        return moves
+
+    def move(self, moves: Mapping[Device, Device]) -> list[NodeState]:
+        """Move the pods (their placements and the devices used); the nodes they moved to."""
+        used, placements, gpus = self._used, self._decisions.placements, self._problem.gpu_index()
+        for old, new in moves.items():
+            mover = self._movers.pop(old)
+            placements[mover.demand.pod.name] = [new]
+            used[old.node].discard(old)
+            used[new.node].add(new)
+            self._movers[new] = mover
+        return list({new.node: gpus[new.node, new.gpu][0] for new in moves.values()}.values())
+
+    def _spare_for(self, mover: _Mover, away_from: str, reserved: set[Device]) -> Device | None:
+        candidates = self._index().get(mover.key, [])
+        accepting = self._accepting(mover.group)
+        priority = mover.demand.pod.priority
+        targets, used = self._decisions.targets, self._used
+        kept: list[_Spare] = []
+        found = None
+        for position, spare in enumerate(candidates):
+            name = spare.node.name
+            current = targets.get((name, spare.gpu.index))
+            if spare.device in used[name] or current is not spare.target:
+                continue  # used or rebuilt since: for good
+            kept.append(spare)
+            if name == away_from or spare.device in reserved or name not in accepting:
+                continue
+            level = self._tier(spare.gpu, current)
+            if level < priority and (level == NOBODY or any(d.gpu == spare.gpu.index for d in used[name])):
+                found = spare.device  # a changing GPU only where another pod keeps it changing: no new eviction
+                kept.extend(candidates[position + 1 :])
+                break
+        candidates[:] = kept
+        if not kept and mover.key not in self._dry:
+            self._dry.add(mover.key)
+            self._unsettled |= {d.node for d, m in self._movers.items() if m.key == mover.key}
+        return found
+
+    def _index(self) -> dict[str, list[_Spare]]:
+        if self._spare is None:
+            problem, targets, used = self._problem, self._decisions.targets, self._used
+            spare: dict[str, list[_Spare]] = {}
+            for node in sorted(problem.snapshot.nodes, key=lambda n: n.name):
+                if node.strategy != "mixed":
+                    continue
+                for gpu in node.gpus:
+                    target = targets.get((node.name, gpu.index))
+                    for key, device in problem.keyed_devices(node, gpu, target):
+                        if device not in used[node.name]:
+                            spare.setdefault(key, []).append(_Spare(node, gpu, device, target))
+            self._spare = spare
+        return self._spare

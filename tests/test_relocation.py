@@ -1,0 +1,74 @@
+"""Moving one-device pods off a node so that a stranded several-device pod can have it without evicting anyone:
+valid plans, never worse than the repair without moves, and better where the moves apply."""
+
+from __future__ import annotations
+
+import copy
+
+from hypothesis import HealthCheck, given, settings
+
+from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
+from solver import repair as repair_module
+from solver.assemble import score
+from solver.cpsat import GeometryModel
+from solver.decisions import Decisions
+from solver.disaggregate import _drop_idle_reconfigurations, _index, _place, disaggregate
+from solver.plan import ObjectiveBreakdown, PlanPolicy
+from solver.planner import make_plan
+from solver.problem import Problem, build_problem
+from solver.snapshot import parse_snapshot
+from tests.test_repair_index import _cases, _placed
+
+
+def _careful(problem: Problem, decisions: Decisions, passes: tuple[int, ...]) -> tuple[ObjectiveBreakdown, int]:
+    """The repair's eviction-free-first scan with these passes: the plan's figures, and how many pods moved."""
+    stranded = repair_module._stranded(problem, decisions)
+    nodes = repair_module._NodeIndex(problem, [pods[0] for _, pods in stranded])
+    floors, remembered = repair_module._Floors(problem), repair_module._Remembered()
+    attempt = repair_module._Attempt(
+        problem, decisions, floors, remembered, repair_module._EvictionFree(decisions), passes
+    )
+    attempt.run(stranded, nodes)
+    moved = sum(attempt.decisions.placements[p] != decisions.placements.get(p) for p in decisions.placements)
+    _drop_idle_reconfigurations(problem, attempt.decisions)
+    return score(problem, attempt.decisions), moved
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_cases())
+def test_moving_pods_never_serves_less_or_evicts_more(case: tuple[ClusterSpec, PlanPolicy]) -> None:
+    placed = _placed(case)
+    if placed is None:
+        return
+    problem, decisions = placed
+    relocating, _ = _careful(problem, copy.deepcopy(decisions), (False, repair_module._RELOCATE, True))
+    staying, _ = _careful(problem, copy.deepcopy(decisions), (False, True))
+    assert relocating.served_weight >= staying.served_weight
+    if relocating.served_weight == staying.served_weight:
+        assert relocating.evicted_weight <= staying.evicted_weight
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_cases())
+def test_plans_that_move_pods_pass_the_plan_checks(case: tuple[ClusterSpec, PlanPolicy]) -> None:
+    """`make_plan` refuses an invalid plan (a device used twice, a pod where its node rejects it, a cap
+    exceeded) with an internal error: none is raised."""
+    spec, policy = case
+    make_plan(parse_snapshot(generate_snapshot(spec)), policy.model_copy(update={"time_limit_s": 10.0}))
+
+
+def test_a_cluster_where_moving_pods_spares_every_eviction() -> None:
+    """80 nodes, random: without moving one-device pods the repair evicts five pods' worth for a stranded
+    several-device pod; with it, nobody, serving as much."""
+    snapshot = parse_snapshot(generate_snapshot(ClusterSpec(nodes=80, pending_pods=480, seed=1)))
+    problem = build_problem(snapshot, PlanPolicy())
+    answer = GeometryModel(problem).solve(30.0)
+    assert answer is not None
+    before = Decisions()
+    _place(problem, answer, _index(problem, answer, before), before)
+    relocating, moved = _careful(problem, copy.deepcopy(before), (False, repair_module._RELOCATE, True))
+    staying, _ = _careful(problem, copy.deepcopy(before), (False, True))
+    assert moved > 0
+    assert relocating.served_weight == staying.served_weight
+    assert relocating.evicted_weight == 0 < staying.evicted_weight
+    assert score(problem, disaggregate(problem, answer)) == relocating  # what the planner's repair does
