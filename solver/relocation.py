@@ -58,15 +58,7 @@ class Movers:
     ) -> None:
         self._problem, self._decisions, self._used, self._accepting = problem, decisions, used, accepting
         self._tier = tier
-        movers = {
-            d.pod.name: _Mover(d, g, d.resources[0][0])
-            for g in problem.pod_groups
-            if g.demands[0].devices == 1
-            for d in g.demands
-        }
-        self._movers: dict[Device, _Mover] = {
-            devices[0]: movers[pod] for pod, devices in decisions.placements.items() if pod in movers
-        }
+        self._by_device: dict[Device, _Mover] | None = None  # `_movers`, made on the first question
         self._spare: dict[str, list[_Spare]] | None = None
         # a pod of a group found nowhere to go, so would the rest; no pod of a key can go anywhere
         self._stuck: set[int] = set()
@@ -81,7 +73,7 @@ class Movers:
     def movable(self, device: Device) -> bool:
         """Whether a one-device pod of the plan uses the device and might move elsewhere: not once a pod of its
         group found nowhere to go (spare devices only get fewer), but for spare devices on the node it left."""
-        mover = self._movers.get(device)
+        mover = self._movers().get(device)
         return mover is not None and id(mover.group) not in self._stuck and mover.key not in self._dry
 
     def destinations(self, devices: Iterable[Device], away_from: str) -> dict[Device, Device] | None:
@@ -90,12 +82,12 @@ class Movers:
         moves: dict[Device, Device] = {}
         reserved: set[Device] = set()
         for device in devices:
-            mover = self._movers[device]
+            mover = self._movers()[device]
             found = self._spare_for(mover, away_from, reserved)
             if found is None:
                 if not reserved:  # nothing else was set aside: nowhere to go
                     self._stuck.add(id(mover.group))
-                    self._unsettled |= {d.node for d, m in self._movers.items() if m.group is mover.group}
+                    self._unsettled |= {d.node for d, m in self._movers().items() if m.group is mover.group}
                 return None
             moves[device] = found
             reserved.add(found)
@@ -104,12 +96,13 @@ class Movers:
     def move(self, moves: Mapping[Device, Device]) -> list[NodeState]:
         """Move the pods (their placements and the devices used); the nodes they moved to."""
         used, placements, gpus = self._used, self._decisions.placements, self._problem.gpu_index()
+        movers = self._movers()
         for old, new in moves.items():
-            mover = self._movers.pop(old)
+            mover = movers.pop(old)
             placements[mover.demand.pod.name] = [new]
             used[old.node].discard(old)
             used[new.node].add(new)
-            self._movers[new] = mover
+            movers[new] = mover
         return list({new.node: gpus[new.node, new.gpu][0] for new in moves.values()}.values())
 
     def _spare_for(self, mover: _Mover, away_from: str, reserved: set[Device]) -> Device | None:
@@ -135,8 +128,21 @@ class Movers:
         candidates[:] = kept
         if not kept and mover.key not in self._dry:
             self._dry.add(mover.key)
-            self._unsettled |= {d.node for d, m in self._movers.items() if m.key == mover.key}
+            self._unsettled |= {d.node for d, m in self._movers().items() if m.key == mover.key}
         return found
+
+    def _movers(self) -> dict[Device, _Mover]:
+        """The plan's one-device pods by their device (a repair that moves no pod never asks)."""
+        if self._by_device is None:
+            movers = {
+                d.pod.name: _Mover(d, g, d.resources[0][0])
+                for g in self._problem.pod_groups
+                if g.demands[0].devices == 1
+                for d in g.demands
+            }
+            placements = self._decisions.placements
+            self._by_device = {devices[0]: movers[pod] for pod, devices in placements.items() if pod in movers}
+        return self._by_device
 
     def _index(self) -> dict[str, list[_Spare]]:
         if self._spare is None:
