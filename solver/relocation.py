@@ -67,7 +67,9 @@ class Movers:
 
     def unsettled(self) -> set[str]:
         """The nodes where fewer devices are movable than when this was last asked."""
-        nodes, self._unsettled = self._unsettled, set()
+        nodes = self._unsettled
+        if nodes:
+            self._unsettled = set()
         return nodes
 
     def movable(self, device: Device) -> bool:

@@ -311,7 +311,7 @@ class _Bounds:
     ) -> None:
         self._problem = problem
         self._movers = movers
-        self._freed: dict[str, dict[int, dict[str, int]]] = defaultdict(dict)  # `_freed_bound`s
+        self._freed: dict[str, dict[int, dict[str, int] | None]] = defaultdict(dict)  # `_freed_bound`s
         self._free = free
         self._decisions = decisions
         self._used = used
@@ -329,7 +329,10 @@ class _Bounds:
         name = node.name
         priority = demand.pod.priority
         if evict == _RELOCATE:
-            bound = self._freed_bound(node, priority)
+            freed = self._freed_bound(node, priority)
+            if freed is None:
+                return False
+            bound = freed
         else:
             changed = name in self._changed
             if not evict and not changed and not self._free.allows(node, demand.resources):
@@ -369,19 +372,26 @@ class _Bounds:
                         bound[name] = bound.get(name, 0) + count
         return bounds
 
-    def _freed_bound(self, node: NodeState, priority: int) -> dict[str, int]:
+    def _freed_bound(self, node: NodeState, priority: int) -> dict[str, int] | None:
         """The bound without evictions once the one-device pods that might move have moved off the node: which
         pods might move changes as the repair learns where none can go (`Movers.unsettled`), so it is made
-        again for those nodes."""
+        again for those nodes. None when no pod on the node might move (no bound then: nothing to try)."""
         for name in self._movers.unsettled():
             self._freed.pop(name, None)
-        known = self._freed[node.name].get(priority)
-        if known is not None:
-            return known
+        remembered = self._freed[node.name]
+        if priority in remembered:
+            return remembered[priority]
         staying: dict[tuple[int, str], int] = {}  # devices of pods that may not move
+        movable = self._movers.movable
+        moving = False
         for device in self._used[node.name]:
-            if not self._movers.movable(device):
+            if movable(device):
+                moving = True
+            else:
                 staying[device.gpu, device.profile] = staying.get((device.gpu, device.profile), 0) + 1
+        if not moving:
+            remembered[priority] = None
+            return None
         busy = {index for index, _ in staying}
         managed = node.unmanaged is None
         bound: dict[str, int] = {}
@@ -395,7 +405,7 @@ class _Bounds:
                 continue
             for name, count in pairs:
                 bound[name] = bound.get(name, 0) + count
-        self._freed[node.name][priority] = bound
+        remembered[priority] = bound
         return bound
 
     def _offered(self, node: NodeState, gpu: GpuState) -> tuple[tuple[tuple[str, int], ...], float]:
