@@ -17,18 +17,12 @@ from solver.plan import ObjectiveBreakdown, PlanPolicy
 from solver.planner import make_plan
 from solver.problem import Problem, build_problem
 from solver.snapshot import parse_snapshot
-from tests.test_repair_index import _cases, _placed
+from tests.test_repair_index import _cases, _placed, attempted
 
 
 def _careful(problem: Problem, decisions: Decisions, passes: tuple[int, ...]) -> tuple[ObjectiveBreakdown, int]:
     """The repair's eviction-free-first scan with these passes: the plan's figures, and how many pods moved."""
-    stranded = repair_module._stranded(problem, decisions)
-    nodes = repair_module._NodeIndex(problem, [pods[0] for _, pods in stranded])
-    floors, remembered = repair_module._Floors(problem), repair_module._Remembered()
-    attempt = repair_module._Attempt(
-        problem, decisions, floors, remembered, repair_module._EvictionFree(decisions), passes
-    )
-    attempt.run(stranded, nodes)
+    attempt = attempted(problem, decisions, passes)
     moved = sum(attempt.decisions.placements[p] != decisions.placements.get(p) for p in decisions.placements)
     _drop_idle_reconfigurations(problem, attempt.decisions)
     return score(problem, attempt.decisions), moved

@@ -107,6 +107,17 @@ def _placed(case: tuple[ClusterSpec, PlanPolicy]) -> tuple[Problem, Decisions] |
     return problem, decisions
 
 
+def attempted(problem: Problem, decisions: Decisions, passes: tuple[int, ...]) -> repair_module._Attempt:
+    """One of the repair's scans over the pods `decisions` left stranded, with these passes, once it has run."""
+    stranded = repair_module._stranded(problem, decisions)
+    nodes = repair_module._NodeIndex(problem, [pods[0] for _, pods in stranded])
+    floors, remembered = repair_module._Floors(problem), repair_module._Remembered()
+    free = repair_module._EvictionFree(decisions)
+    attempt = repair_module._Attempt(problem, decisions, floors, remembered, free, passes)
+    attempt.run(stranded, nodes)
+    return attempt
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_cases(), st.sampled_from([(False, True), (True,)]))
 def test_indexed_repair_matches_the_plain_scan(case: tuple[ClusterSpec, PlanPolicy], passes: tuple[bool, ...]) -> None:
@@ -116,12 +127,7 @@ def test_indexed_repair_matches_the_plain_scan(case: tuple[ClusterSpec, PlanPoli
         return
     problem, decisions = placed
     plain = copy.deepcopy(decisions)
-    stranded = repair_module._stranded(problem, decisions)
-    nodes = repair_module._NodeIndex(problem, [pods[0] for _, pods in stranded])
-    floors, remembered = repair_module._Floors(problem), repair_module._Remembered()
-    free = repair_module._EvictionFree(decisions)
-    attempt = repair_module._Attempt(problem, decisions, floors, remembered, free, passes)
-    attempt.run(stranded, nodes)
+    attempt = attempted(problem, decisions, passes)
     _plain_scan(problem, plain, passes)
     assert attempt.decisions.placements == plain.placements
     assert attempt.decisions.targets == plain.targets

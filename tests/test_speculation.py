@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -63,11 +65,20 @@ def _settled(work: _Work, count: int) -> None:
         time.sleep(0.01)
 
 
-def test_the_work_done_on_the_final_answer_is_taken_as_it_is() -> None:
-    work = _Work()
+@contextmanager
+def _speculating(first: int, held: frozenset[int] = frozenset()) -> Iterator[tuple[Speculation[str], _Work]]:
+    """A speculation on a thread of its own, offered the answer `first`: once its work has begun when held."""
+    work = _Work(held)
     with ThreadPoolExecutor(1) as thread:
         speculation = Speculation(thread, work)
-        speculation.offer(lambda: _answer(7))
+        speculation.offer(lambda: _answer(first))
+        if first in held:
+            assert work.in_progress.wait(_WAIT)
+        yield speculation, work
+
+
+def test_the_work_done_on_the_final_answer_is_taken_as_it_is() -> None:
+    with _speculating(7) as (speculation, work):
         _settled(work, 1)
         claimed = speculation.claim(_answer(7))  # another object, deciding the same
         speculation.offer(lambda: _answer(8))  # the solve has ended: nothing starts
@@ -76,21 +87,13 @@ def test_the_work_done_on_the_final_answer_is_taken_as_it_is() -> None:
 
 
 def test_work_on_another_answer_is_abandoned_and_not_used() -> None:
-    work = _Work(held=frozenset({1}))
-    with ThreadPoolExecutor(1) as thread:
-        speculation = Speculation(thread, work)
-        speculation.offer(lambda: _answer(1))
-        assert work.in_progress.wait(_WAIT)
+    with _speculating(1, held=frozenset({1})) as (speculation, work):
         assert speculation.claim(_answer(2)) is None  # without waiting for the work on 1
     assert work.abandoned == [1] and work.finished == []
 
 
 def test_a_newer_incumbent_abandons_the_work_in_the_making_and_is_worked_on() -> None:
-    work = _Work(held=frozenset({1}))
-    with ThreadPoolExecutor(1) as thread:
-        speculation = Speculation(thread, work)
-        speculation.offer(lambda: _answer(1))
-        assert work.in_progress.wait(_WAIT)
+    with _speculating(1, held=frozenset({1})) as (speculation, work):
         speculation.offer(lambda: _answer(2))
         speculation.offer(lambda: _answer(3))  # only the newest is taken up
         _settled(work, 2)
@@ -100,11 +103,7 @@ def test_a_newer_incumbent_abandons_the_work_in_the_making_and_is_worked_on() ->
 
 
 def test_the_claim_waits_for_work_on_the_final_answer() -> None:
-    work = _Work(held=frozenset({5}))
-    with ThreadPoolExecutor(1) as thread:
-        speculation = Speculation(thread, work)
-        speculation.offer(lambda: _answer(5))
-        assert work.in_progress.wait(_WAIT)
+    with _speculating(5, held=frozenset({5})) as (speculation, work):
         threading.Timer(0.2, work.release.set).start()
         claimed = speculation.claim(_answer(5))
     assert claimed is not None and claimed[0] == "plan of 5" and claimed[1] >= 0.2
