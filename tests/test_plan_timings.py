@@ -27,7 +27,9 @@ def test_plan_json_reports_cpsat_time_and_the_whole_run(capsys: pytest.CaptureFi
     timings = optimal["timings"]
     assert 0 < timings["cpsat_seconds"] <= timings["total_seconds"]
     assert {"aggregate", "greedy", "model", "cpsat", "disaggregate", "assemble", "validate"} <= set(timings["phases"])
-    assert sum(timings["phases"].values()) <= timings["total_seconds"] + 0.01  # phases do not overlap
+    alongside = {"greedy", "prepare", "speculate"}  # the second thread's, beside CP-SAT
+    main_thread = [seconds for phase, seconds in timings["phases"].items() if phase not in alongside]
+    assert sum(main_thread) <= timings["total_seconds"] + 0.01  # the main thread's phases do not overlap
     assert "solve_seconds" in optimal  # kept for scripts that read it
     greedy = json.loads(run_cli(capsys, "plan", "--snapshot", str(EXAMPLE), "--policy", "greedy", "-o", "json").out)
     assert greedy["timings"]["cpsat_seconds"] == 0 and "cpsat" not in greedy["timings"]["phases"]
