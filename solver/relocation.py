@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 from solver.decisions import Decisions, Device
-from solver.demand import Demand
+from solver.demand import Demand, rejection
 from solver.problem import PodGroup, Problem
 from solver.snapshot import GpuState, NodeState
 
@@ -43,21 +43,22 @@ class _Mover(NamedTuple):
 class Movers:
     """The plan's one-device pods by the device each uses, and where each may move.
 
-    `accepting(group)` gives the names of the nodes that accept a group's pods, `tier(gpu, target)` the priority
-    a pod must exceed to use a GPU's devices. Spare devices are indexed once, on the first question, by resource
-    key in node name order; a device used since, or whose GPU got another target since, is dropped from the index
-    as it is met (devices only ever get used, and targets replaced, so the spare devices only get fewer)."""
+    `tier(gpu, target)` gives the priority a pod must exceed to use a GPU's devices. Spare devices are indexed
+    once, on the first question, by resource key in node name order; a device used since, or whose GPU got
+    another target since, is dropped from the index as it is met (devices only ever get used, and targets
+    replaced, so the spare devices only get fewer). Whether a node takes a mover is asked of the node itself
+    (`rejection`), per pod group: the repair's node index tells nodes apart only by the labels its stranded
+    pods select on."""
 
     def __init__(
         self,
         problem: Problem,
         decisions: Decisions,
         used: Mapping[str, set[Device]],
-        accepting: Callable[[PodGroup], frozenset[str]],
         tier: Callable[[GpuState, dict[str, int] | None], float],
     ) -> None:
-        self._problem, self._decisions, self._used, self._accepting = problem, decisions, used, accepting
-        self._tier = tier
+        self._problem, self._decisions, self._used, self._tier = problem, decisions, used, tier
+        self._accepted: dict[tuple[int, str], bool] = {}  # (group id, node name) -> whether the node accepts it
         self._by_device: dict[Device, _Mover] | None = None  # `_movers`, made on the first question
         self._spare: dict[str, list[_Spare]] | None = None
         # a pod of a group found nowhere to go, so would the rest; no pod of a key can go anywhere
@@ -109,7 +110,6 @@ class Movers:
 
     def _spare_for(self, mover: _Mover, away_from: str, reserved: set[Device]) -> Device | None:
         candidates = self._index().get(mover.key, [])
-        accepting = self._accepting(mover.group)
         priority = mover.demand.pod.priority
         targets, used = self._decisions.targets, self._used
         kept: list[_Spare] = []
@@ -120,7 +120,7 @@ class Movers:
             if spare.device in used[name] or current is not spare.target:
                 continue  # used or rebuilt since: for good
             kept.append(spare)
-            if name == away_from or spare.device in reserved or name not in accepting:
+            if name == away_from or spare.device in reserved or not self._accepts(mover, spare.node):
                 continue
             level = self._tier(spare.gpu, current)
             if level < priority and (level == NOBODY or any(d.gpu == spare.gpu.index for d in used[name])):
@@ -132,6 +132,14 @@ class Movers:
             self._dry.add(mover.key)
             self._unsettled |= {d.node for d, m in self._movers().items() if m.key == mover.key}
         return found
+
+    def _accepts(self, mover: _Mover, node: NodeState) -> bool:
+        """Whether the node takes the mover's pod (its selector, affinity, tolerations): the same for its group."""
+        key = (id(mover.group), node.name)
+        accepted = self._accepted.get(key)
+        if accepted is None:
+            accepted = self._accepted[key] = rejection(node, mover.demand) is None
+        return accepted
 
     def _movers(self) -> dict[Device, _Mover]:
         """The plan's one-device pods by their device (a repair that moves no pod never asks)."""

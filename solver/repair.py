@@ -101,9 +101,8 @@ class _Attempt:
         self.decisions = Decisions(dict(decisions.targets), dict(decisions.placements))  # values are replaced
         self.used = _devices_by_node(decisions.placements)
         self.caps = _Caps(problem, self.decisions)
-        self.movers = Movers(problem, self.decisions, self.used, self._accepting, floors.tier)
+        self.movers = Movers(problem, self.decisions, self.used, floors.tier)
         self.bounds = _Bounds(problem, self.decisions, self.used, floors, initial, free, self.movers)
-        self._nodes: _NodeIndex | None = None
         self.placed: list[Demand] = []
         self.touched: dict[str, NodeState] = {}
         self.missed = False  # some pod found no node
@@ -111,7 +110,6 @@ class _Attempt:
     def run(
         self, stranded: list[tuple[PodGroup, list[Demand]]], nodes: _NodeIndex, checkpoint: Checkpoint = carry_on
     ) -> None:
-        self._nodes = nodes
         for group, pods in stranded:
             candidates = nodes.candidates(group)
             scans = {evict: _Scan(len(candidates)) for evict in self.passes}
@@ -187,10 +185,6 @@ class _Attempt:
             return [], []
         return taken, self.movers.move(moves)
 
-    def _accepting(self, group: PodGroup) -> frozenset[str]:
-        assert self._nodes is not None, "asked only while a scan runs"
-        return self._nodes.accepting(group)
-
     def score(self, nodes: list[NodeState]) -> tuple[int, int, int]:
         """Served weight of the pods placed, then fewer evictions and GPU changes on these nodes (those either
         scan touched), as the plan will count them: a changed GPU stays changed only while some pod uses it (its
@@ -249,7 +243,6 @@ class _NodeIndex:
         keys |= {r.key for d in representatives for t in d.pod.node_affinity for r in t.match_expressions}
         self._shape_of: list[int] = []
         self._candidates: dict[int, list[NodeState]] = {}  # by the group's id: groups outlive the repair
-        self._names: dict[int, frozenset[str]] = {}
         self._shapes: list[tuple[NodeState, frozenset[str]]] = []  # a node of the kind, and its GPUs' profiles
         seen: dict[tuple[object, ...], int] = {}
         models: dict[tuple[str, ...], frozenset[str]] = {}  # the GPUs' models -> their profiles
@@ -269,13 +262,6 @@ class _NodeIndex:
                 seen[shape] = len(self._shapes)
                 self._shapes.append((node, profiles))
             self._shape_of.append(seen[shape])
-
-    def accepting(self, group: PodGroup) -> frozenset[str]:
-        """The names of `candidates`."""
-        known = self._names.get(id(group))
-        if known is None:
-            known = self._names[id(group)] = frozenset(n.name for n in self.candidates(group))
-        return known
 
     def candidates(self, group: PodGroup) -> list[NodeState]:
         """The nodes that accept the group's pods and have every profile they ask for, name order (made once per

@@ -42,7 +42,7 @@ def test_moving_pods_never_serves_less_or_evicts_more(case: tuple[ClusterSpec, P
         assert relocating.evicted_weight <= staying.evicted_weight
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_cases())
 def test_plans_that_move_pods_pass_the_plan_checks(case: tuple[ClusterSpec, PlanPolicy]) -> None:
     """`make_plan` refuses an invalid plan (a device used twice, a pod where its node rejects it, a cap
@@ -66,3 +66,22 @@ def test_a_cluster_where_moving_pods_spares_every_eviction() -> None:
     assert relocating.served_weight == staying.served_weight
     assert relocating.evicted_weight == 0 < staying.evicted_weight
     assert score(problem, disaggregate(problem, answer)) == relocating  # what the planner's repair does
+
+
+def test_a_pod_moves_only_to_a_node_its_selector_accepts() -> None:
+    """8 nodes × 2 GPUs: the one-device pod in the way selects on a label the stranded pod does not, so the nodes
+    the repair tells apart by the stranded pods' labels are not what the mover may use; it moved onto a node its
+    selector rejects before movers were checked against each node itself."""
+    spec = ClusterSpec(nodes=8, gpus_per_node=2, pending_pods=20, used_fraction=0.5, seed=233)
+    snapshot = parse_snapshot(generate_snapshot(spec))
+    problem = build_problem(snapshot, PlanPolicy())
+    answer = GeometryModel(problem).solve(10.0)
+    assert answer is not None
+    before = Decisions()
+    _place(problem, answer, _index(problem, answer, before), before)
+    moves = _careful(problem, copy.deepcopy(before), (False, repair_module._RELOCATE, True))[1]
+    assert moves > 0
+    plan = make_plan(snapshot, PlanPolicy(time_limit_s=10.0))  # raises on a placement a node rejects
+    nodes = {n.name: n for n in snapshot.nodes}
+    pods = {p.name: p for p in snapshot.pods}
+    assert all(not pods[p.pod].node_selector.items() - nodes[p.node].labels.items() for p in plan.placements)
