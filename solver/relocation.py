@@ -60,6 +60,7 @@ class Movers:
         self._problem, self._decisions, self._used, self._tier = problem, decisions, used, tier
         self._accepted: dict[tuple[int, str], bool] = {}  # (group id, node name) -> whether the node accepts it
         self._by_device: dict[Device, _Mover] | None = None  # `_movers`, made on the first question
+        self._where: dict[int | str, set[str]] | None = None  # `_nodes_of`, made when first asked
         self._spare: dict[str, list[_Spare]] | None = None
         # a pod of a group found nowhere to go, so would the rest; no pod of a key can go anywhere
         self._stuck: set[int] = set()
@@ -86,11 +87,11 @@ class Movers:
         reserved: set[Device] = set()
         for device in devices:
             mover = self._movers()[device]
-            found = self._spare_for(mover, away_from, reserved)
+            found, elsewhere = self._spare_for(mover, away_from, reserved)
             if found is None:
-                if not reserved:  # nothing else was set aside: nowhere to go
+                if not elsewhere:  # nowhere to go, from whatever node, whatever else moves
                     self._stuck.add(id(mover.group))
-                    self._unsettled |= {d.node for d, m in self._movers().items() if m.group is mover.group}
+                    self._unsettled |= self._nodes_of(id(mover.group))
                 return None
             moves[device] = found
             reserved.add(found)
@@ -106,32 +107,52 @@ class Movers:
             used[old.node].discard(old)
             used[new.node].add(new)
             movers[new] = mover
+            if self._where is not None:
+                self._where.setdefault(id(mover.group), set()).add(new.node)
+                self._where.setdefault(mover.key, set()).add(new.node)
         return list({new.node: gpus[new.node, new.gpu][0] for new in moves.values()}.values())
 
-    def _spare_for(self, mover: _Mover, away_from: str, reserved: set[Device]) -> Device | None:
+    def _spare_for(self, mover: _Mover, away_from: str, reserved: set[Device]) -> tuple[Device | None, bool]:
+        """A spare device the mover may take, and (when there is none) whether one is ruled out only by this
+        question: on the node it leaves, or set aside for another mover."""
         candidates = self._index().get(mover.key, [])
         priority = mover.demand.pod.priority
         targets, used = self._decisions.targets, self._used
         kept: list[_Spare] = []
-        found = None
+        found, elsewhere = None, False
         for position, spare in enumerate(candidates):
             name = spare.node.name
             current = targets.get((name, spare.gpu.index))
             if spare.device in used[name] or current is not spare.target:
                 continue  # used or rebuilt since: for good
             kept.append(spare)
-            if name == away_from or spare.device in reserved or not self._accepts(mover, spare.node):
+            if not self._accepts(mover, spare.node):
                 continue
             level = self._tier(spare.gpu, current)
-            if level < priority and (level == NOBODY or any(d.gpu == spare.gpu.index for d in used[name])):
-                found = spare.device  # a changing GPU only where another pod keeps it changing: no new eviction
-                kept.extend(candidates[position + 1 :])
-                break
+            if not (level < priority and (level == NOBODY or any(d.gpu == spare.gpu.index for d in used[name]))):
+                continue  # a changing GPU only where another pod keeps it changing: no new eviction
+            if name == away_from or spare.device in reserved:
+                elsewhere = True
+                continue
+            found = spare.device
+            kept.extend(candidates[position + 1 :])
+            break
         candidates[:] = kept
         if not kept and mover.key not in self._dry:
             self._dry.add(mover.key)
-            self._unsettled |= {d.node for d, m in self._movers().items() if m.key == mover.key}
-        return found
+            self._unsettled |= self._nodes_of(mover.key)
+        return found, elsewhere
+
+    def _nodes_of(self, group_or_key: int | str) -> set[str]:
+        """The nodes where movers of a group (by id) or resource key sit, or have sat: a superset is enough for
+        what it is asked for (the nodes whose answers to `movable` may change)."""
+        if self._where is None:
+            where: dict[int | str, set[str]] = {}
+            for device, mover in self._movers().items():
+                where.setdefault(id(mover.group), set()).add(device.node)
+                where.setdefault(mover.key, set()).add(device.node)
+            self._where = where
+        return self._where.get(group_or_key, set())
 
     def _accepts(self, mover: _Mover, node: NodeState) -> bool:
         """Whether the node takes the mover's pod (its selector, affinity, tolerations): the same for its group."""

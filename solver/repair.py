@@ -385,7 +385,7 @@ class _Bounds:
             offered, tier = self._offered(node, gpu)
             if managed and gpu.index not in busy and self._floors.floor(gpu) == NOBODY:
                 pairs = _most(gpu.gpu_model.key)
-            elif tier < priority:
+            elif tier < priority and (tier == NOBODY or gpu.index in busy):  # as `_repair_on` offers without evicting
                 pairs = tuple((name, count - staying.get((gpu.index, name), 0)) for name, count in offered)
             else:
                 continue
