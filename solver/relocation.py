@@ -76,7 +76,7 @@ class Movers:
 
     def movable(self, device: Device) -> bool:
         """Whether a one-device pod of the plan uses the device and might move elsewhere: not once a pod of its
-        group found nowhere to go (spare devices only get fewer), but for spare devices on the node it left."""
+        group found no spare device on any node (spare devices only get fewer), nor any device of its key is left."""
         mover = self._movers().get(device)
         return mover is not None and id(mover.group) not in self._stuck and mover.key not in self._dry
 

@@ -52,7 +52,7 @@ def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | No
         return finished(snapshot, written(problem, empty(baseline(problem, clock)), clock), policy, clock)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="migopt-greedy") as second_thread:
         greedy = _Alongside(second_thread, problem, clock, snapshot)
-        solved = _optimal(problem, policy, clock, dump_model, greedy)
+        solved = _optimal(problem, policy, clock, greedy, dump_model)
         baseline_draft = greedy.draft()
     clock.add("speculate", greedy.speculated_seconds())  # its work is over once the second thread is
     chosen = _unsolved(baseline_draft, clock.elapsed()) if solved is None else _better(solved, baseline_draft)
@@ -119,6 +119,18 @@ def _outcome(problem: Problem, answer: AggregateSolution, checkpoint: Checkpoint
     return decisions, score(problem, decisions)
 
 
+def _disaggregated(
+    problem: Problem, answer: AggregateSolution, speculation: Speculation[_Outcome]
+) -> tuple[_Outcome, float]:
+    """The final answer's outcome and the seconds its making took: the speculation's when it made it (or is
+    making it), else made here."""
+    claimed = speculation.claim(answer)
+    if claimed is not None:
+        return claimed
+    began = time.perf_counter()
+    return _outcome(problem, answer, carry_on), time.perf_counter() - began
+
+
 def _unsolved(greedy: Draft, elapsed: float) -> Draft:
     """The greedy plan, as the optimal policy's answer when CP-SAT found no solution in time."""
     note = "CP-SAT found no solution within the time limit; returning the greedy plan"
@@ -142,8 +154,8 @@ def _optimal(
     problem: Problem,
     policy: PlanPolicy,
     clock: PlanClock,
+    greedy: _Alongside,
     dump_model: Path | None = None,
-    greedy: _Alongside | None = None,
 ) -> Draft | None:
     """Solve, disaggregate, and re-solve while several-device pods the IP served could not be co-located.
 
@@ -166,26 +178,17 @@ def _optimal(
                 model.hint(previous)
         if round_ == 0 and dump_model is not None:
             clock.exclude(_dump(model, dump_model))  # writing the model is not planning time
-        fallback = greedy.answer if round_ == 0 and greedy is not None else None
-        speculation = None
-        if greedy is not None:
-            greedy.start()
-            speculation = greedy.speculation()
-        # CP-SAT gets what is left once the model is built
-        offer = speculation.offer if speculation is not None else None
-        answer = model.solve(max(clock.left() - reserve, 0.05), fallback, offer)
+        greedy.start()
+        speculation = greedy.speculation()
+        fallback = greedy.answer if round_ == 0 else None
+        answer = model.solve(max(clock.left() - reserve, 0.05), fallback, speculation.offer)  # what is left
         clock.add("cpsat", model.cpsat_seconds)
         clock.add("model", model.solve_seconds - model.cpsat_seconds)
         if answer is None:
             break
         bound = answer.bound if bound is None else bound
         with clock.phase("disaggregate"):
-            claimed = speculation.claim(answer) if speculation is not None else None
-            if claimed is None:
-                began = time.perf_counter()
-                decisions, objectives = _outcome(problem, answer, carry_on)
-                claimed = (decisions, objectives), time.perf_counter() - began
-        (decisions, objectives), seconds = claimed
+            (decisions, objectives), seconds = _disaggregated(problem, answer, speculation)
         reserve += seconds  # another round would disaggregate once more
         elapsed = clock.elapsed() - started
         with clock.phase("assemble"):
