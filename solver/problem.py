@@ -26,7 +26,7 @@ from solver.explain import Census, census
 from solver.geometry import max_alone
 from solver.plan import GpuPlan, PlanPolicy
 from solver.scope import PlanScope, scoped
-from solver.snapshot import ClusterSnapshot, GpuState, NodeState, PendingPod
+from solver.snapshot import ClusterSnapshot, GpuState, LayoutShape, NodeState, PendingPod
 
 Capacity = tuple[tuple[str, int], ...]
 MapKey = tuple[tuple[str, int], ...]  # a mig-devices map as sorted (profile, count) pairs
@@ -477,6 +477,7 @@ class _MemberState:
 class _LayoutFacts(NamedTuple):
     """What a mixed-strategy GPU's unit key takes from its model and layout alone."""
 
+    model: str  # the model's catalog key
     keep_capacity: Capacity
     fragmentation: int
     current_target: MapKey | None  # its map, when that is one of the model's targets
@@ -496,35 +497,54 @@ class _UnitFactory:
 
     def __post_init__(self) -> None:
         """Every running pod the snapshot describes as a GPU's key reads it, in one pass (`_holder`)."""
-        may_evict, factor = self.policy.may_evict, self.data.weights.factor
-        facts = {p.name: (may_evict(p), p.priority, factor(p.priority)) for p in self.snapshot.running}
+        protect, rank = self.policy.protect_priority, self.data.weights.rank
+        facts = {
+            p.name: (p.evictable and p.priority < protect, p.priority, 1 + rank.get(p.priority, 0))
+            for p in self.snapshot.running
+        }  # `PlanPolicy.may_evict` and `PriorityWeights.factor`, inline: a cluster runs tens of thousands of pods
         object.__setattr__(self, "holders", facts)  # frozen: set once, as the factory is made
 
-    def mixed_key(self, node: NodeState, gpu: GpuState, layouts: dict[tuple[object, ...], _LayoutFacts]) -> UnitKey:
-        """`unit(...).key` of a mixed-strategy GPU, without building the unit; what follows from the model and the
-        layout alone is remembered in `layouts` per layout and which instances are held (`_layout`), and what a
-        holder contributes per pod (`_holder`)."""
-        model = gpu.gpu_model
-        shape = gpu.layout_shape
-        facts = layouts.get(shape) or self._layout(shape, gpu, layouts)
+    def mixed_keys(
+        self, node: NodeState, gpus: list[GpuState], layouts: dict[LayoutShape, _LayoutFacts]
+    ) -> list[UnitKey]:
+        """`unit(...).key` of each mixed-strategy GPU of the node, without building units; what follows from the
+        model and the layout alone is remembered in `layouts` per layout and which instances are held (`_layout`),
+        and what a holder contributes per pod (`_holder`). One call per node, and plain loops: this runs for every
+        GPU of the cluster."""
+        signature = self.signatures[node.name]
+        managed = node.unmanaged is None
         known = self.holders
-        holders = [known.get(name) or self._holder(name) for name in gpu.holders]
-        if node.unmanaged is not None or not facts.has_targets or not all(h[0] for h in holders):
-            return UnitKey("mixed", model.key, facts.keep_capacity, facts.fragmentation, self.signatures[node.name],
-                           None, False, 0, 0, 1, None)  # fmt: skip
-        return UnitKey(
-            "mixed", model.key, facts.keep_capacity, facts.fragmentation, self.signatures[node.name],
-            max((h[1] for h in holders), default=None), True, len(holders), sum(h[2] for h in holders), 1,
-            facts.current_target,
-        )  # fmt: skip
+        keys = []
+        for gpu in gpus:
+            shape = gpu.layout_shape
+            facts = layouts.get(shape) or self._layout(shape, gpu, layouts)
+            reconfigurable = managed and facts.has_targets
+            tier: int | None = None
+            weight = 0
+            names = gpu.holders
+            if reconfigurable:
+                for name in names:
+                    evictable, priority, factor = known.get(name) or self._holder(name)
+                    if not evictable:
+                        reconfigurable = False
+                        break
+                    if tier is None or priority > tier:
+                        tier = priority
+                    weight += factor
+            if reconfigurable:
+                key = UnitKey("mixed", facts.model, facts.keep_capacity, facts.fragmentation, signature, tier, True,
+                              len(names), weight, 1, facts.current_target)  # fmt: skip
+            else:
+                key = UnitKey("mixed", facts.model, facts.keep_capacity, facts.fragmentation, signature, None, False,
+                              0, 0, 1, None)  # fmt: skip
+            keys.append(key)
+        return keys
 
-    def _layout(
-        self, shape: tuple[object, ...], gpu: GpuState, layouts: dict[tuple[object, ...], _LayoutFacts]
-    ) -> _LayoutFacts:
+    def _layout(self, shape: LayoutShape, gpu: GpuState, layouts: dict[LayoutShape, _LayoutFacts]) -> _LayoutFacts:
         keep, fragmentation, current = _layout_facts(gpu, self.data.keys)
         model = gpu.gpu_model
         facts = layouts[shape] = _LayoutFacts(
-            keep, fragmentation, current if current in self.targets.maps("mixed", model, 1) else None,
+            model.key, keep, fragmentation, current if current in self.targets.maps("mixed", model, 1) else None,
             bool(self.targets.get("mixed", model, 1)),
         )  # fmt: skip
         return facts
@@ -571,10 +591,10 @@ def _common_map(
 def _units(snapshot: ClusterSnapshot, factory: _UnitFactory) -> list[Unit]:
     """Members classed into units by `Unit.key`, units in order of their first member.
 
-    A mixed-strategy GPU's key is computed directly (`_UnitFactory.mixed_key`, what `unit` would give), and the
+    A mixed-strategy GPU's key is computed directly (`_UnitFactory.mixed_keys`, what `unit` would give), and the
     unit made from that key for the first member with it: clusters have tens of thousands of GPUs and few units."""
     units: dict[UnitKey, Unit] = {}
-    layouts: dict[tuple[object, ...], _LayoutFacts] = {}
+    layouts: dict[LayoutShape, _LayoutFacts] = {}
     for node in sorted(snapshot.nodes, key=lambda n: n.name):
         if not node.gpus:
             continue
@@ -584,8 +604,7 @@ def _units(snapshot: ClusterSnapshot, factory: _UnitFactory) -> list[Unit]:
             unit = factory.unit(_MemberState(node, gpus, "single", _single_keep(node), fragmentation))
             units.setdefault(unit.key, unit).members.append(Member(node=node.name, gpus=tuple(g.index for g in gpus)))
             continue
-        for gpu in gpus:
-            key = factory.mixed_key(node, gpu, layouts)
+        for gpu, key in zip(gpus, factory.mixed_keys(node, gpus, layouts), strict=True):
             unit = units.get(key)  # type: ignore[assignment]
             if unit is None:  # the key holds every field a unit has (tests/test_solver_sections.py checks it)
                 unit = units[key] = Unit.of(key, gpu.gpu_model)

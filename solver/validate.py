@@ -12,6 +12,7 @@ explained.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
 
 from solver.catalog import load_catalog
@@ -23,42 +24,22 @@ from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
 
 def plan_problems(
-    snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, pending: list[Demand] | None = None
+    snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, reading: SnapshotReading | None = None
 ) -> list[str]:
-    """Every way the plan breaks the rules above (empty when it is valid). `pending`: the snapshot's pending pods
-    as `pending_demands` reads them, when the caller had them made already (the optimal policy, while CP-SAT
-    solves)."""
+    """Every way the plan breaks the rules above (empty when it is valid). `reading`: what the checks read of the
+    snapshot whatever the plan (`read_snapshot`), when the caller had it made already (the optimal policy, while
+    CP-SAT solves)."""
+    reading = read_snapshot(snapshot) if reading is None else reading
     problems: list[str] = []
-    nodes = {n.name: n for n in snapshot.nodes}
     gpu_plans = {(g.node, g.index): g for g in plan.gpus}
-    free = _FreeDevices()
-    tier: dict[tuple[str, int], int] = {}
-    gpus: dict[GpuRef, GpuState] = {}
-    for node in snapshot.nodes:
-        for gpu in node.gpus:
-            gpus[node.name, gpu.index] = gpu
-            gp = gpu_plans.get((node.name, gpu.index))
-            if gp is None:
-                problems.append(f"{node.name}/{gpu.index}: missing from plan")
-                continue
-            if gp.reconfigure:
-                if not _feasible(gpu.gpu_model.key, tuple(sorted(gp.target.items()))):
-                    problems.append(f"{node.name}/{gpu.index}: target {gp.target} infeasible on {gpu.gpu_model.key}")
-                    continue
-                if (reason := policy.scope.unmanaged_reason(node)) is not None:
-                    problems.append(f"{node.name}/{gpu.index}: reconfigured, but migopt does not manage it ({reason})")
-                if not policy.scope.permits(gpu.gpu_model, gp.target):
-                    problems.append(f"{node.name}/{gpu.index}: target {gp.target} outside the scope's allowlist")
-                if sorted(gpu.holders) != sorted(gp.evict):
-                    problems.append(f"{node.name}/{gpu.index}: evicts {gp.evict}, holders are {sorted(gpu.holders)}")
-                holders = [snapshot.running_pod(p) for p in gpu.holders]
-                if not all(policy.may_evict(p) for p in holders):
-                    problems.append(f"{node.name}/{gpu.index}: evicts a protected pod")
-                if holders:
-                    tier[node.name, gpu.index] = max(p.priority for p in holders)
-            elif gp.evict:
-                problems.append(f"{node.name}/{gpu.index}: evicts {gp.evict} without reconfiguring")
-            free.offer(node, gpu, gp)
+    offered: set[GpuRef] = set()  # GPUs whose target is infeasible offer no device
+    tier: dict[GpuRef, int] = {}
+    for ref, gpu in reading.gpus.items():  # snapshot order; a GPU that stays and evicts nobody has nothing to check
+        gp = gpu_plans.get(ref)
+        if gp is None:
+            problems.append(f"{ref[0]}/{ref[1]}: missing from plan")
+        elif gp.reconfigure or gp.evict:
+            problems += _change_problems(snapshot, reading.nodes[ref[0]], gpu, gp, policy, tier, offered)
     evicted = {p for g in plan.gpus for p in g.evict}
     if policy.max_evictions is not None and len(evicted) > policy.max_evictions:
         problems.append(f"{len(evicted)} evictions exceed the cap of {policy.max_evictions}")
@@ -66,34 +47,82 @@ def plan_problems(
     if policy.max_reconfigurations is not None and reconfigured > policy.max_reconfigurations:
         problems.append(f"{reconfigured} reconfigurations exceed the cap of {policy.max_reconfigurations}")
 
-    problems += _single_strategy_problems(snapshot, plan)
-    by_name = {d.pod.name: d for d in (pending_demands(snapshot) if pending is None else pending)}
+    problems += _single_strategy_problems(reading, plan)
+    free = _FreeDevices(reading.gpus, gpu_plans, offered)
     for placement in plan.placements:
-        problems += _placement_problems(placement, by_name.get(placement.pod), nodes, gpus, gpu_plans, free, tier)
+        demand = reading.pending.get(placement.pod)
+        problems += _placement_problems(placement, demand, reading.nodes, reading.gpus, gpu_plans, free, tier)
     placed = {p.pod for p in plan.placements}
     unplaced = {u.pod for u in plan.unplaced}
-    if placed & unplaced or (placed | unplaced) != set(by_name) or len(plan.placements) != len(placed):
+    if placed & unplaced or (placed | unplaced) != reading.pending.keys() or len(plan.placements) != len(placed):
         problems.append("pending pods are not each either placed once or explained")
     return problems
 
 
-def pending_demands(snapshot: ClusterSnapshot) -> list[Demand]:
-    """The snapshot's pending pods as the checks read them: made afresh, not taken from the planner's problem."""
-    return demands(snapshot, weights_for(snapshot))
+@dataclass(frozen=True)
+class SnapshotReading:
+    """What the checks read of the snapshot, whatever the plan: made afresh from the snapshot, not taken from the
+    planner's problem."""
+
+    nodes: dict[str, NodeState]
+    gpus: dict[GpuRef, GpuState]  # snapshot order
+    single_nodes: list[NodeState]  # single-strategy nodes: the only ones that can advertise nothing
+    pending: dict[str, Demand]  # the pending pods by name
+
+
+def read_snapshot(snapshot: ClusterSnapshot) -> SnapshotReading:
+    """The snapshot as the checks read it (`SnapshotReading`)."""
+    return SnapshotReading(
+        nodes={n.name: n for n in snapshot.nodes},
+        gpus={(node.name, gpu.index): gpu for node in snapshot.nodes for gpu in node.gpus},
+        single_nodes=[n for n in snapshot.nodes if n.strategy == "single"],
+        pending={d.pod.name: d for d in demands(snapshot, weights_for(snapshot))},
+    )
+
+
+def _change_problems(
+    snapshot: ClusterSnapshot,
+    node: NodeState,
+    gpu: GpuState,
+    gp: GpuPlan,
+    policy: PlanPolicy,
+    tier: dict[GpuRef, int],
+    offered: set[GpuRef],
+) -> list[str]:
+    """A GPU the plan rebuilds or evicts from: a feasible target the scope allows, exactly its holders evicted,
+    none protected; records the priority its evictions free capacity at (`tier`) and that it offers devices."""
+    ref = (node.name, gpu.index)
+    if not gp.reconfigure:
+        offered.add(ref)
+        return [f"{node.name}/{gpu.index}: evicts {gp.evict} without reconfiguring"]
+    if not _feasible(gpu.gpu_model.key, tuple(sorted(gp.target.items()))):
+        return [f"{node.name}/{gpu.index}: target {gp.target} infeasible on {gpu.gpu_model.key}"]
+    offered.add(ref)
+    problems = []
+    if (reason := policy.scope.unmanaged_reason(node)) is not None:
+        problems.append(f"{node.name}/{gpu.index}: reconfigured, but migopt does not manage it ({reason})")
+    if not policy.scope.permits(gpu.gpu_model, gp.target):
+        problems.append(f"{node.name}/{gpu.index}: target {gp.target} outside the scope's allowlist")
+    if sorted(gpu.holders) != sorted(gp.evict):
+        problems.append(f"{node.name}/{gpu.index}: evicts {gp.evict}, holders are {sorted(gpu.holders)}")
+    holders = [snapshot.running_pod(p) for p in gpu.holders]
+    if not all(policy.may_evict(p) for p in holders):
+        problems.append(f"{node.name}/{gpu.index}: evicts a protected pod")
+    if holders:
+        tier[ref] = max(p.priority for p in holders)
+    return problems
 
 
 class _FreeDevices:
     """The devices each GPU offers after the plan, by (profile, start), start -1 on a rebuilt GPU (whose devices
     count by profile: the driver picks their placements). A GPU's devices are counted when a placement first
-    takes from it: most GPUs get no pod, and counting theirs all was most of the validation's work."""
+    takes from it: most GPUs get no pod, and counting theirs all was most of the validation's work. A GPU offers
+    devices when the snapshot has it and the plan has a line for it, which, if it changes, has a feasible target
+    (`changed`: the GPUs that change or evict and passed that check)."""
 
-    def __init__(self) -> None:
-        self._offered: dict[GpuRef, tuple[GpuState, GpuPlan]] = {}
+    def __init__(self, gpus: dict[GpuRef, GpuState], plans: dict[GpuRef, GpuPlan], changed: set[GpuRef]) -> None:
+        self._gpus, self._plans, self._changed = gpus, plans, changed
         self._left: dict[GpuRef, dict[tuple[str, int], int]] = {}
-
-    def offer(self, node: NodeState, gpu: GpuState, plan: GpuPlan) -> None:
-        """The GPU's devices serve placements (it is in the plan, with a feasible target if it changes)."""
-        self._offered[node.name, gpu.index] = (gpu, plan)
 
     def take(self, ref: GpuRef, profile: str, start: int) -> bool:
         """Take one device of the GPU; False when none is left (it is taken all the same)."""
@@ -104,13 +133,23 @@ class _FreeDevices:
         return remaining >= 0
 
     def _count(self, ref: GpuRef) -> dict[tuple[str, int], int]:
-        if ref not in self._offered:
+        gpu, plan = self._gpus.get(ref), self._plans.get(ref)
+        if gpu is None or plan is None:
             return {}
-        gpu, plan = self._offered[ref]
+        if not (plan.reconfigure or plan.evict):
+            return dict(_free_counts(gpu.free_instances))
+        if ref not in self._changed:
+            return {}
         if not plan.reconfigure:
-            return dict(Counter(gpu.free_instances))
+            return dict(_free_counts(gpu.free_instances))
         layout = target_layout(gpu.gpu_model.key, tuple(sorted(plan.target.items())))
         return dict(Counter((profile, -1) for profile, _ in layout))
+
+
+@lru_cache(maxsize=4096)
+def _free_counts(free: tuple[tuple[str, int], ...]) -> dict[tuple[str, int], int]:
+    """The free instances (profile, start) counted: GPUs repeat a few layouts (callers copy the answer)."""
+    return dict(Counter(free))
 
 
 @lru_cache(maxsize=4096)
@@ -119,13 +158,15 @@ def _feasible(model_key: str, target: tuple[tuple[str, int], ...]) -> bool:
     return find_layout(load_catalog().model(model_key), dict(target)) is not None
 
 
-def _single_strategy_problems(snapshot: ClusterSnapshot, plan: Plan) -> list[str]:
+def _single_strategy_problems(reading: SnapshotReading, plan: Plan) -> list[str]:
     """Single-strategy nodes the plan touches (a GPU changes, or a pod is placed there) that would hold other than
     one profile on every GPU: the device plugin would label them MIG-INVALID and advertise no device."""
+    if not reading.single_nodes:
+        return []
     targets: dict[GpuRef, dict[str, int]] = {(g.node, g.index): g.target for g in plan.gpus if g.reconfigure}
     placed_on = {p.node for p in plan.placements}
     problems = []
-    for node in snapshot.nodes:
+    for node in reading.single_nodes:
         touched = node.name in placed_on or any((node.name, g.index) in targets for g in node.gpus)
         if touched and advertises_nothing(node, targets):
             held = [sorted(profiles_after(g, targets.get((node.name, g.index)))) for g in node.gpus]

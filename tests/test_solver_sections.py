@@ -79,7 +79,7 @@ def test_a_gpus_unit_key_is_what_its_unit_would_have(
     )  # fmt: skip
     layouts: dict[tuple[object, ...], Any] = {}
     for node in snapshot.nodes:
-        for gpu in node.gpus:
+        for gpu, key in zip(node.gpus, factory.mixed_keys(node, node.gpus, layouts), strict=True):
             free, idle = problem_module._free_capacity(gpu), problem_module._idle_slices(gpu, data.keys, "mixed")
             unit = factory.unit(problem_module._MemberState(node, [gpu], "mixed", free, idle))
-            assert factory.mixed_key(node, gpu, layouts) == unit.key
+            assert key == unit.key

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from solver.demand import Demand
 from solver.errors import MigoptError
 from solver.plan import ObjectiveBreakdown, Plan, PlanPolicy
 from solver.snapshot import ClusterSnapshot
 from solver.timing import PlanClock
-from solver.validate import plan_problems
+from solver.validate import SnapshotReading, plan_problems
 
 
 class Scored(Protocol):
@@ -25,21 +24,21 @@ def rank(plan: Scored) -> tuple[int, ...]:
     return (o.served_weight, -o.evicted_weight, -o.reconfigured_gpus, -o.touched_nodes, -o.fragmentation)
 
 
-def checked(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, pending: list[Demand] | None = None) -> Plan:
-    """The plan, once validated: an invalid one is a bug, reported as such rather than acted on. `pending`: the
-    checks' own reading of the pending pods, when made already (`plan_problems`)."""
-    problems = plan_problems(snapshot, plan, policy, pending)
+def checked(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, reading: SnapshotReading | None = None) -> Plan:
+    """The plan, once validated: an invalid one is a bug, reported as such rather than acted on. `reading`: what
+    the checks read of the snapshot, when made already (`plan_problems`)."""
+    problems = plan_problems(snapshot, plan, policy, reading)
     if problems:
         raise MigoptError(f"internal error: the {plan.policy} plan is invalid: {problems[0]}")
     return plan
 
 
 def finished(
-    snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, clock: PlanClock, pending: list[Demand] | None = None
+    snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, clock: PlanClock, reading: SnapshotReading | None = None
 ) -> Plan:
     """The plan, validated (`checked`), with the run's timings: validation is the last phase the limit covers."""
     with clock.phase("validate"):
-        checked(snapshot, plan, policy, pending)
+        checked(snapshot, plan, policy, reading)
     plan.timings = clock.timings()
     return plan
 

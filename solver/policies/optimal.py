@@ -22,7 +22,6 @@ from solver.checkpoint import Checkpoint, carry_on
 from solver.collector import collector_paused, kept
 from solver.cpsat import AggregateSolution, GeometryModel
 from solver.decisions import Decisions
-from solver.demand import Demand
 from solver.disaggregate import disaggregate
 from solver.errors import MigoptError
 from solver.hint import greedy_answer
@@ -33,7 +32,7 @@ from solver.problem import Problem, build_problem
 from solver.snapshot import ClusterSnapshot
 from solver.speculation import Speculation
 from solver.timing import PlanClock
-from solver.validate import pending_demands
+from solver.validate import SnapshotReading, read_snapshot
 
 _ROUNDS = 3
 
@@ -57,7 +56,7 @@ def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | No
     clock.add("speculate", greedy.speculated_seconds())  # its work is over once the second thread is
     chosen = _unsolved(baseline_draft, clock.elapsed()) if solved is None else _better(solved, baseline_draft)
     kept(problem, greedy, solved, baseline_draft)  # in a one-shot process, not freed as this returns
-    return finished(snapshot, written(problem, chosen, clock), policy, clock, greedy.pending)
+    return finished(snapshot, written(problem, chosen, clock), policy, clock, greedy.reading)
 
 
 class _Alongside:
@@ -71,7 +70,7 @@ class _Alongside:
         self._thread, self._problem, self._clock, self._snapshot = thread, problem, clock, snapshot
         self._work: tuple[Future[Draft], Future[AggregateSolution], Future[None]] | None = None
         self._speculations: list[Speculation[_Outcome]] = []
-        self.pending: list[Demand] | None = None  # the plan checks' own reading of the pending pods, once made
+        self.reading: SnapshotReading | None = None  # what the plan checks read of the snapshot, once made
 
     def start(self) -> tuple[Future[Draft], Future[AggregateSolution], Future[None]]:
         if self._work is None:
@@ -83,12 +82,12 @@ class _Alongside:
     def _prepare(self, greedy: Future[Draft]) -> None:
         """What disaggregating any answer reads (the devices of units left as they are), then what writing the
         plan reads (a greedy plan that leaves pods pending suggests the chosen one will too: count what explains
-        them), then the pending pods as the plan's checks read them."""
+        them), then what the plan's checks read of the snapshot."""
         unplaced = greedy.result().objectives.served_pods < len(self._problem.demands)
         with self._clock.phase("prepare"):
             self._problem.kept_offers()
             prepare_writing(self._problem, unplaced)
-            self.pending = pending_demands(self._snapshot)  # the snapshot the checks read, not the scoped one
+            self.reading = read_snapshot(self._snapshot)  # the snapshot the checks read, not the scoped one
 
     def draft(self) -> Draft:
         greedy, _, prepared = self.start()
