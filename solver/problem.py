@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from solver.catalog import GpuModel, load_catalog
 from solver.decisions import Device, advertises_nothing, free_devices, resource_key
@@ -27,6 +27,9 @@ from solver.geometry import max_alone
 from solver.plan import GpuPlan, PlanPolicy
 from solver.scope import PlanScope, scoped
 from solver.snapshot import ClusterSnapshot, GpuState, LayoutShape, NodeState, PendingPod
+
+if TYPE_CHECKING:
+    from solver.repair import RepairContext
 
 Capacity = tuple[tuple[str, int], ...]
 MapKey = tuple[tuple[str, int], ...]  # a mig-devices map as sorted (profile, count) pairs
@@ -150,6 +153,7 @@ class Problem:
     _devices: dict[tuple[object, ...], tuple[tuple[str, Device], ...]] = field(default_factory=dict, repr=False)
     _kept_lines: dict[tuple[str, int], GpuPlan] | None = field(default=None, repr=False)
     _kept_offers: dict[int, dict[str, dict[str, list[Device]]]] | None = field(default=None, repr=False)
+    repair_context: RepairContext | None = field(default=None, repr=False)  # `solver.repair` makes and reads it
 
     def gpu_index(self) -> dict[tuple[str, int], tuple[NodeState, GpuState]]:
         """Every GPU by (node name, index), with its node."""

@@ -52,8 +52,9 @@ def repair(problem: Problem, decisions: Decisions, checkpoint: Checkpoint = carr
     stranded = _stranded(problem, decisions)
     if not stranded:
         return
-    nodes = _NodeIndex(problem, [pods[0] for _, pods in stranded])
-    floors, initial, free = _Floors(problem), _Remembered(), _EvictionFree(decisions)
+    context = repair_context(problem)
+    nodes, floors = context.nodes, context.floors
+    initial, free = _Remembered(), _EvictionFree(decisions)
     chosen = careful = _Attempt(problem, decisions, floors, initial, free, passes=(False, _RELOCATE, True))
     careful.run(stranded, nodes, checkpoint)
     if careful.missed:
@@ -62,6 +63,30 @@ def repair(problem: Problem, decisions: Decisions, checkpoint: Checkpoint = carr
         touched = [*careful.touched.values(), *plain.touched.values()]
         chosen = max(careful, plain, key=lambda attempt: attempt.score(touched))  # the careful one on a tie
     decisions.targets, decisions.placements = chosen.decisions.targets, chosen.decisions.placements
+
+
+class RepairContext:
+    """What repairs read that no plan changes: the nodes in name order with the candidates of each several-device
+    pod group (`_NodeIndex`), and each GPU's floor and tier (`_Floors`). Made once per problem and shared by
+    every disaggregation of it (the optimal policy's speculative ones and the final one, on two threads: both
+    only fill caches, with the same values whoever fills them); `prime` fills the candidates ahead, as the
+    optimal policy does while CP-SAT solves."""
+
+    def __init__(self, problem: Problem) -> None:
+        self._groups = [g for g in problem.pod_groups if g.demands[0].devices > 1]
+        self.nodes = _NodeIndex(problem, [g.demands[0] for g in self._groups])
+        self.floors = _Floors(problem)
+
+    def prime(self) -> None:
+        for group in self._groups:
+            self.nodes.candidates(group)
+
+
+def repair_context(problem: Problem) -> RepairContext:
+    """The problem's `RepairContext`, made on first use."""
+    if problem.repair_context is None:
+        problem.repair_context = RepairContext(problem)
+    return problem.repair_context
 
 
 def _stranded(problem: Problem, decisions: Decisions) -> list[tuple[PodGroup, list[Demand]]]:

@@ -29,6 +29,7 @@ from solver.plan import ObjectiveBreakdown, Plan, PlanPolicy, PlanStatus
 from solver.policies.common import finished, no_model_built, rank
 from solver.policies.greedy import baseline, empty, written
 from solver.problem import Problem, build_problem
+from solver.repair import repair_context
 from solver.snapshot import ClusterSnapshot
 from solver.speculation import Speculation
 from solver.timing import PlanClock
@@ -80,12 +81,13 @@ class _Alongside:
         return self._work
 
     def _prepare(self, greedy: Future[Draft]) -> None:
-        """What disaggregating any answer reads (the devices of units left as they are), then what writing the
-        plan reads (a greedy plan that leaves pods pending suggests the chosen one will too: count what explains
-        them), then what the plan's checks read of the snapshot."""
+        """What disaggregating any answer reads (the devices of units left as they are, the repairs' candidate
+        nodes), then what writing the plan reads (a greedy plan that leaves pods pending suggests the chosen one
+        will too: count what explains them), then what the plan's checks read of the snapshot."""
         unplaced = greedy.result().objectives.served_pods < len(self._problem.demands)
         with self._clock.phase("prepare"):
             self._problem.kept_offers()
+            repair_context(self._problem).prime()
             prepare_writing(self._problem, unplaced)
             self.reading = read_snapshot(self._snapshot)  # the snapshot the checks read, not the scoped one
 
