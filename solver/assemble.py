@@ -41,6 +41,8 @@ class Draft:
     solve_seconds: float
     bound: int
     notes: list[str] = field(default_factory=list)
+    body: Body | None = None  # the plan's body, when it was written ahead (the optimal policy's speculation)
+    checked: list[str] | None = None  # what the plan checks found in that body, when they ran ahead too
 
     @property
     def objective(self) -> int:
@@ -137,10 +139,20 @@ def prepare_writing(problem: Problem, unplaced_likely: bool) -> None:
         problem.census()
 
 
-def write_plan(problem: Problem, chosen: Draft) -> Plan:
-    """The whole plan of a draft: every GPU (node and index order), every placement, a reason for every pod left
-    pending."""
-    snapshot, policy, decisions = problem.snapshot, problem.policy, chosen.decisions
+@dataclass(frozen=True)
+class Body:
+    """What a plan's decisions alone decide: every GPU's line (node and index order), every placement, a reason for
+    every pod left pending. Written apart from the header (status, bound, notes), which only the end of planning
+    knows, so that it can be written beside CP-SAT (`solver.speculation`)."""
+
+    gpus: list[GpuPlan]
+    placements: list[PodPlacement]
+    unplaced: list[UnplacedPod]
+
+
+def write_body(problem: Problem, decisions: Decisions, objectives: ObjectiveBreakdown) -> Body:
+    """The body of a plan of these decisions, whose figures are `objectives` (`score`'s)."""
+    snapshot, policy = problem.snapshot, problem.policy
     changed = {(node.name, gpu.index): (node, gpu, target) for node, gpu, target in _changes(problem, decisions)}
     kept = problem.kept_lines()
     gpus = [
@@ -148,8 +160,21 @@ def write_plan(problem: Problem, chosen: Draft) -> Plan:
         for node in sorted(snapshot.nodes, key=lambda n: n.name)
         for gpu in sorted(node.gpus, key=lambda g: g.index)
     ]
-    objectives = chosen.objectives
     explainer = Explainer(snapshot, policy, objectives.evicted_pods, objectives.reconfigured_gpus, problem.census())
+    return Body(
+        gpus=gpus,
+        placements=[_placement(d, decisions) for d in problem.demands if d.pod.name in decisions.placements],
+        unplaced=[
+            UnplacedPod(pod=d.pod.name, reason=explainer.reason(d))
+            for d in problem.demands
+            if d.pod.name not in decisions.placements
+        ],
+    )
+
+
+def write_plan(problem: Problem, chosen: Draft) -> Plan:
+    """The whole plan of a draft: its body (`write_body`, unless it was written ahead) under its header."""
+    body = chosen.body or write_body(problem, chosen.decisions, chosen.objectives)
     served = chosen.objective
     return Plan(
         status=chosen.status,
@@ -158,15 +183,11 @@ def write_plan(problem: Problem, chosen: Draft) -> Plan:
         objective=served,
         bound=chosen.bound,
         gap=round((chosen.bound - served) / chosen.bound, 6) if chosen.bound else 0.0,
-        objectives=objectives,
-        gpus=gpus,
-        placements=[_placement(d, decisions) for d in problem.demands if d.pod.name in decisions.placements],
-        unplaced=[
-            UnplacedPod(pod=d.pod.name, reason=explainer.reason(d))
-            for d in problem.demands
-            if d.pod.name not in decisions.placements
-        ],
-        notes=list(chosen.notes) + policy.scope.notes(snapshot),
+        objectives=chosen.objectives,
+        gpus=body.gpus,
+        placements=body.placements,
+        unplaced=body.unplaced,
+        notes=list(chosen.notes) + problem.policy.scope.notes(problem.snapshot),
     )
 
 

@@ -32,7 +32,7 @@ class Speculation(Generic[T]):
         self._latest: Callable[[], AggregateSolution] | None = None  # the newest incumbent, not taken up yet
         self._busy = False  # the thread has taken up an incumbent and is reading it or working on it
         self._current: AggregateSolution | None = None  # the answer it works on, once read
-        self._done: tuple[AggregateSolution, T, float] | None = None  # an answer, its result, seconds it took
+        self._done: tuple[AggregateSolution, T] | None = None  # an answer and its result
         self._submitted = False
         self._final: AggregateSolution | None = None  # the solve's answer, once it has ended: no work starts
         self._unwanted = False  # the work in the making is not on the final answer
@@ -48,9 +48,9 @@ class Speculation(Generic[T]):
                 self._submitted = True
                 self._thread.submit(self._work_through)
 
-    def claim(self, final: AggregateSolution) -> tuple[T, float] | None:
-        """The work's result for the final answer and the seconds it took, waiting for it when it is in the making;
-        None when it is not (the caller does the work; work on any other answer is abandoned)."""
+    def claim(self, final: AggregateSolution) -> T | None:
+        """The work's result for the final answer, waiting for it when it is in the making; None when it is not
+        (the caller does the work; work on any other answer is abandoned)."""
         with self._changed:
             self._final, self._latest = final, None
             if self._current is not None and not final.decides_as(self._current):
@@ -58,7 +58,7 @@ class Speculation(Generic[T]):
             while self._busy and not self._unwanted:
                 self._changed.wait()
             if self._done is not None and final.decides_as(self._done[0]):
-                return self._done[1], self._done[2]
+                return self._done[1]
             return None
 
     def _work_through(self) -> None:
@@ -90,7 +90,7 @@ class Speculation(Generic[T]):
         finally:
             self.seconds += time.perf_counter() - started
         with self._changed:
-            self._done = (answer, result, time.perf_counter() - started)
+            self._done = (answer, result)
 
     def _checkpoint(self) -> None:
         """Abandon the work when a newer incumbent waits, or the solve ended on another answer."""

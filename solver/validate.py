@@ -14,17 +14,31 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 
 from solver.catalog import load_catalog
 from solver.decisions import GpuRef, advertises_nothing, profiles_after, resource_key, target_layout
 from solver.demand import Demand, demands, rejection, weights_for
 from solver.geometry import find_layout
-from solver.plan import GpuPlan, Plan, PlanPolicy, PodPlacement
+from solver.plan import GpuPlan, PlanPolicy, PodPlacement, UnplacedPod
 from solver.snapshot import ClusterSnapshot, GpuState, NodeState
 
 
+class PlanLines(Protocol):
+    """What the checks read of a plan: a `Plan`, or the body of one written ahead (`solver.assemble.Body`)."""
+
+    @property
+    def gpus(self) -> list[GpuPlan]: ...
+
+    @property
+    def placements(self) -> list[PodPlacement]: ...
+
+    @property
+    def unplaced(self) -> list[UnplacedPod]: ...
+
+
 def plan_problems(
-    snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, reading: SnapshotReading | None = None
+    snapshot: ClusterSnapshot, plan: PlanLines, policy: PlanPolicy, reading: SnapshotReading | None = None
 ) -> list[str]:
     """Every way the plan breaks the rules above (empty when it is valid). `reading`: what the checks read of the
     snapshot whatever the plan (`read_snapshot`), when the caller had it made already (the optimal policy, while
@@ -158,7 +172,7 @@ def _feasible(model_key: str, target: tuple[tuple[str, int], ...]) -> bool:
     return find_layout(load_catalog().model(model_key), dict(target)) is not None
 
 
-def _single_strategy_problems(reading: SnapshotReading, plan: Plan) -> list[str]:
+def _single_strategy_problems(reading: SnapshotReading, plan: PlanLines) -> list[str]:
     """Single-strategy nodes the plan touches (a GPU changes, or a pod is placed there) that would hold other than
     one profile on every GPU: the device plugin would label them MIG-INVALID and advertise no device."""
     if not reading.single_nodes:

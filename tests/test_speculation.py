@@ -14,11 +14,15 @@ import pytest
 from ortools.sat.python import cp_model
 
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
+from solver import assemble
 from solver.checkpoint import Abandoned, Checkpoint
 from solver.cpsat import AggregateSolution, GeometryModel
 from solver.disaggregate import disaggregate
+from solver.errors import MigoptError
 from solver.plan import Plan, PlanPolicy
 from solver.planner import make_plan
+from solver.policies import common as policies_common
+from solver.policies import optimal as optimal_policy
 from solver.problem import build_problem
 from solver.snapshot import parse_snapshot
 from solver.speculation import Speculation
@@ -82,7 +86,7 @@ def test_the_work_done_on_the_final_answer_is_taken_as_it_is() -> None:
         _settled(work, 1)
         claimed = speculation.claim(_answer(7))  # another object, deciding the same
         speculation.offer(lambda: _answer(8))  # the solve has ended: nothing starts
-    assert claimed is not None and claimed[0] == "plan of 7" and claimed[1] >= 0
+    assert claimed == "plan of 7"
     assert work.started == [7]
 
 
@@ -99,14 +103,16 @@ def test_a_newer_incumbent_abandons_the_work_in_the_making_and_is_worked_on() ->
         _settled(work, 2)
         claimed = speculation.claim(_answer(3))
     assert work.abandoned == [1] and work.started == [1, 3]
-    assert claimed is not None and claimed[0] == "plan of 3"
+    assert claimed == "plan of 3"
 
 
 def test_the_claim_waits_for_work_on_the_final_answer() -> None:
     with _speculating(5, held=frozenset({5})) as (speculation, work):
         threading.Timer(0.2, work.release.set).start()
+        began = time.monotonic()
         claimed = speculation.claim(_answer(5))
-    assert claimed is not None and claimed[0] == "plan of 5" and claimed[1] >= 0.2
+        waited = time.monotonic() - began
+    assert claimed == "plan of 5" and waited >= 0.15
 
 
 def test_a_failing_work_leaves_the_work_to_the_caller() -> None:
@@ -159,11 +165,9 @@ def _fingerprint(plan: Plan) -> dict[str, Any]:
     return plan.model_dump(mode="json", exclude={"timings", "solve_seconds", "notes"})
 
 
-def test_a_plan_made_from_speculation_is_the_plan_made_without(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The last stage's solve is held 0.3 s after it ends (a solve running on past its last solution), so the
-    work on its incumbent is done by the time the answer is claimed; the plan is the one made without it."""
-    snapshot = parse_snapshot(generate_snapshot(ClusterSpec(nodes=40, pending_pods=300, fragmented=True, seed=2)))
-    policy = PlanPolicy(time_limit_s=30.0)
+def _lingering_solve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hold the last stage's solve 0.3 s after it ends (a solve running on past its last solution), so that the work
+    on its incumbent is done by the time the answer is claimed."""
     real_solve = cp_model.CpSolver.solve
 
     def solve_then_linger(self: cp_model.CpSolver, model: cp_model.CpModel, callback: Any = None) -> Any:
@@ -172,6 +176,28 @@ def test_a_plan_made_from_speculation_is_the_plan_made_without(monkeypatch: pyte
             time.sleep(0.3)
         return status
 
+    monkeypatch.setattr(cp_model.CpSolver, "solve", solve_then_linger)
+
+
+def _counted(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, calls: list[str]) -> None:
+    real = getattr(module, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+
+
+_SPECULATED = ClusterSpec(nodes=40, pending_pods=300, fragmented=True, seed=2)
+
+
+def test_a_plan_made_from_speculation_is_the_plan_made_without(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The work on the last incumbent is done by the time the answer is claimed (`_lingering_solve`): the plan's body
+    was written and checked on the second thread, the main thread neither writes nor checks it again, and the plan
+    is the one made without speculation."""
+    snapshot = parse_snapshot(generate_snapshot(_SPECULATED))
+    policy = PlanPolicy(time_limit_s=30.0)
     claims: list[bool] = []
     real_claim = Speculation.claim
 
@@ -180,13 +206,30 @@ def test_a_plan_made_from_speculation_is_the_plan_made_without(monkeypatch: pyte
         claims.append(claimed is not None)
         return claimed
 
-    monkeypatch.setattr(cp_model.CpSolver, "solve", solve_then_linger)
+    _lingering_solve(monkeypatch)
     monkeypatch.setattr(Speculation, "claim", recorded)
+    ahead: list[str] = []  # the checks the speculation runs, and the body it writes
+    after: list[str] = []  # the checks and the writing once the plan is chosen
+    _counted(monkeypatch, optimal_policy, "plan_problems", ahead)
+    _counted(monkeypatch, optimal_policy, "write_body", ahead)
+    _counted(monkeypatch, policies_common, "plan_problems", after)
+    _counted(monkeypatch, assemble, "write_body", after)
     speculated = make_plan(snapshot, policy)
     assert claims and all(claims)
+    assert "plan_problems" in ahead and "write_body" in ahead and after == []
     used = len(claims)
     monkeypatch.setattr(Speculation, "offer", lambda self, read: None)
     plain = make_plan(snapshot, policy)
     assert len(claims) > used and not any(claims[used:])  # made without: every answer disaggregated after its solve
+    assert after == ["write_body", "plan_problems"]  # written and checked once chosen
     assert _fingerprint(speculated) == _fingerprint(plain)
     assert speculated.timings is not None and speculated.timings.phases["speculate"] > 0
+
+
+def test_what_the_checks_found_ahead_fails_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A problem the checks found in the body written ahead is reported as the plan's, as if found at the end."""
+    snapshot = parse_snapshot(generate_snapshot(_SPECULATED))
+    _lingering_solve(monkeypatch)
+    monkeypatch.setattr(optimal_policy, "plan_problems", lambda *args: ["node-x/0: a planted problem"])
+    with pytest.raises(MigoptError, match="internal error: the optimal plan is invalid: node-x/0: a planted problem"):
+        make_plan(snapshot, PlanPolicy(time_limit_s=30.0))

@@ -24,21 +24,33 @@ def rank(plan: Scored) -> tuple[int, ...]:
     return (o.served_weight, -o.evicted_weight, -o.reconfigured_gpus, -o.touched_nodes, -o.fragmentation)
 
 
-def checked(snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, reading: SnapshotReading | None = None) -> Plan:
+def checked(
+    snapshot: ClusterSnapshot,
+    plan: Plan,
+    policy: PlanPolicy,
+    reading: SnapshotReading | None = None,
+    found: list[str] | None = None,
+) -> Plan:
     """The plan, once validated: an invalid one is a bug, reported as such rather than acted on. `reading`: what
-    the checks read of the snapshot, when made already (`plan_problems`)."""
-    problems = plan_problems(snapshot, plan, policy, reading)
+    the checks read of the snapshot, when made already (`plan_problems`); `found`: what they found in the plan's
+    body, when they ran on it ahead (the optimal policy's speculation: the same lists this plan holds)."""
+    problems = plan_problems(snapshot, plan, policy, reading) if found is None else found
     if problems:
         raise MigoptError(f"internal error: the {plan.policy} plan is invalid: {problems[0]}")
     return plan
 
 
 def finished(
-    snapshot: ClusterSnapshot, plan: Plan, policy: PlanPolicy, clock: PlanClock, reading: SnapshotReading | None = None
+    snapshot: ClusterSnapshot,
+    plan: Plan,
+    policy: PlanPolicy,
+    clock: PlanClock,
+    reading: SnapshotReading | None = None,
+    found: list[str] | None = None,
 ) -> Plan:
     """The plan, validated (`checked`), with the run's timings: validation is the last phase the limit covers."""
     with clock.phase("validate"):
-        checked(snapshot, plan, policy, reading)
+        checked(snapshot, plan, policy, reading, found)
     plan.timings = clock.timings()
     return plan
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from solver.assemble import Draft, draft, prepare_writing, score
+from solver.assemble import Body, Draft, draft, prepare_writing, score, write_body
 from solver.checkpoint import Checkpoint, carry_on
 from solver.collector import collector_paused, kept
 from solver.cpsat import AggregateSolution, GeometryModel
@@ -33,7 +33,7 @@ from solver.repair import repair_context
 from solver.snapshot import ClusterSnapshot
 from solver.speculation import Speculation
 from solver.timing import PlanClock
-from solver.validate import SnapshotReading, read_snapshot
+from solver.validate import SnapshotReading, plan_problems, read_snapshot
 
 _ROUNDS = 3
 
@@ -57,7 +57,7 @@ def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | No
     clock.add("speculate", greedy.speculated_seconds())  # its work is over once the second thread is
     chosen = _unsolved(baseline_draft, clock.elapsed()) if solved is None else _better(solved, baseline_draft)
     kept(problem, greedy, solved, baseline_draft)  # in a one-shot process, not freed as this returns
-    return finished(snapshot, written(problem, chosen, clock), policy, clock, greedy.reading)
+    return finished(snapshot, written(problem, chosen, clock), policy, clock, greedy.reading, chosen.checked)
 
 
 class _Alongside:
@@ -101,35 +101,51 @@ class _Alongside:
         return self.start()[1].result()
 
     def speculation(self) -> Speculation[_Outcome]:
-        """Disaggregating and scoring CP-SAT's incumbents on the second thread, after the work started there."""
-        problem = self._problem
-        made = Speculation(self._thread, lambda answer, checkpoint: _outcome(problem, answer, checkpoint))
+        """Disaggregating and scoring CP-SAT's incumbents on the second thread, after the work started there, and
+        writing and checking the plan's body too (`_ahead`)."""
+        made = Speculation(self._thread, self._ahead)
         self._speculations.append(made)
         return made
+
+    def _ahead(self, answer: AggregateSolution, checkpoint: Checkpoint) -> _Outcome:
+        """An incumbent's outcome with its plan's body written and checked: all that follows the solve but the
+        header, should the solve end on it (and that plan be chosen). Runs after `_prepare`, whose reading the
+        checks take."""
+        problem = self._problem
+        outcome = _outcome(problem, answer, checkpoint)
+        checkpoint()
+        body = write_body(problem, outcome.decisions, outcome.objectives)
+        checkpoint()
+        found = plan_problems(self._snapshot, body, problem.policy, self.reading)
+        return replace(outcome, body=body, checked=found)
 
     def speculated_seconds(self) -> float:
         return sum(s.seconds for s in self._speculations)
 
 
-_Outcome = tuple[Decisions, ObjectiveBreakdown]
+@dataclass(frozen=True)
+class _Outcome:
+    """An answer's decisions on concrete GPUs and pods and their figures; when made ahead, the plan's body too,
+    and what the plan checks found in it."""
+
+    decisions: Decisions
+    objectives: ObjectiveBreakdown
+    seconds: float  # what making the decisions and figures took
+    body: Body | None = None
+    checked: list[str] | None = None
 
 
 def _outcome(problem: Problem, answer: AggregateSolution, checkpoint: Checkpoint) -> _Outcome:
     """An answer's decisions on concrete GPUs and pods, and their figures."""
-    decisions = disaggregate(problem, answer, checkpoint)
-    return decisions, score(problem, decisions)
-
-
-def _disaggregated(
-    problem: Problem, answer: AggregateSolution, speculation: Speculation[_Outcome]
-) -> tuple[_Outcome, float]:
-    """The final answer's outcome and the seconds its making took: the speculation's when it made it (or is
-    making it), else made here."""
-    claimed = speculation.claim(answer)
-    if claimed is not None:
-        return claimed
     began = time.perf_counter()
-    return _outcome(problem, answer, carry_on), time.perf_counter() - began
+    decisions = disaggregate(problem, answer, checkpoint)
+    return _Outcome(decisions, score(problem, decisions), time.perf_counter() - began)
+
+
+def _disaggregated(problem: Problem, answer: AggregateSolution, speculation: Speculation[_Outcome]) -> _Outcome:
+    """The final answer's outcome: the speculation's when it made it (or is making it), else made here."""
+    claimed = speculation.claim(answer)
+    return claimed if claimed is not None else _outcome(problem, answer, carry_on)
 
 
 def _unsolved(greedy: Draft, elapsed: float) -> Draft:
@@ -189,14 +205,16 @@ def _optimal(
             break
         bound = answer.bound if bound is None else bound
         with clock.phase("disaggregate"):
-            (decisions, objectives), seconds = _disaggregated(problem, answer, speculation)
-        reserve += seconds  # another round would disaggregate once more
+            outcome = _disaggregated(problem, answer, speculation)
+        reserve += outcome.seconds  # another round would disaggregate once more
         elapsed = clock.elapsed() - started
+        decisions = outcome.decisions
         with clock.phase("assemble"):
             scored = draft(
                 problem, decisions, status=PlanStatus.FEASIBLE, policy_name="optimal", solve_seconds=elapsed,
-                bound=bound, objectives=objectives,
+                bound=bound, objectives=outcome.objectives,
             )  # fmt: skip
+            scored.body, scored.checked = outcome.body, outcome.checked
         if round_ == 0 and scored.objective >= bound:  # the served objective meets its proven bound
             scored.status = PlanStatus.OPTIMAL
         scored.notes.append(f"round {round_ + 1}: cp-sat stages {', '.join(answer.stage_status)}")
