@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from solver.catalog import load_catalog
+from solver.checkpoint import Checkpoint, carry_on
 from solver.decisions import Decisions, target_layout
 from solver.demand import Demand
 from solver.explain import Explainer
@@ -139,6 +140,10 @@ def prepare_writing(problem: Problem, unplaced_likely: bool) -> None:
         problem.census()
 
 
+_CHECKPOINT_PLACEMENTS = 5_000
+"""Placements written between two checkpoints (tens of milliseconds' work)."""
+
+
 @dataclass(frozen=True)
 class Body:
     """What a plan's decisions alone decide: every GPU's line (node and index order), every placement, a reason for
@@ -150,26 +155,29 @@ class Body:
     unplaced: list[UnplacedPod]
 
 
-def write_body(problem: Problem, decisions: Decisions, objectives: ObjectiveBreakdown) -> Body:
-    """The body of a plan of these decisions, whose figures are `objectives` (`score`'s)."""
+def write_body(
+    problem: Problem, decisions: Decisions, objectives: ObjectiveBreakdown, checkpoint: Checkpoint = carry_on
+) -> Body:
+    """The body of a plan of these decisions, whose figures are `objectives` (`score`'s); `checkpoint` may abandon
+    the work between its parts."""
     snapshot, policy = problem.snapshot, problem.policy
     changed = {(node.name, gpu.index): (node, gpu, target) for node, gpu, target in _changes(problem, decisions)}
-    kept = problem.kept_lines()
-    gpus = [
-        kept[ref] if (ref := (node.name, gpu.index)) not in changed else _changed_line(*changed[ref])
-        for node in sorted(snapshot.nodes, key=lambda n: n.name)
-        for gpu in sorted(node.gpus, key=lambda g: g.index)
-    ]
+    gpus = [line if ref not in changed else _changed_line(*changed[ref]) for ref, line in problem.kept_lines().items()]
+    checkpoint()
+    placements = []
+    for demand in problem.demands:
+        if demand.pod.name in decisions.placements:
+            placements.append(_placement(demand, decisions))
+            if len(placements) % _CHECKPOINT_PLACEMENTS == 0:
+                checkpoint()
+    checkpoint()
     explainer = Explainer(snapshot, policy, objectives.evicted_pods, objectives.reconfigured_gpus, problem.census())
-    return Body(
-        gpus=gpus,
-        placements=[_placement(d, decisions) for d in problem.demands if d.pod.name in decisions.placements],
-        unplaced=[
-            UnplacedPod(pod=d.pod.name, reason=explainer.reason(d))
-            for d in problem.demands
-            if d.pod.name not in decisions.placements
-        ],
-    )
+    unplaced = [
+        UnplacedPod(pod=d.pod.name, reason=explainer.reason(d))
+        for d in problem.demands
+        if d.pod.name not in decisions.placements
+    ]
+    return Body(gpus=gpus, placements=placements, unplaced=unplaced)
 
 
 def write_plan(problem: Problem, chosen: Draft) -> Plan:

@@ -16,6 +16,9 @@ from solver.demand import Demand
 from solver.problem import Member, PodGroup, PoolKey, Problem
 from solver.repair import repair
 
+_CHECKPOINT_UNITS = 2_000
+"""Units indexed between two checkpoints."""
+
 FreeIndex = dict[tuple[int, str], dict[str, list[Device]]]  # (pool index, resource key) -> node -> free devices
 
 
@@ -78,7 +81,9 @@ def _assign(forbidden: list[int], capacity: list[int]) -> list[int]:
     return taken
 
 
-def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) -> FreeIndex:
+def _index(
+    problem: Problem, answer: AggregateSolution, decisions: Decisions, checkpoint: Checkpoint = carry_on
+) -> FreeIndex:
     """Targets for the chosen members (recorded in `decisions`) and every free device, by pool and key."""
     nodes = {n.name: n for n in problem.snapshot.nodes}
     gpu_index = problem.gpu_index()
@@ -89,6 +94,8 @@ def _index(problem: Problem, answer: AggregateSolution, decisions: Decisions) ->
     free: FreeIndex = defaultdict(dict)
     kept_offers = problem.kept_offers()
     for ui, unit in enumerate(problem.units):
+        if ui % _CHECKPOINT_UNITS == 0:
+            checkpoint()
         rebuilt = ui in chosen  # else no member of the unit changes: all are kept, in the unit's own pool
         if not rebuilt:  # what its members offer, copied (the index's lists shrink as pods are placed)
             pi = pool_index[unit.pool]
@@ -266,7 +273,7 @@ def _drop_idle_reconfigurations(problem: Problem, decisions: Decisions) -> None:
 def disaggregate(problem: Problem, answer: AggregateSolution, checkpoint: Checkpoint = carry_on) -> Decisions:
     """The answer's decisions on concrete GPUs and pods; `checkpoint` may abandon the work between its steps."""
     decisions = Decisions()
-    free = _index(problem, answer, decisions)
+    free = _index(problem, answer, decisions, checkpoint)
     checkpoint()
     _place(problem, answer, free, decisions, checkpoint)
     repair(problem, decisions, checkpoint)

@@ -229,10 +229,15 @@ class Problem:
         return by_key
 
     def kept_lines(self) -> dict[tuple[str, int], GpuPlan]:
-        """Every GPU's line of a plan that keeps its map, by (node, index): the same whatever a plan decides, so
-        written once per problem (the optimal policy writes them while CP-SAT solves)."""
+        """Every GPU's line of a plan that keeps its map, by (node, index) in a plan's order (node name, then
+        index): the same whatever a plan decides, so written once per problem (the optimal policy writes them
+        while CP-SAT solves)."""
         if self._kept_lines is None:
-            self._kept_lines = {(n.name, g.index): _kept_line(n, g) for n in self.snapshot.nodes for g in n.gpus}
+            self._kept_lines = {
+                (n.name, g.index): _kept_line(n, g)
+                for n in sorted(self.snapshot.nodes, key=lambda n: n.name)
+                for g in sorted(n.gpus, key=lambda g: g.index)
+            }
         return self._kept_lines
 
     def census(self) -> Census:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
+from solver.checkpoint import Checkpoint, carry_on
 from solver.decisions import Decisions, Device
 from solver.demand import Demand, rejection
 from solver.problem import PodGroup, Problem
@@ -56,8 +57,10 @@ class Movers:
         decisions: Decisions,
         used: Mapping[str, set[Device]],
         tier: Callable[[GpuState, dict[str, int] | None], float],
+        checkpoint: Checkpoint = carry_on,
     ) -> None:
         self._problem, self._decisions, self._used, self._tier = problem, decisions, used, tier
+        self._checkpoint = checkpoint  # called while the spare devices are indexed (every node of the cluster)
         self._accepted: dict[tuple[int, str], bool] = {}  # (group id, node name) -> whether the node accepts it
         self._by_device: dict[Device, _Mover] | None = None  # `_movers`, made on the first question
         self._where: dict[int | str, set[str]] | None = None  # `_nodes_of`, made when first asked
@@ -179,7 +182,9 @@ class Movers:
         if self._spare is None:
             problem, targets, used = self._problem, self._decisions.targets, self._used
             spare: dict[str, list[_Spare]] = {}
-            for node in sorted(problem.snapshot.nodes, key=lambda n: n.name):
+            for number, node in enumerate(sorted(problem.snapshot.nodes, key=lambda n: n.name)):
+                if number % _CHECKPOINT_NODES == 0:
+                    self._checkpoint()
                 if node.strategy != "mixed":
                     continue
                 for gpu in node.gpus:
@@ -189,3 +194,7 @@ class Movers:
                             spare.setdefault(key, []).append(_Spare(node, gpu, device, target))
             self._spare = spare
         return self._spare
+
+
+_CHECKPOINT_NODES = 500
+"""Nodes whose spare devices are indexed between two checkpoints."""

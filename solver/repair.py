@@ -35,6 +35,9 @@ from solver.relocation import NOBODY, Movers
 from solver.scope import PlanScope
 from solver.snapshot import GpuState, NodeState
 
+_CHECKPOINT_NODES = 64
+"""Nodes one pod's scan tries between two checkpoints (a pass may try thousands)."""
+
 _RELOCATE = 2
 """The pass between the eviction-free one (False) and the evicting one (True): eviction-free, once one-device pods
 of the plan have moved off the node (`solver.relocation`)."""
@@ -55,10 +58,11 @@ def repair(problem: Problem, decisions: Decisions, checkpoint: Checkpoint = carr
     context = repair_context(problem)
     nodes, floors = context.nodes, context.floors
     initial, free = _Remembered(), _EvictionFree(decisions)
-    chosen = careful = _Attempt(problem, decisions, floors, initial, free, passes=(False, _RELOCATE, True))
+    careful = _Attempt(problem, decisions, floors, initial, free, (False, _RELOCATE, True), checkpoint)
+    chosen = careful
     careful.run(stranded, nodes, checkpoint)
     if careful.missed:
-        plain = _Attempt(problem, decisions, floors, initial, free, passes=(True,))
+        plain = _Attempt(problem, decisions, floors, initial, free, (True,), checkpoint)
         plain.run(stranded, nodes, checkpoint)
         touched = [*careful.touched.values(), *plain.touched.values()]
         chosen = max(careful, plain, key=lambda attempt: attempt.score(touched))  # the careful one on a tie
@@ -121,12 +125,13 @@ class _Attempt:
         initial: _Remembered,
         free: _EvictionFree,
         passes: tuple[int, ...],
+        checkpoint: Checkpoint = carry_on,
     ) -> None:
         self.problem, self.passes, self.floors = problem, passes, floors
         self.decisions = Decisions(dict(decisions.targets), dict(decisions.placements))  # values are replaced
         self.used = _devices_by_node(decisions.placements)
         self.caps = _Caps(problem, self.decisions)
-        self.movers = Movers(problem, self.decisions, self.used, floors.tier)
+        self.movers = Movers(problem, self.decisions, self.used, floors.tier, checkpoint)
         self.bounds = _Bounds(problem, self.decisions, self.used, floors, initial, free, self.movers)
         self.placed: list[Demand] = []
         self.touched: dict[str, NodeState] = {}
@@ -140,15 +145,24 @@ class _Attempt:
             scans = {evict: _Scan(len(candidates)) for evict in self.passes}
             for demand in pods:
                 checkpoint()
-                if not any(self.place(demand, candidates, scans, evict) for evict in self.passes):
+                if not any(self.place(demand, candidates, scans, evict, checkpoint) for evict in self.passes):
                     self.missed = True
                     break  # no node took this pod; its group's other pods are alike and would fare the same
 
-    def place(self, demand: Demand, candidates: list[NodeState], scans: dict[int, _Scan], evict: int) -> bool:
+    def place(
+        self,
+        demand: Demand,
+        candidates: list[NodeState],
+        scans: dict[int, _Scan],
+        evict: int,
+        checkpoint: Checkpoint = carry_on,
+    ) -> bool:
         """Whether some node took the pod in this pass (`evict`: whether holders may be displaced, or
-        `_RELOCATE`); the scans learn where."""
+        `_RELOCATE`); the scans learn where. `checkpoint` is called every `_CHECKPOINT_NODES` nodes tried."""
         scan = scans[evict]
-        for position in scan.order():
+        for tried, position in enumerate(scan.order()):
+            if tried % _CHECKPOINT_NODES == _CHECKPOINT_NODES - 1:
+                checkpoint()
             node = candidates[position]
             if not self.bounds.may_fit(node, demand, evict):
                 continue

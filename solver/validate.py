@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Protocol
 
 from solver.catalog import load_catalog
+from solver.checkpoint import Checkpoint, carry_on
 from solver.decisions import GpuRef, advertises_nothing, profiles_after, resource_key, target_layout
 from solver.demand import Demand, demands, rejection, weights_for
 from solver.geometry import find_layout
@@ -38,17 +39,25 @@ class PlanLines(Protocol):
 
 
 def plan_problems(
-    snapshot: ClusterSnapshot, plan: PlanLines, policy: PlanPolicy, reading: SnapshotReading | None = None
+    snapshot: ClusterSnapshot,
+    plan: PlanLines,
+    policy: PlanPolicy,
+    reading: SnapshotReading | None = None,
+    checkpoint: Checkpoint = carry_on,
 ) -> list[str]:
     """Every way the plan breaks the rules above (empty when it is valid). `reading`: what the checks read of the
     snapshot whatever the plan (`read_snapshot`), when the caller had it made already (the optimal policy, while
-    CP-SAT solves)."""
+    CP-SAT solves); `checkpoint` may abandon the checks between their steps (checks run ahead, on a plan that
+    may not be the one returned)."""
     reading = read_snapshot(snapshot) if reading is None else reading
     problems: list[str] = []
     gpu_plans = {(g.node, g.index): g for g in plan.gpus}
     offered: set[GpuRef] = set()  # GPUs whose target is infeasible offer no device
     tier: dict[GpuRef, int] = {}
-    for ref, gpu in reading.gpus.items():  # snapshot order; a GPU that stays and evicts nobody has nothing to check
+    # snapshot order; a GPU that stays and evicts nobody has nothing to check
+    for number, (ref, gpu) in enumerate(reading.gpus.items()):
+        if number % _CHECKPOINT_GPUS == 0:
+            checkpoint()
         gp = gpu_plans.get(ref)
         if gp is None:
             problems.append(f"{ref[0]}/{ref[1]}: missing from plan")
@@ -63,7 +72,9 @@ def plan_problems(
 
     problems += _single_strategy_problems(reading, plan)
     free = _FreeDevices(reading.gpus, gpu_plans, offered)
-    for placement in plan.placements:
+    for number, placement in enumerate(plan.placements):
+        if number % _CHECKPOINT_EVERY == 0:
+            checkpoint()
         demand = reading.pending.get(placement.pod)
         problems += _placement_problems(placement, demand, reading.nodes, reading.gpus, gpu_plans, free, tier)
     placed = {p.pod for p in plan.placements}
@@ -71,6 +82,12 @@ def plan_problems(
     if placed & unplaced or (placed | unplaced) != reading.pending.keys() or len(plan.placements) != len(placed):
         problems.append("pending pods are not each either placed once or explained")
     return problems
+
+
+_CHECKPOINT_EVERY = 2_000
+"""Placements checked between two checkpoints (a few milliseconds' work)."""
+_CHECKPOINT_GPUS = 10_000
+"""GPUs looked at between two checkpoints."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from solver.policies import optimal as optimal_policy
 from solver.problem import build_problem
 from solver.snapshot import parse_snapshot
 from solver.speculation import Speculation
+from solver.validate import plan_problems
 
 _WAIT = 10.0  # seconds a test waits for the other thread before it fails
 
@@ -146,6 +147,35 @@ def test_an_abandoned_disaggregation_leaves_the_problem_as_it_was() -> None:
             disaggregate(problem, answer, _stops_at(stop_at))
     again = disaggregate(problem, answer)
     assert (again.targets, again.placements) == (expected.targets, expected.placements)
+
+
+def test_writing_and_checking_ahead_stop_at_their_checkpoints() -> None:
+    """The body and its checks, made ahead for an incumbent the solver may have improved on since, are abandoned
+    at any of their checkpoints, and left alone they give the same body and findings."""
+    snapshot = parse_snapshot(generate_snapshot(ClusterSpec(nodes=30, pending_pods=200, fragmented=True, seed=4)))
+    problem = build_problem(snapshot, PlanPolicy())
+    answer = GeometryModel(problem).solve(10.0)
+    assert answer is not None
+    decisions = disaggregate(problem, answer)
+    objectives = assemble.score(problem, decisions)
+    body = assemble.write_body(problem, decisions, objectives)
+    for work in (
+        lambda checkpoint: assemble.write_body(problem, decisions, objectives, checkpoint),
+        lambda checkpoint: plan_problems(snapshot, body, problem.policy, None, checkpoint),
+    ):
+        calls = 0
+
+        def count() -> None:
+            nonlocal calls
+            calls += 1
+
+        work(count)
+        assert calls >= 2
+        for stop_at in range(1, calls + 1):
+            with pytest.raises(Abandoned):
+                work(_stops_at(stop_at))
+    assert assemble.write_body(problem, decisions, objectives) == body
+    assert plan_problems(snapshot, body, problem.policy) == []
 
 
 def _stops_at(call: int) -> Checkpoint:

@@ -114,9 +114,9 @@ class _Alongside:
         problem = self._problem
         outcome = _outcome(problem, answer, checkpoint)
         checkpoint()
-        body = write_body(problem, outcome.decisions, outcome.objectives)
+        body = write_body(problem, outcome.decisions, outcome.objectives, checkpoint)
         checkpoint()
-        found = plan_problems(self._snapshot, body, problem.policy, self.reading)
+        found = plan_problems(self._snapshot, body, problem.policy, self.reading, checkpoint)
         return replace(outcome, body=body, checked=found)
 
     def speculated_seconds(self) -> float:
