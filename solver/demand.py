@@ -58,14 +58,18 @@ class Demand(BaseModel):
         """Everything that decides which nodes may run the pod: its filters, and its request when that narrows the
         nodes further (single-strategy products; several devices, which must all be on one node)."""
         pod = self.pod
-        selector = tuple(sorted((k, v) for k, v in pod.node_selector.items() if not self._is_product_key(k)))
+        selector, affinity, tolerations = pod.node_selector, pod.node_affinity, pod.tolerations
+        # every field of the terms and tolerations, as plain tuples (hashable, and cheaper than JSON text); most
+        # pods have none of the three, so those are not built at all
         return (
             self.kind,
             self.resources if self.kind == "single" or self.devices > 1 else (),
-            selector,
-            tuple(tuple((r.key, r.operator, tuple(r.values)) for r in t.match_expressions) for t in pod.node_affinity),
-            tuple(sorted((t.key, t.operator, t.value, t.effect) for t in pod.tolerations)),
-        )  # every field of the terms and tolerations, as plain tuples (hashable, and cheaper than JSON text)
+            tuple(sorted((k, v) for k, v in selector.items() if not self._is_product_key(k))) if selector else (),
+            tuple(tuple((r.key, r.operator, tuple(r.values)) for r in t.match_expressions) for t in affinity)
+            if affinity
+            else (),
+            tuple(sorted((t.key, t.operator, t.value, t.effect) for t in tolerations)) if tolerations else (),
+        )
 
     def _is_product_key(self, key: str) -> bool:
         return self.kind == "single" and key == PRODUCT_LABEL

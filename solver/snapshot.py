@@ -111,7 +111,7 @@ class GpuState(_Strict):
     @memo
     def holders(self) -> frozenset[str]:
         """The pods holding an instance of this GPU."""
-        return frozenset(i.pod for i in self.instances if i.pod)
+        return frozenset([i.pod for i in self.instances if i.pod])
 
 
 LayoutShape = tuple[str, tuple[tuple[str, int, bool], ...]]
