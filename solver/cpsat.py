@@ -28,11 +28,8 @@ a valid upper bound; co-location is restored when the answer is disaggregated.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
@@ -81,38 +78,6 @@ class _Reporter(cp_model.CpSolverSolutionCallback):
     def on_solution_callback(self) -> None:
         values = list(self.response_proto.solution)
         self._incumbents(lambda: self._model.decisions_of(values))
-
-
-class _FirstTry:
-    """Ends the first stage's first try (the search without the greedy plan to start from) once `half_s` has
-    passed and the greedy plan is ready: at half the stage, or later when that plan is still in the making, so
-    that CP-SAT searches on rather than the planner waiting for it. A context around the solve: leaving it ends
-    the watch, so no later solve is stopped."""
-
-    def __init__(self, solver: cp_model.CpSolver, half_s: float, fallback: Future[AggregateSolution]) -> None:
-        self._solver, self._half_s, self._fallback = solver, half_s, fallback
-        self._ended = threading.Event()
-        self._watch = threading.Thread(target=self._stop_when_due, name="migopt-first-try", daemon=True)
-
-    def __enter__(self) -> _FirstTry:
-        self._watch.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._ended.set()
-        self._watch.join()
-
-    def _stop_when_due(self) -> None:
-        if self._ended.wait(self._half_s):
-            return  # the search ended first
-        while not self._fallback.done():
-            if self._ended.wait(_POLL_S):
-                return
-        self._solver.stop_search()  # no effect once the solve has returned
-
-
-_POLL_S = 0.02
-"""How often the first try's watch looks whether the greedy plan is ready, once half the stage has passed."""
 
 
 @dataclass
@@ -420,7 +385,7 @@ class GeometryModel:
     def solve(
         self,
         time_limit_s: float | None = None,
-        fallback: Future[AggregateSolution] | None = None,
+        fallback: Callable[[], AggregateSolution] | None = None,
         incumbents: Incumbents | None = None,
     ) -> AggregateSolution | None:
         """Run the lexicographic stages within `time_limit_s`; None when the first found no solution.
@@ -429,10 +394,9 @@ class GeometryModel:
         `fallback` gives a complete answer (the greedy plan's) to start from when the first stage finds nothing in
         half its time, or only solutions worse than that answer: starting from it always gives a solution at least
         as good, but when time suffices the search without it ends on better plans more often (measured with
-        benchmarks/plan_fingerprint.py), so it is the second try. The greedy plan may still be in the making
-        alongside this solve: the first try then searches on until it is ready (`_FirstTry`) rather than the
-        planner waiting for it idle. `incumbents` is told of each solution of the last stage as it is found: the
-        answer is the last of them, unless that stage finds none.
+        benchmarks/plan_fingerprint.py), so it is the second try; it is asked for only then, as the greedy plan
+        may still be in the making alongside this solve. `incumbents` is told of each solution of the last stage
+        as it is found: the answer is the last of them, unless that stage finds none.
         """
         if time_limit_s is None:
             time_limit_s = self.problem.policy.time_limit_s
@@ -449,19 +413,18 @@ class GeometryModel:
             if number and left <= 0.01:
                 break
             stage_s = max(left * (0.8 if number == 0 else 1.0), 0.01)
-            solver.parameters.max_time_in_seconds = stage_s
+            retry = number == 0 and fallback is not None
+            solver.parameters.max_time_in_seconds = max(stage_s / 2, 0.01) if retry else stage_s
             objective, factor = self._objective(terms)
             self._maximize(objective)
             solving = time.perf_counter()
             last = number == len(stages) - 1
-            first_try = _FirstTry(solver, stage_s / 2, fallback) if number == 0 and fallback is not None else None
-            with first_try or nullcontext():
-                status = solver.solve(self.model, _Reporter(self, incumbents) if last and incumbents else None)
+            status = solver.solve(self.model, _Reporter(self, incumbents) if last and incumbents else None)
             self.cpsat_seconds += time.perf_counter() - solving
             statuses.append(solver.status_name(status))
             earlier_bound = None  # the first try's bound, when it found a solution: it bounds the same model
-            if first_try is not None and fallback is not None and status != cp_model.OPTIMAL:
-                start = fallback.result()
+            if retry and fallback is not None and status != cp_model.OPTIMAL:
+                start = fallback()
                 if status != cp_model.FEASIBLE or self._value(objective, start) > solver.objective_value:
                     # nothing found, or worse than the greedy plan: the rest of the stage starts from the greedy plan
                     earlier_bound = solver.best_objective_bound if status == cp_model.FEASIBLE else None

@@ -6,7 +6,7 @@ solves: CP-SAT releases the interpreter lock, so on a machine with two cores the
 (on one core it costs what it did before it ran alongside). The time limit covers the whole run
 (`solver.timing`): CP-SAT gets what aggregation and building its model left of it, less a reserve for the work
 after it; when its first stage finds nothing in half its time, it starts again from the greedy plan
-(`solver.hint`), searching on until that plan is ready rather than waiting for it.
+(`solver.hint`), waiting for it if need be.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class _Alongside:
     overlap; after it, there, the same plan as an answer of the aggregated problem (CP-SAT's fallback hint) and
     what disaggregating and writing the chosen plan will read (`_prepare`); then the work on CP-SAT's incumbents
     (`speculation`). `draft` waits for the baseline and what it prepares, starting them first if no solve did;
-    `answer` is the baseline's answer in the making."""
+    `answer` only for the baseline and its answer."""
 
     def __init__(self, thread: ThreadPoolExecutor, problem: Problem, clock: PlanClock, snapshot: ClusterSnapshot):
         self._thread, self._problem, self._clock, self._snapshot = thread, problem, clock, snapshot
@@ -96,9 +96,9 @@ class _Alongside:
         prepared.result()
         return greedy.result()
 
-    def answer(self) -> Future[AggregateSolution]:
-        """The greedy plan as a complete answer of the aggregated problem: CP-SAT's fallback hint, in the making."""
-        return self.start()[1]
+    def answer(self) -> AggregateSolution:
+        """The greedy plan as a complete answer of the aggregated problem: CP-SAT's fallback hint."""
+        return self.start()[1].result()
 
     def speculation(self) -> Speculation[_Outcome]:
         """Disaggregating and scoring CP-SAT's incumbents on the second thread, after the work started there, and
@@ -197,7 +197,7 @@ def _optimal(
             clock.exclude(_dump(model, dump_model))  # writing the model is not planning time
         greedy.start()
         speculation = greedy.speculation()
-        fallback = greedy.answer() if round_ == 0 else None
+        fallback = greedy.answer if round_ == 0 else None
         answer = model.solve(max(clock.left() - reserve, 0.05), fallback, speculation.offer)  # what is left
         clock.add("cpsat", model.cpsat_seconds)
         clock.add("model", model.solve_seconds - model.cpsat_seconds)
