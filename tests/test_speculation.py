@@ -3,6 +3,7 @@ plan the same as without it."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -17,13 +18,14 @@ from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
 from solver import assemble
 from solver.checkpoint import Abandoned, Checkpoint
 from solver.cpsat import AggregateSolution, GeometryModel
+from solver.decisions import Decisions
 from solver.disaggregate import disaggregate
 from solver.errors import MigoptError
 from solver.plan import Plan, PlanPolicy
 from solver.planner import make_plan
 from solver.policies import common as policies_common
 from solver.policies import optimal as optimal_policy
-from solver.problem import build_problem
+from solver.problem import Problem, build_problem
 from solver.snapshot import parse_snapshot
 from solver.speculation import Speculation
 from solver.validate import plan_problems
@@ -263,3 +265,24 @@ def test_what_the_checks_found_ahead_fails_the_plan(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(optimal_policy, "plan_problems", lambda *args: ["node-x/0: a planted problem"])
     with pytest.raises(MigoptError, match="internal error: the optimal plan is invalid: node-x/0: a planted problem"):
         make_plan(snapshot, PlanPolicy(time_limit_s=30.0))
+
+
+def test_a_plan_leaves_no_reference_cycle_behind() -> None:
+    """What a plan builds (the problem, the work on incumbents) is freed by reference counting as it returns: a
+    cycle would keep it alive until the cyclic collector's next full pass, in a controller that plans again and
+    again."""
+    snapshot = parse_snapshot(generate_snapshot(ClusterSpec(nodes=20, pending_pods=120, fragmented=True, seed=5)))
+    was_enabled = gc.isenabled()
+    gc.disable()
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        make_plan(snapshot, PlanPolicy(time_limit_s=5.0))
+        gc.collect()
+        kept = [type(o).__name__ for o in gc.garbage if isinstance(o, Problem | Speculation | Decisions)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was_enabled:
+            gc.enable()
+    assert kept == []

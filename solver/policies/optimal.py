@@ -57,7 +57,7 @@ def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | No
     clock.add("speculate", greedy.speculated_seconds())  # its work is over once the second thread is
     chosen = _unsolved(baseline_draft, clock.elapsed()) if solved is None else _better(solved, baseline_draft)
     kept(problem, greedy, solved, baseline_draft)  # in a one-shot process, not freed as this returns
-    return finished(snapshot, written(problem, chosen, clock), policy, clock, greedy.reading, chosen.checked)
+    return finished(snapshot, written(problem, chosen, clock), policy, clock, greedy.prepared.reading, chosen.checked)
 
 
 class _Alongside:
@@ -71,7 +71,7 @@ class _Alongside:
         self._thread, self._problem, self._clock, self._snapshot = thread, problem, clock, snapshot
         self._work: tuple[Future[Draft], Future[AggregateSolution], Future[None]] | None = None
         self._speculations: list[Speculation[_Outcome]] = []
-        self.reading: SnapshotReading | None = None  # what the plan checks read of the snapshot, once made
+        self.prepared = _Prepared()  # what `_prepare` made for the work on incumbents
 
     def start(self) -> tuple[Future[Draft], Future[AggregateSolution], Future[None]]:
         if self._work is None:
@@ -89,7 +89,7 @@ class _Alongside:
             self._problem.kept_offers()
             repair_context(self._problem).prime()
             prepare_writing(self._problem, unplaced)
-            self.reading = read_snapshot(self._snapshot)  # the snapshot the checks read, not the scoped one
+            self.prepared.reading = read_snapshot(self._snapshot)  # the snapshot the checks read, not the scoped one
 
     def draft(self) -> Draft:
         greedy, _, prepared = self.start()
@@ -102,25 +102,39 @@ class _Alongside:
 
     def speculation(self) -> Speculation[_Outcome]:
         """Disaggregating and scoring CP-SAT's incumbents on the second thread, after the work started there, and
-        writing and checking the plan's body too (`_ahead`)."""
-        made = Speculation(self._thread, self._ahead)
+        writing and checking the plan's body too (`_ahead`). The work holds what it reads, not this object,
+        which holds the work: no reference cycle keeps a plan's data alive after it returns."""
+        problem, snapshot, prepared = self._problem, self._snapshot, self.prepared
+
+        def work(answer: AggregateSolution, checkpoint: Checkpoint) -> _Outcome:
+            return _ahead(problem, snapshot, prepared, answer, checkpoint)
+
+        made = Speculation(self._thread, work)
         self._speculations.append(made)
         return made
 
-    def _ahead(self, answer: AggregateSolution, checkpoint: Checkpoint) -> _Outcome:
-        """An incumbent's outcome with its plan's body written and checked: all that follows the solve but the
-        header, should the solve end on it (and that plan be chosen). Runs after `_prepare`, whose reading the
-        checks take."""
-        problem = self._problem
-        outcome = _outcome(problem, answer, checkpoint)
-        checkpoint()
-        body = write_body(problem, outcome.decisions, outcome.objectives, checkpoint)
-        checkpoint()
-        found = plan_problems(self._snapshot, body, problem.policy, self.reading, checkpoint)
-        return replace(outcome, body=body, checked=found)
-
     def speculated_seconds(self) -> float:
         return sum(s.seconds for s in self._speculations)
+
+
+@dataclass
+class _Prepared:
+    """What `_prepare` makes that the work on incumbents reads: what the plan checks read of the snapshot."""
+
+    reading: SnapshotReading | None = None
+
+
+def _ahead(
+    problem: Problem, snapshot: ClusterSnapshot, prepared: _Prepared, answer: AggregateSolution, checkpoint: Checkpoint
+) -> _Outcome:
+    """An incumbent's outcome with its plan's body written and checked: all that follows the solve but the header,
+    should the solve end on it (and that plan be chosen). Runs after `_prepare`, whose reading the checks take."""
+    outcome = _outcome(problem, answer, checkpoint)
+    checkpoint()
+    body = write_body(problem, outcome.decisions, outcome.objectives, checkpoint)
+    checkpoint()
+    found = plan_problems(snapshot, body, problem.policy, prepared.reading, checkpoint)
+    return replace(outcome, body=body, checked=found)
 
 
 @dataclass(frozen=True)
