@@ -9,7 +9,7 @@ A resource key names a kind of MIG device a pod can consume:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict
@@ -87,11 +87,6 @@ class PriorityWeights:
 
     def factor(self, priority: int) -> int:
         return 1 + self._rank.get(priority, 0)
-
-    @property
-    def rank(self) -> Mapping[int, int]:
-        """Each known priority's rank (`factor` is 1 + it; 0 for a priority not known)."""
-        return self._rank
 
 
 def weights_for(snapshot: ClusterSnapshot) -> PriorityWeights:

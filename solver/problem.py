@@ -506,11 +506,8 @@ class _UnitFactory:
 
     def __post_init__(self) -> None:
         """Every running pod the snapshot describes as a GPU's key reads it, in one pass (`_holder`)."""
-        protect, rank = self.policy.protect_priority, self.data.weights.rank
-        facts = {
-            p.name: (p.evictable and p.priority < protect, p.priority, 1 + rank.get(p.priority, 0))
-            for p in self.snapshot.running
-        }  # `PlanPolicy.may_evict` and `PriorityWeights.factor`, inline: a cluster runs tens of thousands of pods
+        may_evict, factor = self.policy.may_evict, self.data.weights.factor
+        facts = {p.name: (may_evict(p), p.priority, factor(p.priority)) for p in self.snapshot.running}
         object.__setattr__(self, "holders", facts)  # frozen: set once, as the factory is made
 
     def mixed_keys(

@@ -60,10 +60,10 @@ def repair(problem: Problem, decisions: Decisions, checkpoint: Checkpoint = carr
     initial, free = _Remembered(), _EvictionFree(decisions)
     careful = _Attempt(problem, decisions, floors, initial, free, (False, _RELOCATE, True), checkpoint)
     chosen = careful
-    careful.run(stranded, nodes, checkpoint)
+    careful.run(stranded, nodes)
     if careful.missed:
         plain = _Attempt(problem, decisions, floors, initial, free, (True,), checkpoint)
-        plain.run(stranded, nodes, checkpoint)
+        plain.run(stranded, nodes)
         touched = [*careful.touched.values(), *plain.touched.values()]
         chosen = max(careful, plain, key=lambda attempt: attempt.score(touched))  # the careful one on a tie
     decisions.targets, decisions.placements = chosen.decisions.targets, chosen.decisions.placements
@@ -115,7 +115,8 @@ def _devices_by_node(placements: dict[str, list[Device]]) -> defaultdict[str, se
 class _Attempt:
     """One scan over the stranded pods, on its own copy of the decisions: each pod tries the `passes` in turn
     (False: no new evictions; `_RELOCATE`: no new evictions once one-device pods of the plan have moved off the
-    node; True: holders may be displaced), each pass every candidate node in name order."""
+    node; True: holders may be displaced), each pass every candidate node in name order. `checkpoint` may abandon
+    the scan between pods and every `_CHECKPOINT_NODES` nodes a pod tries."""
 
     def __init__(
         self,
@@ -127,7 +128,7 @@ class _Attempt:
         passes: tuple[int, ...],
         checkpoint: Checkpoint = carry_on,
     ) -> None:
-        self.problem, self.passes, self.floors = problem, passes, floors
+        self.problem, self.passes, self.floors, self.checkpoint = problem, passes, floors, checkpoint
         self.decisions = Decisions(dict(decisions.targets), dict(decisions.placements))  # values are replaced
         self.used = _devices_by_node(decisions.placements)
         self.caps = _Caps(problem, self.decisions)
@@ -137,32 +138,23 @@ class _Attempt:
         self.touched: dict[str, NodeState] = {}
         self.missed = False  # some pod found no node
 
-    def run(
-        self, stranded: list[tuple[PodGroup, list[Demand]]], nodes: _NodeIndex, checkpoint: Checkpoint = carry_on
-    ) -> None:
+    def run(self, stranded: list[tuple[PodGroup, list[Demand]]], nodes: _NodeIndex) -> None:
         for group, pods in stranded:
             candidates = nodes.candidates(group)
             scans = {evict: _Scan(len(candidates)) for evict in self.passes}
             for demand in pods:
-                checkpoint()
-                if not any(self.place(demand, candidates, scans, evict, checkpoint) for evict in self.passes):
+                self.checkpoint()
+                if not any(self.place(demand, candidates, scans, evict) for evict in self.passes):
                     self.missed = True
                     break  # no node took this pod; its group's other pods are alike and would fare the same
 
-    def place(
-        self,
-        demand: Demand,
-        candidates: list[NodeState],
-        scans: dict[int, _Scan],
-        evict: int,
-        checkpoint: Checkpoint = carry_on,
-    ) -> bool:
+    def place(self, demand: Demand, candidates: list[NodeState], scans: dict[int, _Scan], evict: int) -> bool:
         """Whether some node took the pod in this pass (`evict`: whether holders may be displaced, or
-        `_RELOCATE`); the scans learn where. `checkpoint` is called every `_CHECKPOINT_NODES` nodes tried."""
+        `_RELOCATE`); the scans learn where. The checkpoint is called every `_CHECKPOINT_NODES` nodes tried."""
         scan = scans[evict]
         for tried, position in enumerate(scan.order()):
             if tried % _CHECKPOINT_NODES == _CHECKPOINT_NODES - 1:
-                checkpoint()
+                self.checkpoint()
             node = candidates[position]
             if not self.bounds.may_fit(node, demand, evict):
                 continue

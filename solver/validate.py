@@ -52,7 +52,7 @@ def plan_problems(
     reading = read_snapshot(snapshot) if reading is None else reading
     problems: list[str] = []
     gpu_plans = {(g.node, g.index): g for g in plan.gpus}
-    offered: set[GpuRef] = set()  # GPUs whose target is infeasible offer no device
+    infeasible: set[GpuRef] = set()  # GPUs rebuilt to a map their model cannot hold: they offer no device
     tier: dict[GpuRef, int] = {}
     # snapshot order; a GPU that stays and evicts nobody has nothing to check
     for number, (ref, gpu) in enumerate(reading.gpus.items()):
@@ -62,7 +62,7 @@ def plan_problems(
         if gp is None:
             problems.append(f"{ref[0]}/{ref[1]}: missing from plan")
         elif gp.reconfigure or gp.evict:
-            problems += _change_problems(snapshot, reading.nodes[ref[0]], gpu, gp, policy, tier, offered)
+            problems += _change_problems(snapshot, reading.nodes[ref[0]], gpu, gp, policy, tier, infeasible)
     evicted = {p for g in plan.gpus for p in g.evict}
     if policy.max_evictions is not None and len(evicted) > policy.max_evictions:
         problems.append(f"{len(evicted)} evictions exceed the cap of {policy.max_evictions}")
@@ -71,9 +71,9 @@ def plan_problems(
         problems.append(f"{reconfigured} reconfigurations exceed the cap of {policy.max_reconfigurations}")
 
     problems += _single_strategy_problems(reading, plan)
-    free = _FreeDevices(reading.gpus, gpu_plans, offered)
+    free = _FreeDevices(reading.gpus, gpu_plans, infeasible)
     for number, placement in enumerate(plan.placements):
-        if number % _CHECKPOINT_EVERY == 0:
+        if number % _CHECKPOINT_PLACEMENTS == 0:
             checkpoint()
         demand = reading.pending.get(placement.pod)
         problems += _placement_problems(placement, demand, reading.nodes, reading.gpus, gpu_plans, free, tier)
@@ -84,7 +84,7 @@ def plan_problems(
     return problems
 
 
-_CHECKPOINT_EVERY = 2_000
+_CHECKPOINT_PLACEMENTS = 2_000
 """Placements checked between two checkpoints (a few milliseconds' work)."""
 _CHECKPOINT_GPUS = 10_000
 """GPUs looked at between two checkpoints."""
@@ -118,17 +118,17 @@ def _change_problems(
     gp: GpuPlan,
     policy: PlanPolicy,
     tier: dict[GpuRef, int],
-    offered: set[GpuRef],
+    infeasible: set[GpuRef],
 ) -> list[str]:
     """A GPU the plan rebuilds or evicts from: a feasible target the scope allows, exactly its holders evicted,
-    none protected; records the priority its evictions free capacity at (`tier`) and that it offers devices."""
+    none protected; records the priority its evictions free capacity at (`tier`), or that its target is
+    infeasible (`infeasible`)."""
     ref = (node.name, gpu.index)
     if not gp.reconfigure:
-        offered.add(ref)
         return [f"{node.name}/{gpu.index}: evicts {gp.evict} without reconfiguring"]
     if not _feasible(gpu.gpu_model.key, tuple(sorted(gp.target.items()))):
+        infeasible.add(ref)
         return [f"{node.name}/{gpu.index}: target {gp.target} infeasible on {gpu.gpu_model.key}"]
-    offered.add(ref)
     problems = []
     if (reason := policy.scope.unmanaged_reason(node)) is not None:
         problems.append(f"{node.name}/{gpu.index}: reconfigured, but migopt does not manage it ({reason})")
@@ -148,11 +148,10 @@ class _FreeDevices:
     """The devices each GPU offers after the plan, by (profile, start), start -1 on a rebuilt GPU (whose devices
     count by profile: the driver picks their placements). A GPU's devices are counted when a placement first
     takes from it: most GPUs get no pod, and counting theirs all was most of the validation's work. A GPU offers
-    devices when the snapshot has it and the plan has a line for it, which, if it changes, has a feasible target
-    (`changed`: the GPUs that change or evict and passed that check)."""
+    devices when the snapshot has it and the plan has a line for it, and is not rebuilt to an `infeasible` map."""
 
-    def __init__(self, gpus: dict[GpuRef, GpuState], plans: dict[GpuRef, GpuPlan], changed: set[GpuRef]) -> None:
-        self._gpus, self._plans, self._changed = gpus, plans, changed
+    def __init__(self, gpus: dict[GpuRef, GpuState], plans: dict[GpuRef, GpuPlan], infeasible: set[GpuRef]) -> None:
+        self._gpus, self._plans, self._infeasible = gpus, plans, infeasible
         self._left: dict[GpuRef, dict[tuple[str, int], int]] = {}
 
     def take(self, ref: GpuRef, profile: str, start: int) -> bool:
@@ -165,11 +164,7 @@ class _FreeDevices:
 
     def _count(self, ref: GpuRef) -> dict[tuple[str, int], int]:
         gpu, plan = self._gpus.get(ref), self._plans.get(ref)
-        if gpu is None or plan is None:
-            return {}
-        if not (plan.reconfigure or plan.evict):
-            return dict(_free_counts(gpu.free_instances))
-        if ref not in self._changed:
+        if gpu is None or plan is None or ref in self._infeasible:
             return {}
         if not plan.reconfigure:
             return dict(_free_counts(gpu.free_instances))
