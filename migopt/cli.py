@@ -218,7 +218,7 @@ def plan(
     )
     _memory_left_to_exit()
     cluster = load_snapshot(snapshot)
-    result = planner(cluster, knobs, dump_model=dump_model)
+    result = planner(cluster, knobs, dump_model=dump_model, as_json=output is Output.json)
     if output is Output.table:
         render_plan(result)
     else:

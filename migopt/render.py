@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from solver.plan import Plan
+from solver.plan_json import plan_json
 
 
 class Output(StrEnum):
@@ -33,15 +34,22 @@ _SafeDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumpe
 
 def json_text(data: Any) -> str:
     """Plain data (or a model, dumped as `model_dump(mode="json")` would) as JSON indented by 2, non-ASCII
-    escaped: the text `json.dumps(data, indent=2)` writes, but by pydantic-core's serialiser in Rust (the
-    standard library's indented encoder is pure Python: seconds for a plan of thousands of GPUs)."""
+    escaped: the text `json.dumps(data, indent=2)` writes."""
+    return json_bytes(data).decode("ascii")
+
+
+def json_bytes(data: Any) -> bytes:
+    """`json_text`'s text as ASCII bytes, written by pydantic-core's serialiser in Rust (the standard library's
+    indented encoder is pure Python: seconds for a plan of thousands of GPUs) and handed on as it comes."""
     try:
+        if isinstance(data, Plan):
+            return plan_json(data) + b"\n"  # the lines written ahead spliced in
         if isinstance(data, BaseModel):
-            return data.model_dump_json(indent=2, ensure_ascii=True) + "\n"
-        return pydantic_core.to_json(data, indent=2, ensure_ascii=True).decode("ascii") + "\n"
+            return data.__pydantic_serializer__.to_json(data, indent=2, ensure_ascii=True) + b"\n"
+        return pydantic_core.to_json(data, indent=2, ensure_ascii=True) + b"\n"
     except pydantic_core.PydanticSerializationError:  # a lone surrogate (API JSON may carry one): json escapes it
         plain = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
-        return json.dumps(plain, indent=2) + "\n"
+        return (json.dumps(plain, indent=2) + "\n").encode("ascii")
 
 
 def yaml_text(data: Any) -> str:
@@ -54,8 +62,17 @@ def yaml_text(data: Any) -> str:
 
 
 def emit_data(data: Any, output: Output) -> None:
-    """Write plain data (already JSON-able) or a model as JSON or YAML to stdout."""
-    sys.stdout.write(yaml_text(data) if output is Output.yaml else json_text(data))
+    """Write plain data (already JSON-able) or a model as JSON or YAML to stdout; JSON as the serialiser's bytes
+    where stdout has a byte buffer (a plan of thousands of GPUs is tens of megabytes: no copy to text and back)."""
+    if output is Output.yaml:
+        sys.stdout.write(yaml_text(data))
+        return
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(json_text(data))
+        return
+    sys.stdout.flush()
+    buffer.write(json_bytes(data))
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:

@@ -27,6 +27,7 @@ from solver.plan import (
     PodPlacement,
     UnplacedPod,
 )
+from solver.plan_json import written_lines
 from solver.problem import Problem
 from solver.snapshot import GpuState, NodeState
 
@@ -140,6 +141,14 @@ def prepare_writing(problem: Problem, unplaced_likely: bool) -> None:
         problem.census()
 
 
+def write_kept_lines_json(problem: Problem, checkpoint: Checkpoint) -> None:
+    """The JSON of the lines that keep their maps (`solver.plan_json`), for a plan written as JSON: the optimal
+    policy writes them on its second thread while CP-SAT solves, and only then (`checkpoint` abandons the work
+    once the solve has ended: the one-pass serialisation at the end is no slower than what is left of it)."""
+    if problem.kept_lines_json is None:
+        problem.kept_lines_json = written_lines(problem.kept_lines().values(), checkpoint)
+
+
 _CHECKPOINT_PLACEMENTS = 5_000
 """Placements written between two checkpoints (tens of milliseconds' work)."""
 
@@ -184,7 +193,7 @@ def write_plan(problem: Problem, chosen: Draft) -> Plan:
     """The whole plan of a draft: its body (`write_body`, unless it was written ahead) under its header."""
     body = chosen.body or write_body(problem, chosen.decisions, chosen.objectives)
     served = chosen.objective
-    return Plan(
+    plan = Plan(
         status=chosen.status,
         policy=chosen.policy,
         solve_seconds=chosen.solve_seconds,
@@ -197,6 +206,9 @@ def write_plan(problem: Problem, chosen: Draft) -> Plan:
         unplaced=body.unplaced,
         notes=list(chosen.notes) + problem.policy.scope.notes(problem.snapshot),
     )
+    if problem.kept_lines_json is not None:  # written ahead: the plan holds the same line objects
+        plan._written_lines = problem.kept_lines_json
+    return plan
 
 
 def _placement(demand: Demand, decisions: Decisions) -> PodPlacement:

@@ -202,10 +202,13 @@ def _remove(free: FreeIndex, pool: int, key: str, device: Device) -> None:
         del free[pool, key][device.node]
 
 
-def _take_single(demand: Demand, free: FreeIndex, quota: dict[int, int], pools: list[int]) -> list[Device] | None:
-    """One device for a one-device pod: from a pool the IP allotted to its group while quota lasts, else any."""
+def _take_single(
+    demand: Demand, free: FreeIndex, quota: dict[int, int], allotted: list[int], pools: list[int]
+) -> list[Device] | None:
+    """One device for a one-device pod: from a pool the IP allotted to its group (`allotted`: the quota's pools,
+    sorted) while quota lasts, else any."""
     key = demand.resources[0][0]
-    for pi in chain(sorted(pi for pi, left in quota.items() if left > 0), pools):  # quota: usable pools only
+    for pi in chain([pi for pi in allotted if quota[pi] > 0], pools):  # quota: usable pools only
         by_node = free.get((pi, key))
         if by_node:
             quota[pi] = quota.get(pi, 0) - 1
@@ -240,11 +243,14 @@ def _place(
         group = problem.pod_groups[di]
         pools = pools_of[di]
         quota = quotas[di]
+        allotted = sorted(quota)
         for n, demand in enumerate(group.demands):
             taken = None
             if n < answer.served.get(di, 0):
                 single = demand.devices == 1
-                taken = _take_single(demand, free, quota, pools) if single else one_node.take(di, demand, pools)
+                taken = (
+                    _take_single(demand, free, quota, allotted, pools) if single else one_node.take(di, demand, pools)
+                )
             if taken is None:
                 waiting.append((di, group, demand))
             else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from solver.scope import PlanScope
 from solver.snapshot import RunningPod
@@ -69,6 +69,8 @@ class GpuPlan(BaseModel):
     layout: list[tuple[str, int]] = Field(default=[], description="target placements (profile, start)")
     forecast: bool = Field(default=False, description="reconfigured for forecast demand (proactive), not a pending pod")
 
+    model_config = ConfigDict(frozen=True)  # a line's JSON may be written ahead (`solver.plan_json`)
+
 
 class UnplacedPod(BaseModel):
     pod: str
@@ -99,6 +101,10 @@ class PlanTimings(BaseModel):
     )
 
 
+WrittenLines = dict[int, tuple[GpuPlan, bytes]]
+"""Lines of a plan's `gpus` written as JSON ahead (`solver.plan_json`): by the line's id, the line and its text."""
+
+
 class Plan(BaseModel):
     status: PlanStatus
     policy: str = Field(description="the registered name of the policy that made the plan (solver.policies)")
@@ -112,6 +118,7 @@ class Plan(BaseModel):
     placements: list[PodPlacement]
     unplaced: list[UnplacedPod]
     notes: list[str] = []
+    _written_lines: WrittenLines = PrivateAttr(default_factory=dict)  # `solver.plan_json`
 
     @property
     def evictions(self) -> list[str]:

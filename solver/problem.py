@@ -24,7 +24,7 @@ from solver.decisions import Device, advertises_nothing, free_devices, resource_
 from solver.demand import Demand, PriorityWeights, demands, rejection, single_key, weights_for
 from solver.explain import Census, census
 from solver.geometry import max_alone
-from solver.plan import GpuPlan, PlanPolicy
+from solver.plan import GpuPlan, PlanPolicy, WrittenLines
 from solver.scope import PlanScope, scoped
 from solver.snapshot import ClusterSnapshot, GpuState, LayoutShape, NodeState, PendingPod
 
@@ -152,6 +152,7 @@ class Problem:
     _kept_fragmentation: int | None = field(default=None, repr=False)
     _devices: dict[tuple[object, ...], tuple[tuple[str, Device], ...]] = field(default_factory=dict, repr=False)
     _kept_lines: dict[tuple[str, int], GpuPlan] | None = field(default=None, repr=False)
+    kept_lines_json: WrittenLines | None = field(default=None, repr=False)  # `prepare_writing` makes it, if asked
     _kept_offers: dict[int, dict[str, dict[str, list[Device]]]] | None = field(default=None, repr=False)
     repair_context: RepairContext | None = field(default=None, repr=False)  # `solver.repair` makes and reads it
 

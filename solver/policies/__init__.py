@@ -19,9 +19,12 @@ class Planner(Protocol):
     """Plans a snapshot under a policy's limits; the plan is validated before it is returned.
 
     `dump_model`: write the CP-SAT model of the first solve there as text; `MigoptError` when none is built.
+    `as_json`: the plan will be written as JSON (`solver.plan_json`): a policy may write parts of it ahead.
     """
 
-    def __call__(self, snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | None = None) -> Plan: ...
+    def __call__(
+        self, snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | None = None, as_json: bool = False
+    ) -> Plan: ...
 
 
 PLANNERS: dict[str, Planner] = {

@@ -16,8 +16,11 @@ from solver.timing import PlanClock
 
 
 @collector_paused
-def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | None = None) -> Plan:
-    """The greedy plan. It builds no CP-SAT model, so asking to dump one is an error."""
+def plan(
+    snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | None = None, as_json: bool = False
+) -> Plan:
+    """The greedy plan. It builds no CP-SAT model, so asking to dump one is an error; with no solve to write
+    alongside, it writes nothing ahead (`as_json` changes nothing)."""
     if dump_model is not None:
         raise no_model_built("the greedy policy does not use CP-SAT")
     clock = PlanClock(policy.time_limit_s)

@@ -11,14 +11,16 @@ after it; when its first stage finds nothing in half its time, it starts again f
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from solver.assemble import Body, Draft, draft, prepare_writing, score, write_body
-from solver.checkpoint import Checkpoint, carry_on
+from solver.assemble import Body, Draft, draft, prepare_writing, score, write_body, write_kept_lines_json
+from solver.checkpoint import Abandoned, Checkpoint, carry_on
 from solver.collector import collector_paused, kept
 from solver.cpsat import AggregateSolution, GeometryModel
 from solver.decisions import Decisions
@@ -39,8 +41,11 @@ _ROUNDS = 3
 
 
 @collector_paused
-def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | None = None) -> Plan:
-    """The better of the CP-SAT plan and the greedy plan; `dump_model` receives the first solve's model as text."""
+def plan(
+    snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | None = None, as_json: bool = False
+) -> Plan:
+    """The better of the CP-SAT plan and the greedy plan; `dump_model` receives the first solve's model as text;
+    `as_json`: the plan will be written as JSON, so the second thread writes what it can of it ahead."""
     if dump_model is not None:
         _check_writable(dump_model)
     clock = PlanClock(policy.time_limit_s)
@@ -51,7 +56,7 @@ def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | No
             raise no_model_built("no pending pod asks for MIG devices")
         return finished(snapshot, written(problem, empty(baseline(problem, clock)), clock), policy, clock)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="migopt-greedy") as second_thread:
-        greedy = _Alongside(second_thread, problem, clock, snapshot)
+        greedy = _Alongside(second_thread, problem, clock, snapshot, as_json)
         solved = _optimal(problem, policy, clock, greedy, dump_model)
         baseline_draft = greedy.draft()
     clock.add("speculate", greedy.speculated_seconds())  # its work is over once the second thread is
@@ -67,8 +72,12 @@ class _Alongside:
     (`speculation`). `draft` waits for the baseline and what it prepares, starting them first if no solve did;
     `answer` only for the baseline and its answer."""
 
-    def __init__(self, thread: ThreadPoolExecutor, problem: Problem, clock: PlanClock, snapshot: ClusterSnapshot):
+    def __init__(
+        self, thread: ThreadPoolExecutor, problem: Problem, clock: PlanClock, snapshot: ClusterSnapshot, as_json: bool
+    ) -> None:
         self._thread, self._problem, self._clock, self._snapshot = thread, problem, clock, snapshot
+        self._as_json = as_json
+        self._solved = threading.Event()
         self._work: tuple[Future[Draft], Future[AggregateSolution], Future[None]] | None = None
         self._speculations: list[Speculation[_Outcome]] = []
         self.prepared = _Prepared()  # what `_prepare` made for the work on incumbents
@@ -83,13 +92,26 @@ class _Alongside:
     def _prepare(self, greedy: Future[Draft]) -> None:
         """What disaggregating any answer reads (the devices of units left as they are, the repairs' candidate
         nodes), then what writing the plan reads (a greedy plan that leaves pods pending suggests the chosen one
-        will too: count what explains them), then what the plan's checks read of the snapshot."""
+        will too: count what explains them), then what the plan's checks read of the snapshot; last, when the plan
+        will be written as JSON and the solve goes on, the JSON of the lines that keep their maps."""
         unplaced = greedy.result().objectives.served_pods < len(self._problem.demands)
         with self._clock.phase("prepare"):
             self._problem.kept_offers()
             repair_context(self._problem).prime()
             prepare_writing(self._problem, unplaced)
             self.prepared.reading = read_snapshot(self._snapshot)  # the snapshot the checks read, not the scoped one
+            if self._as_json:
+                with suppress(Abandoned):  # the solve ended first: the plan is written in one pass
+                    write_kept_lines_json(self._problem, self._while_solving)
+
+    def _while_solving(self) -> None:
+        """Abandon work that pays only while the solve goes on (`solve_ended`)."""
+        if self._solved.is_set():
+            raise Abandoned
+
+    def solve_ended(self) -> None:
+        """The solve has returned: the main thread works on its answer (and wants the interpreter lock)."""
+        self._solved.set()
 
     def draft(self) -> Draft:
         greedy, _, prepared = self.start()
@@ -213,6 +235,7 @@ def _optimal(
         speculation = greedy.speculation()
         fallback = greedy.answer if round_ == 0 else None
         answer = model.solve(max(clock.left() - reserve, 0.05), fallback, speculation.offer)  # what is left
+        greedy.solve_ended()
         clock.add("cpsat", model.cpsat_seconds)
         clock.add("model", model.solve_seconds - model.cpsat_seconds)
         if answer is None:

@@ -29,9 +29,11 @@ from solver.snapshot import PRIORITY_MIN, ClusterSnapshot, ForecastDemand, NodeS
 FORECAST_POD_PREFIX = "forecast/"
 
 
-def plan(snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | None = None) -> Plan:
+def plan(
+    snapshot: ClusterSnapshot, policy: PlanPolicy, *, dump_model: Path | None = None, as_json: bool = False
+) -> Plan:
     """The optimal plan, with idle GPUs reshaped for the forecast (module docstring)."""
-    pending_plan = optimal.plan(snapshot, policy, dump_model=dump_model)
+    pending_plan = optimal.plan(snapshot, policy, dump_model=dump_model, as_json=as_json)
     pending_plan.policy = "proactive"
     if not snapshot.forecast:
         return pending_plan
