@@ -6,6 +6,8 @@ Run: .venv/bin/python benchmarks/solver_scale.py            (all cases, median o
      .venv/bin/python benchmarks/solver_scale.py --scaling [--fragmented] [--runs N] [--max-nodes N]
                                                  (100 to 10,000 nodes: each phase's time, CP-SAT's, the whole run's)
      .venv/bin/python benchmarks/solver_scale.py --forecast-cost [--runs N]
+     .venv/bin/python benchmarks/solver_scale.py --json-output [--max-nodes N]
+                                                 (writing a plan as JSON: lines written ahead spliced in, or one pass)
                                                  (the expected-demand term: the same cases with and without a forecast)
      add --fragmented to the default run for fragmented clusters in its scale cases.
 
@@ -16,6 +18,7 @@ about a fifth of the pods with node selectors, 5 % asking for two devices.
 
 from __future__ import annotations
 
+import gc
 import json
 import resource
 import statistics
@@ -29,7 +32,9 @@ from typing import Any
 
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
 from solver.plan import Plan, PlanPolicy
+from solver.plan_json import plan_json, written_lines
 from solver.planner import make_plan
+from solver.policies import optimal
 from solver.problem import build_problem
 from solver.snapshot import parse_snapshot
 
@@ -148,6 +153,39 @@ def scaling_cases(fragmented: bool, max_nodes: int) -> list[dict[str, Any]]:
     ]
 
 
+JSON_OUTPUT_NODES = [1000, 5000, 10000]
+
+
+def json_output(nodes: int, runs: int = 3) -> dict[str, Any]:
+    """Seconds to write a plan as `migopt plan -o json` does (`solver.plan_json`, the lines of GPUs that keep their
+    maps written on the second thread during the solve) and in one pass (what it costs when they were not),
+    median of `runs` on one plan; and the seconds writing those lines takes (on the second thread)."""
+    spec = ClusterSpec(nodes=nodes, pending_pods=5 * nodes, seed=1)
+    snapshot = parse_snapshot(generate_snapshot(spec))
+    policy = PlanPolicy(time_limit_s=max(2.0, nodes / 500))
+    plan = optimal.plan(snapshot, policy, as_json=True)
+    kept = [line for line in plan.gpus if not line.reconfigure]
+    gc.disable()  # as while planning and in the command (`solver.collector`)
+    started = time.perf_counter()
+    written = written_lines(kept)  # what the second thread writes, timed here (it may have stopped: the solve ended)
+    ahead = time.perf_counter() - started
+    plan._written_lines = written
+    spliced, one_pass = [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        text = plan_json(plan)
+        spliced.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        whole = Plan.__pydantic_serializer__.to_json(plan, indent=2, ensure_ascii=True)
+        one_pass.append(time.perf_counter() - started)
+    gc.enable()
+    return {
+        "nodes": nodes, "gpus": len(plan.gpus), "megabytes": round(len(text) / 2**20, 1), "same_bytes": text == whole,
+        "spliced_s": round(statistics.median(spliced), 4), "one_pass_s": round(statistics.median(one_pass), 4),
+        "written_ahead_s": round(ahead, 4),
+    }  # fmt: skip
+
+
 def _option(name: str, default: int) -> int:
     """`--name N` from the command line, else the default."""
     if name in sys.argv:
@@ -252,6 +290,11 @@ def main() -> None:
         ]  # fmt: skip
         table = [measure(c, _option("--runs", 3)) for c in cases]
         print(json.dumps({"benchmark": "solver_scale", "forecast_cost": table}, indent=2))
+        return
+    if "--json-output" in sys.argv:
+        limit = _option("--max-nodes", JSON_OUTPUT_NODES[-1])
+        table = [json_output(n) for n in JSON_OUTPUT_NODES if n <= limit]
+        print(json.dumps({"benchmark": "solver_scale", "json_output": table}, indent=2))
         return
     if "--scaling" in sys.argv:
         fragmented = "--fragmented" in sys.argv

@@ -127,3 +127,12 @@ def test_writing_stops_at_a_checkpoint() -> None:
 def optimal_lines() -> list[GpuPlan]:
     snapshot = parse_snapshot(generate_snapshot(ClusterSpec(nodes=2, pending_pods=4, seed=1)))
     return optimal.plan(snapshot, PlanPolicy()).gpus
+
+
+def test_a_plan_whose_lines_were_mostly_not_written_is_written_in_one_pass(
+    written_plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing lines one by one is slower than one pass: with most lines unwritten, none is written singly."""
+    copies = written_plan.model_copy(update={"gpus": [line.model_copy() for line in written_plan.gpus]})
+    monkeypatch.setattr("solver.plan_json.line_json", lambda line: pytest.fail("a line written singly"))
+    assert plan_json(copies) == _one_pass(copies)
