@@ -11,7 +11,7 @@ work is split: `draft` scores decisions from what they change (the GPUs that cha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 
 from solver.catalog import load_catalog
 from solver.checkpoint import Checkpoint, carry_on
@@ -216,5 +216,12 @@ def _placement(demand: Demand, decisions: Decisions) -> PodPlacement:
     return PodPlacement(
         pod=demand.pod.name,
         node=devices[0].node,
-        devices=[DeviceAssignment(gpu=d.gpu, profile=d.profile, start=d.start) for d in devices],
+        devices=[_assignment(d.gpu, d.profile, d.start) for d in devices],
     )
+
+
+@lru_cache(maxsize=4096)
+def _assignment(gpu: int, profile: str, start: int) -> DeviceAssignment:
+    """A placement's device: placements repeat a few hundred (GPU index, profile, start) across the cluster, so
+    one frozen model each is shared instead of one made per device of every placed pod."""
+    return DeviceAssignment(gpu=gpu, profile=profile, start=start)

@@ -51,6 +51,8 @@ class DeviceAssignment(BaseModel):
     profile: str
     start: int
 
+    model_config = ConfigDict(frozen=True)  # plans share one per (gpu, profile, start) (`solver.assemble`)
+
 
 class PodPlacement(BaseModel):
     pod: str
