@@ -154,6 +154,7 @@ class Problem:
     _kept_lines: dict[tuple[str, int], GpuPlan] | None = field(default=None, repr=False)
     kept_lines_json: WrittenLines | None = field(default=None, repr=False)  # `prepare_writing` makes it, if asked
     _kept_offers: dict[int, dict[str, dict[str, list[Device]]]] | None = field(default=None, repr=False)
+    _group_of_pod: dict[str, int] | None = field(default=None, repr=False)
     repair_context: RepairContext | None = field(default=None, repr=False)  # `solver.repair` makes and reads it
 
     def gpu_index(self) -> dict[tuple[str, int], tuple[NodeState, GpuState]]:
@@ -201,6 +202,12 @@ class Problem:
                 (resource_key(node, gpu, d.profile), d) for d in free_devices(node, gpu, target)
             )
         return found
+
+    def group_of_pod(self) -> dict[str, int]:
+        """Each pending pod's group (its index in `pod_groups`), by pod name: made once per problem."""
+        if self._group_of_pod is None:
+            self._group_of_pod = {d.pod.name: gi for gi, group in enumerate(self.pod_groups) for d in group.demands}
+        return self._group_of_pod
 
     def kept_offers(self) -> dict[int, dict[str, dict[str, list[Device]]]]:
         """Per unit offering devices some pending pod asks for, what its members offer when none changes: devices
