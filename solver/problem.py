@@ -152,7 +152,7 @@ class Problem:
     _kept_fragmentation: int | None = field(default=None, repr=False)
     _devices: dict[tuple[object, ...], tuple[tuple[str, Device], ...]] = field(default_factory=dict, repr=False)
     _kept_lines: dict[tuple[str, int], GpuPlan] | None = field(default=None, repr=False)
-    kept_lines_json: WrittenLines | None = field(default=None, repr=False)  # `prepare_writing` makes it, if asked
+    kept_lines_json: WrittenLines | None = field(default=None, repr=False)  # made by `write_kept_lines_json`
     _kept_offers: dict[int, dict[str, dict[str, list[Device]]]] | None = field(default=None, repr=False)
     _group_of_pod: dict[str, int] | None = field(default=None, repr=False)
     repair_context: RepairContext | None = field(default=None, repr=False)  # `solver.repair` makes and reads it
