@@ -329,6 +329,7 @@ class _Bounds:
         self._problem = problem
         self._movers = movers
         self._freed: dict[str, dict[int, dict[str, int] | None]] = defaultdict(dict)  # `_freed_bound`s
+        self._freed_facts: dict[str, _FreedFacts | None] = {}  # `_facts_freed`, None: no pod might move
         self._free = free
         self._decisions = decisions
         self._used = used
@@ -369,6 +370,7 @@ class _Bounds:
         self._since.bounds.pop(node.name, None)
         self._since.gpus.pop(node.name, None)
         self._freed.pop(node.name, None)
+        self._freed_facts.pop(node.name, None)
 
     def _bounds(self, node: NodeState, priority: int, remembered: _Remembered) -> tuple[dict[str, int], ...]:
         """The bound without evictions and with them. A GPU the pod may take the place of (without evicting: one
@@ -395,9 +397,30 @@ class _Bounds:
         again for those nodes. None when no pod on the node might move (no bound then: nothing to try)."""
         for name in self._movers.unsettled():
             self._freed.pop(name, None)
+            self._freed_facts.pop(name, None)
         remembered = self._freed[node.name]
         if priority in remembered:
             return remembered[priority]
+        if node.name not in self._freed_facts:
+            self._freed_facts[node.name] = self._facts_freed(node)
+        facts = self._freed_facts[node.name]
+        if facts is None:
+            remembered[priority] = None
+            return None
+        always, tiered = facts
+        bound = dict(always)
+        for tier, pairs in tiered:
+            if tier < priority:
+                for name, count in pairs:
+                    bound[name] = bound.get(name, 0) + count
+        remembered[priority] = bound
+        return bound
+
+    def _facts_freed(self, node: NodeState) -> _FreedFacts | None:
+        """What `_freed_bound` reads of the node whatever the pod's priority: what the GPUs the pod may always
+        take the place of give, and each other GPU's tier with what it gives once the movers have moved; None
+        when no pod on the node might move. Made once per node (until the node changes, or which pods might
+        move does), not once per priority asked."""
         staying: dict[tuple[int, str], int] = {}  # devices of pods that may not move
         movable = self._movers.movable
         moving = False
@@ -407,23 +430,20 @@ class _Bounds:
             else:
                 staying[device.gpu, device.profile] = staying.get((device.gpu, device.profile), 0) + 1
         if not moving:
-            remembered[priority] = None
             return None
         busy = {index for index, _ in staying}
         managed = node.unmanaged is None
-        bound: dict[str, int] = {}
+        always: dict[str, int] = {}
+        tiered: list[tuple[float, tuple[tuple[str, int], ...]]] = []
         for gpu in node.gpus:
             offered, tier = self._offered(node, gpu)
             if managed and gpu.index not in busy and self._floors.floor(gpu) == NOBODY:
-                pairs = _most(gpu.gpu_model.key)
-            elif tier < priority and (tier == NOBODY or gpu.index in busy):  # as `_repair_on` offers without evicting
-                pairs = tuple((name, count - staying.get((gpu.index, name), 0)) for name, count in offered)
-            else:
-                continue
-            for name, count in pairs:
-                bound[name] = bound.get(name, 0) + count
-        remembered[priority] = bound
-        return bound
+                for name, count in _most(gpu.gpu_model.key):
+                    always[name] = always.get(name, 0) + count
+            elif tier == NOBODY or gpu.index in busy:  # as `_repair_on` offers without evicting, below the tier
+                left = tuple((name, count - staying.get((gpu.index, name), 0)) for name, count in offered)
+                tiered.append((tier, left))
+        return always, tiered
 
     def _offered(self, node: NodeState, gpu: GpuState) -> tuple[tuple[tuple[str, int], ...], float]:
         """What the GPU offers as the plan stands (its free devices, or its target's when it changes), used or
@@ -449,6 +469,10 @@ class _Bounds:
             floor = self._floors.floor(gpu) if managed and gpu.index not in busy else float("inf")
             facts.append(_GpuFacts(gpu.gpu_model.key, floor, tier, offered))
         return facts
+
+
+_FreedFacts = tuple[dict[str, int], list[tuple[float, tuple[tuple[str, int], ...]]]]
+"""`_Bounds._facts_freed`: what the GPUs a pod may always take the place of give, and the others by tier."""
 
 
 class _EvictionFree:

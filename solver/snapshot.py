@@ -175,9 +175,10 @@ class NodeState(_Strict):
         "managed by NVIDIA's DRA driver); None when it may. Its free instances still serve pending pods.",
     )
 
-    @property
+    @memo
     def strategy(self) -> Literal["mixed", "single"]:
-        """The device plugin's MIG strategy on this node (GFD's label; `mixed` when absent)."""
+        """The device plugin's MIG strategy on this node (GFD's label; `mixed` when absent). Remembered: planning
+        asks it of every node hundreds of thousands of times (filters, resource keys, repairs, checks)."""
         return "single" if self.labels.get(STRATEGY_LABEL) == "single" else "mixed"
 
 
