@@ -130,7 +130,7 @@ class _Attempt:
     ) -> None:
         self.problem, self.passes, self.floors, self.checkpoint = problem, passes, floors, checkpoint
         self.decisions = Decisions(dict(decisions.targets), dict(decisions.placements))  # values are replaced
-        self.used = _devices_by_node(decisions.placements)
+        self.used = defaultdict(set, {name: set(devices) for name, devices in free.used.items()})  # copied
         self.caps = _Caps(problem, self.decisions)
         self.movers = Movers(problem, self.decisions, self.used, floors.tier, checkpoint)
         self.bounds = _Bounds(problem, self.decisions, self.used, floors, initial, free, self.movers)
@@ -484,7 +484,7 @@ class _EvictionFree:
 
     def __init__(self, plan: Decisions) -> None:
         self._targets = plan.targets
-        self._used = _devices_by_node(plan.placements)
+        self.used = _devices_by_node(plan.placements)  # as the plan stood: read here, copied by each `_Attempt`
         self._offerable: dict[str, frozenset[str] | None] = {}
 
     def allows(self, node: NodeState, resources: tuple[tuple[str, int], ...]) -> bool:
@@ -495,7 +495,7 @@ class _EvictionFree:
         return offerable is None or all(key in offerable for key, _ in resources)
 
     def _offerable_by(self, node: NodeState) -> frozenset[str] | None:
-        busy = {device.gpu for device in self._used[node.name]}
+        busy = {device.gpu for device in self.used[node.name]}
         if node.unmanaged is None and any(not gpu.holders and gpu.index not in busy for gpu in node.gpus):
             return None
         keys: set[str] = set()
