@@ -6,9 +6,9 @@ Run: .venv/bin/python benchmarks/solver_scale.py            (all cases, median o
      .venv/bin/python benchmarks/solver_scale.py --scaling [--fragmented] [--runs N] [--max-nodes N]
                                                  (100 to 10,000 nodes: each phase's time, CP-SAT's, the whole run's)
      .venv/bin/python benchmarks/solver_scale.py --forecast-cost [--runs N]
+                                                 (the expected-demand term: the same cases with and without a forecast)
      .venv/bin/python benchmarks/solver_scale.py --json-output [--max-nodes N]
                                                  (writing a plan as JSON: lines written ahead spliced in, or one pass)
-                                                 (the expected-demand term: the same cases with and without a forecast)
      add --fragmented to the default run for fragmented clusters in its scale cases.
 
 Each case runs in a fresh process so its peak memory (max RSS) is its own. Clusters are synthetic

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from functools import cache
 from itertools import compress
 from typing import NamedTuple
@@ -130,7 +131,8 @@ class _Attempt:
     ) -> None:
         self.problem, self.passes, self.floors, self.checkpoint = problem, passes, floors, checkpoint
         self.decisions = Decisions(dict(decisions.targets), dict(decisions.placements))  # values are replaced
-        self.used = defaultdict(set, {name: set(devices) for name, devices in free.used.items()})  # copied
+        # the plan's devices by node: `free` was made from these decisions, so its index is theirs, copied
+        self.used = defaultdict(set, {name: set(devices) for name, devices in free.used.items()})
         self.caps = _Caps(problem, self.decisions)
         self.movers = Movers(problem, self.decisions, self.used, floors.tier, checkpoint)
         self.bounds = _Bounds(problem, self.decisions, self.used, floors, initial, free, self.movers)
@@ -328,8 +330,7 @@ class _Bounds:
     ) -> None:
         self._problem = problem
         self._movers = movers
-        self._freed: dict[str, dict[int, dict[str, int] | None]] = defaultdict(dict)  # `_freed_bound`s
-        self._freed_facts: dict[str, _FreedFacts | None] = {}  # `_facts_freed`, None: no pod might move
+        self._freed: dict[str, _Freed] = {}  # per node, what `_freed_bound` made
         self._free = free
         self._decisions = decisions
         self._used = used
@@ -370,7 +371,6 @@ class _Bounds:
         self._since.bounds.pop(node.name, None)
         self._since.gpus.pop(node.name, None)
         self._freed.pop(node.name, None)
-        self._freed_facts.pop(node.name, None)
 
     def _bounds(self, node: NodeState, priority: int, remembered: _Remembered) -> tuple[dict[str, int], ...]:
         """The bound without evictions and with them. A GPU the pod may take the place of (without evicting: one
@@ -397,23 +397,20 @@ class _Bounds:
         again for those nodes. None when no pod on the node might move (no bound then: nothing to try)."""
         for name in self._movers.unsettled():
             self._freed.pop(name, None)
-            self._freed_facts.pop(name, None)
-        remembered = self._freed[node.name]
-        if priority in remembered:
-            return remembered[priority]
-        if node.name not in self._freed_facts:
-            self._freed_facts[node.name] = self._facts_freed(node)
-        facts = self._freed_facts[node.name]
-        if facts is None:
-            remembered[priority] = None
+        remembered = self._freed.get(node.name)
+        if remembered is None:
+            remembered = self._freed[node.name] = _Freed(self._facts_freed(node))
+        if remembered.facts is None:
             return None
-        always, tiered = facts
+        if priority in remembered.bounds:
+            return remembered.bounds[priority]
+        always, tiered = remembered.facts
         bound = dict(always)
         for tier, pairs in tiered:
             if tier < priority:
                 for name, count in pairs:
                     bound[name] = bound.get(name, 0) + count
-        remembered[priority] = bound
+        remembered.bounds[priority] = bound
         return bound
 
     def _facts_freed(self, node: NodeState) -> _FreedFacts | None:
@@ -473,6 +470,14 @@ class _Bounds:
 
 _FreedFacts = tuple[dict[str, int], list[tuple[float, tuple[tuple[str, int], ...]]]]
 """`_Bounds._facts_freed`: what the GPUs a pod may always take the place of give, and the others by tier."""
+
+
+@dataclass
+class _Freed:
+    """A node's `_facts_freed` (None: no pod there might move) and the bounds made from them, by pod priority."""
+
+    facts: _FreedFacts | None
+    bounds: dict[int, dict[str, int]] = field(default_factory=dict)
 
 
 class _EvictionFree:
