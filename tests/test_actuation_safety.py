@@ -4,6 +4,7 @@ accepted), mig-manager states that belong to an earlier run, and a leader depose
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 from nvidia_protocol.labels import MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from optimizer.actuators.mig_manager import MigManagerActuator
@@ -180,7 +181,7 @@ class Intruder:
                 gpu = node.gpus[0]
                 free = next(i for i, inst in enumerate(gpu.instances) if inst.pod is None)
                 instances = list(gpu.instances)
-                instances[free] = instances[free].model_copy(update={"pod": "late/intruder"})
+                instances[free] = replace(instances[free], pod="late/intruder")
                 node = node.model_copy(
                     update={"gpus": [gpu.model_copy(update={"instances": instances}), *node.gpus[1:]]}
                 )

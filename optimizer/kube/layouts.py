@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -404,7 +405,7 @@ def _attach_exact(layouts: dict[int, list[InstanceState]], mapped: Sequence[Devi
             raise MigoptError(
                 f"dcgm shows {holder.pod} on GPU {holder.gpu} ({holder.profile}), which has no such device"
             )
-        instances[free] = instances[free].model_copy(update={"pod": holder.pod})
+        instances[free] = replace(instances[free], pod=holder.pod)
 
 
 def _attach_conservatively(
@@ -430,7 +431,7 @@ def _attach_conservatively(
                 else:
                     pod = unattributed_holder(node, index, k)
                     unattributed.append(pod)
-                instances[k] = instances[k].model_copy(update={"pod": pod})
+                instances[k] = replace(instances[k], pod=pod)
     return sorted(guessed), unattributed
 
 
