@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from solver.scope import PlanScope
 from solver.snapshot import RunningPod
@@ -60,18 +61,21 @@ class PodPlacement(BaseModel):
     devices: list[DeviceAssignment]
 
 
-class GpuPlan(BaseModel):
+@pydantic_dataclass(frozen=True, slots=True)  # frozen: a line's JSON may be written ahead (`solver.plan_json`)
+class GpuPlan:
+    """One GPU's line of a plan. A slotted dataclass, not a model: a plan has a line per GPU (80,000 at 10,000
+    nodes), and a model keeps a `__dict__` and a set of the fields given for each, more than half a line's
+    memory. Copy one with `dataclasses.replace`."""
+
     node: str
     index: int
     model: str
     current: dict[str, int]
     target: dict[str, int]
     reconfigure: bool
-    evict: list[str] = []
-    layout: list[tuple[str, int]] = Field(default=[], description="target placements (profile, start)")
+    evict: list[str] = Field(default_factory=list)
+    layout: list[tuple[str, int]] = Field(default_factory=list, description="target placements (profile, start)")
     forecast: bool = Field(default=False, description="reconfigured for forecast demand (proactive), not a pending pod")
-
-    model_config = ConfigDict(frozen=True)  # a line's JSON may be written ahead (`solver.plan_json`)
 
 
 class UnplacedPod(BaseModel):

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from pydantic import TypeAdapter
+
 from solver.checkpoint import Checkpoint, carry_on
 from solver.plan import GpuPlan, Plan, WrittenLines
 
+_LINE = TypeAdapter(GpuPlan)
 _ITEM_INDENT = b"    "  # a line's place in the plan: an item of the top-level `gpus` array
 _NO_GPUS = b'\n  "gpus": [],\n'  # the array, emptied, in the plan written without its lines
 
@@ -36,7 +39,7 @@ def written_lines(lines: Iterable[GpuPlan], checkpoint: Checkpoint = carry_on) -
 
 def line_json(line: GpuPlan) -> bytes:
     """The line indented as an item of a plan's `gpus` array (`plan_json`'s indentation: 2 per level)."""
-    text = GpuPlan.__pydantic_serializer__.to_json(line, indent=2, ensure_ascii=True)
+    text = _LINE.dump_json(line, indent=2, ensure_ascii=True)
     return _ITEM_INDENT + text.replace(b"\n", b"\n" + _ITEM_INDENT)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import FrozenInstanceError, asdict, replace
 
 import pytest
-from pydantic import ValidationError
 
 from migopt.render import json_text
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
@@ -55,7 +55,7 @@ def test_a_line_replaced_after_writing_is_written_afresh(written_plan: Plan) -> 
     first = written_plan.gpus[0]
     assert id(first) in written_plan._written_lines
     changed = written_plan.model_copy(
-        update={"gpus": [first.model_copy(update={"forecast": True}), *written_plan.gpus[1:]]}
+        update={"gpus": [replace(first, forecast=True), *written_plan.gpus[1:]]}
     )
     assert changed._written_lines is written_plan._written_lines  # copied along with the plan
     assert plan_json(changed) == _one_pass(changed)
@@ -63,13 +63,13 @@ def test_a_line_replaced_after_writing_is_written_afresh(written_plan: Plan) -> 
 
 
 def test_lines_are_frozen_so_a_written_text_cannot_go_stale(written_plan: Plan) -> None:
-    with pytest.raises(ValidationError, match="frozen"):
+    with pytest.raises(FrozenInstanceError):
         written_plan.gpus[0].reconfigure = not written_plan.gpus[0].reconfigure
 
 
 def test_a_line_is_indented_as_an_item_of_the_plans_gpus_array(written_plan: Plan) -> None:
     line = written_plan.gpus[0]
-    assert json.loads(line_json(line)) == json.loads(line.model_dump_json())
+    assert json.loads(line_json(line)) == json.loads(json.dumps(asdict(line)))
     assert line_json(line).startswith(b'    {\n      "node": ') and line_json(line).endswith(b"\n    }")
 
 
@@ -133,6 +133,6 @@ def test_a_plan_whose_lines_were_mostly_not_written_is_written_in_one_pass(
     written_plan: Plan, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writing lines one by one is slower than one pass: with most lines unwritten, none is written singly."""
-    copies = written_plan.model_copy(update={"gpus": [line.model_copy() for line in written_plan.gpus]})
+    copies = written_plan.model_copy(update={"gpus": [replace(line) for line in written_plan.gpus]})
     monkeypatch.setattr("solver.plan_json.line_json", lambda line: pytest.fail("a line written singly"))
     assert plan_json(copies) == _one_pass(copies)

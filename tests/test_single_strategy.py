@@ -8,6 +8,7 @@ profile; several profiles (or a MIG-enabled GPU with nothing created) make it `M
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,7 @@ def test_validation_rejects_a_plan_that_leaves_a_single_strategy_node_with_two_p
     snapshot = parse_snapshot({**MIXED_PROFILE_TRAP, "running": [{"name": "run/a", "priority": 10}]})
     plan = make_plan(snapshot, PlanPolicy(), "optimal")
     kept = {"target": {"4g.24gb": 1}, "reconfigure": False, "evict": [], "layout": [("4g.24gb", 0)]}
-    broken = plan.model_copy(update={"gpus": [g.model_copy(update=kept) if g.index == 0 else g for g in plan.gpus]})
+    broken = plan.model_copy(update={"gpus": [replace(g, **kept) if g.index == 0 else g for g in plan.gpus]})
     problems = plan_problems(snapshot, broken, PlanPolicy())
     assert any("single-strategy node would hold" in p for p in problems)
 

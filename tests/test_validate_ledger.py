@@ -4,6 +4,8 @@ depend on node labels no pending pod selects on (it classes nodes by the labels 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
 from solver.decisions import advertises_nothing
 from solver.greedy import greedy_decisions
@@ -58,7 +60,7 @@ def test_an_infeasible_target_offers_no_device() -> None:
     first = plan.placements[0]
     gpu = first.devices[0].gpu
     broken = [
-        g.model_copy(update={"reconfigure": True, "target": {"7g.40gb": 2}}) if (g.node, g.index) == (first.node, gpu)
+        replace(g, reconfigure=True, target={"7g.40gb": 2}) if (g.node, g.index) == (first.node, gpu)
         else g
         for g in plan.gpus
     ]  # fmt: skip

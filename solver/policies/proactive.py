@@ -17,6 +17,7 @@ shapes what that plan leaves idle for the snapshot's `forecast` (the controller'
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from solver.demand import key_compute_slices
@@ -98,7 +99,7 @@ def _merged(pending_plan: Plan, shaping: Plan, forecast: list[ForecastDemand]) -
     gpus: list[GpuPlan] = []
     for gpu in pending_plan.gpus:
         shaped = reshaped.get((gpu.node, gpu.index))
-        gpus.append(gpu if shaped is None else shaped.model_copy(update={"forecast": True}))
+        gpus.append(gpu if shaped is None else replace(shaped, forecast=True))
     touched = {g.node for g in gpus if g.reconfigure or g.evict}
     objectives = pending_plan.objectives.model_copy(
         update={"reconfigured_gpus": sum(g.reconfigure for g in gpus), "touched_nodes": len(touched)}
