@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -76,6 +77,21 @@ class GpuPlan:
     evict: list[str] = Field(default_factory=list)
     layout: list[tuple[str, int]] = Field(default_factory=list, description="target placements (profile, start)")
     forecast: bool = Field(default=False, description="reconfigured for forecast demand (proactive), not a pending pod")
+
+    @classmethod
+    def kept(cls, node: str, index: int, model: str, devices: dict[str, int], layout: list[tuple[str, int]]) -> Self:
+        """The line of a GPU that keeps its map, from a validated snapshot's facts, built without validating them
+        again: a plan has tens of thousands of these, and validating copies each map and layout (7 of 8.5 µs
+        a line). The plan's checks (`solver.validate`) read every line all the same. `devices` is the line's
+        `current` and `target` both, as the line's map stays as it is; no reader changes a line's maps."""
+        line = object.__new__(cls)
+        values: tuple[object, ...] = (node, index, model, devices, devices, False, [], layout, False)
+        for name, value in zip(_KEPT_FIELDS, values, strict=True):
+            object.__setattr__(line, name, value)
+        return line
+
+
+_KEPT_FIELDS = ("node", "index", "model", "current", "target", "reconfigure", "evict", "layout", "forecast")
 
 
 class UnplacedPod(BaseModel):

@@ -260,11 +260,7 @@ class Problem:
 
 
 def _kept_line(node: NodeState, gpu: GpuState) -> GpuPlan:
-    current = gpu.mig_devices
-    return GpuPlan(
-        node=node.name, index=gpu.index, model=gpu.gpu_model.key, current=current, target=current,
-        reconfigure=False, evict=[], layout=list(gpu.layout_pairs),
-    )  # fmt: skip
+    return GpuPlan.kept(node.name, gpu.index, gpu.gpu_model.key, gpu.mig_devices, list(gpu.layout_pairs))
 
 
 def _free_capacity(gpu: GpuState) -> dict[str, int]:

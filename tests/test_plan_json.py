@@ -136,3 +136,14 @@ def test_a_plan_whose_lines_were_mostly_not_written_is_written_in_one_pass(
     copies = written_plan.model_copy(update={"gpus": [replace(line) for line in written_plan.gpus]})
     monkeypatch.setattr("solver.plan_json.line_json", lambda line: pytest.fail("a line written singly"))
     assert plan_json(copies) == _one_pass(copies)
+
+
+def test_a_kept_line_is_the_line_validation_would_build(written_plan: Plan) -> None:
+    """`GpuPlan.kept` does not validate the snapshot's facts again: each such line equals, and is written as, the
+    line validation builds from the same values."""
+    kept = [line for line in written_plan.gpus if not line.reconfigure]
+    assert kept
+    for line in kept:
+        validated = GpuPlan(**asdict(line))
+        assert line == validated
+        assert line_json(line) == line_json(validated)
