@@ -213,11 +213,8 @@ def write_plan(problem: Problem, chosen: Draft) -> Plan:
 
 def _placement(demand: Demand, decisions: Decisions) -> PodPlacement:
     devices = decisions.placements[demand.pod.name]
-    return PodPlacement(
-        pod=demand.pod.name,
-        node=devices[0].node,
-        devices=[_assignment(d.gpu, d.profile, d.start) for d in devices],
-    )
+    assignments = [_assignment(d.gpu, d.profile, d.start) for d in devices]
+    return PodPlacement.placed(demand.pod.name, devices[0].node, assignments)
 
 
 @lru_cache(maxsize=4096)

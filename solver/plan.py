@@ -56,10 +56,23 @@ class DeviceAssignment(BaseModel):
     model_config = ConfigDict(frozen=True)  # plans share one per (gpu, profile, start) (`solver.assemble`)
 
 
-class PodPlacement(BaseModel):
+@pydantic_dataclass(frozen=True, slots=True)
+class PodPlacement:
+    """Where a pending pod goes: a slotted dataclass like `GpuPlan`, a plan having one per placed pod."""
+
     pod: str
     node: str
     devices: list[DeviceAssignment]
+
+    @classmethod
+    def placed(cls, pod: str, node: str, devices: list[DeviceAssignment]) -> Self:
+        """A placement of the plan's own decisions, built without validating them again (as `GpuPlan.kept`):
+        the plan's checks (`solver.validate`) read every placement."""
+        placement = object.__new__(cls)
+        object.__setattr__(placement, "pod", pod)
+        object.__setattr__(placement, "node", node)
+        object.__setattr__(placement, "devices", devices)
+        return placement
 
 
 @pydantic_dataclass(frozen=True, slots=True)  # frozen: a line's JSON may be written ahead (`solver.plan_json`)

@@ -7,11 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import FrozenInstanceError, asdict, replace
 
 import pytest
+from pydantic import TypeAdapter
 
 from migopt.render import json_text
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
 from solver.checkpoint import Abandoned
-from solver.plan import GpuPlan, Plan, PlanPolicy
+from solver.plan import GpuPlan, Plan, PlanPolicy, PodPlacement
 from solver.plan_json import line_json, plan_json, written_lines
 from solver.policies import optimal, proactive
 from solver.problem import Problem, build_problem
@@ -147,3 +148,16 @@ def test_a_kept_line_is_the_line_validation_would_build(written_plan: Plan) -> N
         validated = GpuPlan(**asdict(line))
         assert line == validated
         assert line_json(line) == line_json(validated)
+
+
+def test_a_placement_is_the_placement_validation_would_build(written_plan: Plan) -> None:
+    """`PodPlacement.placed` does not validate the plan's decisions again: each placement equals, and is written
+    as, the placement validation builds from the same values."""
+    assert written_plan.placements
+    for placement in written_plan.placements:
+        validated = PodPlacement(pod=placement.pod, node=placement.node, devices=list(placement.devices))
+        assert placement == validated
+        assert _PLACEMENT.dump_json(placement) == _PLACEMENT.dump_json(validated)
+
+
+_PLACEMENT = TypeAdapter(PodPlacement)

@@ -31,7 +31,7 @@ def _with_placements(plan: Plan, placements: list[PodPlacement]) -> Plan:
 def test_a_device_given_to_two_pods_is_caught() -> None:
     snapshot, plan = _planned()
     first, second, *rest = plan.placements
-    stolen = second.model_copy(update={"node": first.node, "devices": first.devices})
+    stolen = replace(second, node=first.node, devices=first.devices)
     problems = plan_problems(snapshot, _with_placements(plan, [first, stolen, *rest]), POLICY)
     assert any(p.startswith(f"{second.pod}: ") and p.endswith("is not free") for p in problems)
 
@@ -40,7 +40,7 @@ def test_a_device_the_gpu_does_not_offer_is_caught() -> None:
     snapshot, plan = _planned()
     first, *rest = plan.placements
     device = first.devices[0]
-    moved = first.model_copy(update={"devices": [DeviceAssignment(gpu=device.gpu, profile="7g.40gb", start=0)]})
+    moved = replace(first, devices=[DeviceAssignment(gpu=device.gpu, profile="7g.40gb", start=0)])
     problems = plan_problems(snapshot, _with_placements(plan, [moved, *rest]), POLICY)
     assert f"{first.pod}: 7g.40gb on {first.node}/{device.gpu} is not free" in problems
 
