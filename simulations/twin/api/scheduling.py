@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from simulations.twin.api.render import split_name
 from simulations.twin.cluster import Twin
@@ -81,9 +81,7 @@ def _node_reasons(facts: NodeFacts, demand: Demand, anywhere: Demand, requests: 
 def unschedulable_message(pod: TwinPod, nodes: Iterable[NodeFacts]) -> str:
     """kube-scheduler's message for a pod no node can run now."""
     demand = _demand(pod)
-    anywhere = demand.model_copy(
-        update={"pod": demand.pod.model_copy(update={"node_selector": {}, "node_affinity": []})}
-    )  # fmt: skip
+    anywhere = replace(demand, pod=demand.pod.model_copy(update={"node_selector": {}, "node_affinity": []}))
     requests = dict(pod.spec.requests)
     if demand.kind == "single":  # a single-strategy product is asked as whole GPUs of that product
         requests = {GPU_RESOURCE: sum(requests.values())}
