@@ -66,6 +66,7 @@ class _NodeView:
     node: NodeState
     gpus: list[GpuState]
     free: list[Sequence[tuple[str, Device]]]
+    supplies: list[Counter[str]]  # each GPU's free devices per resource key (shared: never changed in place)
     supply: Counter[str]  # all of them per resource key
 
 
@@ -78,13 +79,22 @@ def _kept_devices(node: NodeState, gpu: GpuState) -> list[tuple[str, Device]]:
     return [(resource_key(node, gpu, d.profile), d) for d in free_devices(node, gpu, None)]
 
 
-def _view(node: NodeState, kept: KeptDevices) -> _NodeView:
+def _view(node: NodeState, kept: KeptDevices, counted: dict[tuple[str, ...], Counter[str]]) -> _NodeView:
+    """`counted`: each distinct sequence of resource keys counted, shared by every GPU with it (GPUs repeat a few
+    layouts: counting each GPU's devices afresh was a fifth of the sweep)."""
     gpus = _sorted_gpus(node)
     if advertises_nothing(node, {}):
         free: list[Sequence[tuple[str, Device]]] = [[] for _ in gpus]  # MIG-INVALID: the plugin advertises nothing
     else:
         free = [kept(node, g) for g in gpus]
-    return _NodeView(node, gpus, free, Counter(key for devices in free for key, _ in devices))
+    supplies = []
+    for devices in free:
+        keys = tuple([key for key, _ in devices])
+        counts = counted.get(keys)
+        if counts is None:
+            counts = counted[keys] = Counter(keys)
+        supplies.append(counts)
+    return _NodeView(node, gpus, free, supplies, Counter(key for devices in free for key, _ in devices))
 
 
 @cache
@@ -277,7 +287,7 @@ def _choose_mixed(
 
     `room` is how many more GPUs the cap lets this node reconfigure (None: no cap).
     """
-    supplies = [Counter(key for key, _ in devices) for devices in view.free]
+    supplies = list(view.supplies)  # an entry is replaced, never changed, when its GPU changes
     on_node = Counter(view.supply)
     for i, gpu in enumerate(view.gpus):
         if gpu.holders:  # never delete a device a pod holds: greedy does not evict
@@ -388,7 +398,8 @@ def greedy_decisions(
     pending = _Pending(sorted(pending_pods, key=_pod_order))
     filters = _Filters(pending.representatives)
     chooser = _MapChooser(policy.scope)
-    views = [_view(node, kept_devices) for node in sorted(snapshot.nodes, key=lambda n: n.name)]
+    counted: dict[tuple[str, ...], Counter[str]] = {}
+    views = [_view(node, kept_devices, counted) for node in sorted(snapshot.nodes, key=lambda n: n.name)]
     later: Counter[str] = Counter()  # free devices of the nodes after the current one: all the sweep can still use
     for view in views:
         _add(later, view.supply, 1)
