@@ -81,7 +81,8 @@ def _kept_devices(node: NodeState, gpu: GpuState) -> list[tuple[str, Device]]:
 
 def _view(node: NodeState, kept: KeptDevices, counted: dict[tuple[str, ...], Counter[str]]) -> _NodeView:
     """`counted`: each distinct sequence of resource keys counted, shared by every GPU with it (GPUs repeat a few
-    layouts: counting each GPU's devices afresh was a fifth of the sweep)."""
+    layouts: counting each GPU's devices afresh, in `_choose_mixed`, took 0.3 s of a 2.5–3 s sweep at 10,000
+    nodes)."""
     gpus = _sorted_gpus(node)
     if advertises_nothing(node, {}):
         free: list[Sequence[tuple[str, Device]]] = [[] for _ in gpus]  # MIG-INVALID: the plugin advertises nothing

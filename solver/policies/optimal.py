@@ -122,7 +122,7 @@ class _Alongside:
     def answer(self) -> AggregateSolution:
         """The greedy plan as a complete answer of the aggregated problem: CP-SAT's fallback hint, made here (on
         the thread that asks, once the greedy plan is made) and only when asked, which a first stage that proves
-        its optimum in half its time never does: made ahead on the second thread, it took 0.3–0.5 s there at
+        its optimum in half its time never does: made ahead on the second thread, it took 0.3–0.6 s there at
         10,000 nodes, where that thread's work outlasted the solve."""
         if self._answer is None:
             self._answer = greedy_answer(self._problem, self.start()[0].result().decisions)
