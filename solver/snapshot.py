@@ -17,7 +17,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from solver.catalog import GpuModel, load_catalog
 from solver.collector import collector_paused
-from solver.errors import MigoptError
+from solver.errors import MigoptError, problem_message
 from solver.geometry import Instance, check_layout
 from solver.memo import MEMO_IGNORED, memo
 from solver.profiles import MIG_RESOURCE_PREFIX, profile_from_resource
@@ -326,7 +326,7 @@ def parse_snapshot(data: Any) -> ClusterSnapshot:
     except ValidationError as err:
         first = err.errors()[0]
         where = _location(data, tuple(first["loc"])) or "snapshot"
-        raise MigoptError(f"snapshot: {where}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise MigoptError(f"snapshot: {where}: {problem_message(first)}") from None
     return checked_against_catalog(snapshot)
 
 

@@ -67,6 +67,10 @@ BAD_SNAPSHOTS = [
     ("nodes: [{name: n1, gpus: [{index: 0}]}]", "nodes[n1].gpus[0].model: Field required"),
     ("nodes: [{name: n1, gpus: [{index: 0, model: A30}, {index: 0, model: A30}]}]", "duplicate GPU index"),
     ("nodes: [{name: n1, colour: red}]", "nodes[n1].colour: Extra inputs are not permitted"),
+    (
+        "nodes: [{name: n1, gpus: [{index: 0, model: A30, instances: [{profile: 4g.24gb, start: 0, colour: red}]}]}]",
+        "nodes[n1].gpus[0].instances[0].colour: Extra inputs are not permitted",
+    ),
     ("nodes: [\n  {name: x\n", "is not valid YAML/JSON at line 3"),
     ("[1, 2]", "expected a mapping"),
 ]
