@@ -6,16 +6,19 @@ from __future__ import annotations
 import copy
 
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
 from solver import repair as repair_module
 from solver.assemble import score
+from solver.checkpoint import carry_on
 from solver.cpsat import GeometryModel
-from solver.decisions import Decisions
+from solver.decisions import Decisions, Device
 from solver.disaggregate import _drop_idle_reconfigurations, _index, _place, disaggregate
 from solver.plan import ObjectiveBreakdown, PlanPolicy
 from solver.planner import make_plan
 from solver.problem import Problem, build_problem
+from solver.relocation import _SpareIndex
 from solver.snapshot import parse_snapshot
 from tests.test_repair_index import _cases, _placed, attempted
 
@@ -85,3 +88,53 @@ def test_a_pod_moves_only_to_a_node_its_selector_accepts() -> None:
     nodes = {n.name: n for n in snapshot.nodes}
     pods = {p.name: p for p in snapshot.pods}
     assert all(not pods[p.pod].node_selector.items() - nodes[p.node].labels.items() for p in plan.placements)
+
+
+def _every_spare(
+    problem: Problem, targets: dict[tuple[str, int], dict[str, int]], used: dict[str, set[Device]]
+) -> dict[str, list[tuple[str, int, Device, int]]]:
+    """Every unused device of the mixed-strategy nodes by key in node name order, with its GPU's target (by id):
+    what indexing every node at once holds."""
+    every: dict[str, list[tuple[str, int, Device, int]]] = {}
+    for node in sorted(problem.snapshot.nodes, key=lambda n: n.name):
+        if node.strategy != "mixed":
+            continue
+        for gpu in node.gpus:
+            target = targets.get((node.name, gpu.index))
+            for key, device in problem.keyed_devices(node, gpu, target):
+                if device not in used.get(node.name, set()):
+                    every.setdefault(key, []).append((node.name, gpu.index, device, id(target)))
+    return every
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_cases(), st.integers(0, 3))
+def test_the_spare_index_holds_the_devices_as_they_stood_when_made(
+    case: tuple[ClusterSpec, PlanPolicy], asked_first: int
+) -> None:
+    """Indexed node by node as questions go, the spare devices are those unused when the index was made, with
+    the targets then, whatever is used, freed or re-targeted after: what indexing every node then held."""
+    placed = _placed(case)
+    if placed is None:
+        return
+    problem, decisions = placed
+    used: dict[str, set[Device]] = {}
+    for devices in decisions.placements.values():
+        for device in devices:
+            used.setdefault(device.node, set()).add(device)
+    expected = _every_spare(problem, decisions.targets, used)
+    index = _SpareIndex(problem, decisions.targets, used, carry_on)
+    keys = sorted(expected)
+    if keys:
+        index.more(keys[asked_first % len(keys)])  # some nodes indexed before the cluster changes
+    for name in list(used)[:2]:
+        used[name].clear()  # freed
+    for node in problem.snapshot.nodes[:2]:
+        for gpu in node.gpus:
+            used.setdefault(node.name, set()).update(d for _, d in problem.keyed_devices(node, gpu, None))
+            decisions.targets[node.name, gpu.index] = {}  # re-targeted
+    for key in keys:
+        while index.more(key):
+            pass
+    got = {key: [(s.node.name, s.gpu.index, s.device, id(s.target)) for s in index.of(key)] for key in keys}
+    assert got == expected
