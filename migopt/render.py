@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from solver.plan import Plan
-from solver.plan_json import plan_json
+from solver.plan_json import plan_json_chunks
 
 
 class Output(StrEnum):
@@ -39,17 +39,23 @@ def json_text(data: Any) -> str:
 
 
 def json_bytes(data: Any) -> bytes:
-    """`json_text`'s text as ASCII bytes, written by pydantic-core's serialiser in Rust (the standard library's
-    indented encoder is pure Python: seconds for a plan of thousands of GPUs) and handed on as it comes."""
+    """`json_text`'s text as ASCII bytes."""
+    return b"".join(json_chunks(data))
+
+
+def json_chunks(data: Any) -> list[bytes | memoryview]:
+    """`json_text`'s text as ASCII bytes, in pieces to be written one after another, written by pydantic-core's
+    serialiser in Rust (the standard library's indented encoder is pure Python: seconds for a plan of thousands
+    of GPUs) and handed on as it comes."""
     try:
         if isinstance(data, Plan):
-            return plan_json(data) + b"\n"  # the lines written ahead spliced in
+            return [*plan_json_chunks(data), b"\n"]  # the lines written ahead spliced in
         if isinstance(data, BaseModel):
-            return data.__pydantic_serializer__.to_json(data, indent=2, ensure_ascii=True) + b"\n"
-        return pydantic_core.to_json(data, indent=2, ensure_ascii=True) + b"\n"
+            return [data.__pydantic_serializer__.to_json(data, indent=2, ensure_ascii=True), b"\n"]
+        return [pydantic_core.to_json(data, indent=2, ensure_ascii=True), b"\n"]
     except pydantic_core.PydanticSerializationError:  # a lone surrogate (API JSON may carry one): json escapes it
         plain = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
-        return (json.dumps(plain, indent=2) + "\n").encode("ascii")
+        return [(json.dumps(plain, indent=2) + "\n").encode("ascii")]
 
 
 def yaml_text(data: Any) -> str:
@@ -63,7 +69,8 @@ def yaml_text(data: Any) -> str:
 
 def emit_data(data: Any, output: Output) -> None:
     """Write plain data (already JSON-able) or a model as JSON or YAML to stdout; JSON as the serialiser's bytes
-    where stdout has a byte buffer (a plan of thousands of GPUs is tens of megabytes: no copy to text and back)."""
+    where stdout has a byte buffer (a plan of thousands of GPUs is tens of megabytes: no copy to text and back,
+    nor into one piece)."""
     if output is Output.yaml:
         sys.stdout.write(yaml_text(data))
         return
@@ -72,7 +79,7 @@ def emit_data(data: Any, output: Output) -> None:
         sys.stdout.write(json_text(data))
         return
     sys.stdout.flush()
-    buffer.write(json_bytes(data))
+    buffer.writelines(json_chunks(data))
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:
