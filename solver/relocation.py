@@ -18,7 +18,7 @@ from solver.checkpoint import Checkpoint, carry_on
 from solver.decisions import Decisions, Device
 from solver.demand import Demand, rejection
 from solver.problem import PodGroup, Problem
-from solver.snapshot import GpuState, NodeState
+from solver.snapshot import GpuState, LayoutShape, NodeState
 
 NOBODY = float("-inf")
 """The floor and tier of a GPU nobody holds: any pod may take its place or its devices."""
@@ -191,9 +191,10 @@ class Movers:
 class _SpareIndex:
     """The devices unused when it was made, by resource key in node name order, each with its GPU's target then.
 
-    Indexed node by node only as far as the questions go (`more`), from the targets and devices in use as they
+    Indexed only as far as the questions go (`more`), key by key, from the targets and devices in use as they
     stood when it was made, so that it holds what indexing every node then would have: the first nodes mostly
-    answer, and indexing all of them took 0.3-0.5 s at 10,000 nodes."""
+    answer, and indexing all of them took 0.3-0.5 s at 10,000 nodes. Each node's keys are read once, whatever
+    key asked first."""
 
     def __init__(
         self,
@@ -205,37 +206,62 @@ class _SpareIndex:
         self._problem, self._checkpoint = problem, checkpoint
         self._targets = dict(targets)  # targets are replaced, never changed in place: a shallow copy holds them
         self._used = {name: frozenset(devices) for name, devices in used.items()}
-        mixed = (node for node in problem.snapshot.nodes if node.strategy == "mixed")
-        self._nodes = iter(sorted(mixed, key=lambda n: n.name))
-        self._indexed = 0
+        self._nodes = sorted(
+            (node for node in problem.snapshot.nodes if node.strategy == "mixed"), key=lambda n: n.name
+        )
+        self._next: dict[str, int] = {}  # per key, the position of the first node not indexed for it
         self._by_key: dict[str, list[_Spare]] = {}
+        self._keys_of_node: dict[str, frozenset[str]] = {}
+        self._kept_keys: dict[LayoutShape, frozenset[str]] = {}
 
     def of(self, key: str) -> list[_Spare]:
         """The key's spare devices indexed so far (`more` adds to this list; a caller may drop some from it)."""
         return self._by_key.setdefault(key, [])
 
     def more(self, key: str) -> bool:
-        """Index nodes until one adds a spare device of the key; False when every node is indexed."""
-        spares = self.of(key)
+        """Index the key on further nodes until one adds a spare device of it; False when every node is indexed."""
+        spares, nodes = self.of(key), self._nodes
         had = len(spares)
         while len(spares) == had:
-            if self._indexed % _CHECKPOINT_NODES == _CHECKPOINT_NODES - 1:
-                self._checkpoint()  # before a node is taken: abandoned here, the index still holds what it took
-            node = next(self._nodes, None)
-            if node is None:
+            position = self._next.get(key, 0)
+            if position == len(nodes):
                 return False
-            self._indexed += 1
-            self._add(node)
+            if position % _CHECKPOINT_NODES == _CHECKPOINT_NODES - 1:
+                self._checkpoint()
+            self._next[key] = position + 1
+            node = nodes[position]
+            if key in self._keys(node):
+                self._add(node, key)
         return True
 
-    def _add(self, node: NodeState) -> None:
+    def _keys(self, node: NodeState) -> frozenset[str]:
+        """The keys of the node's devices: of a kept GPU, which its layout (and which instances are held) alone
+        decides on a mixed-strategy node (a device's key is its profile), read once per layout."""
+        found = self._keys_of_node.get(node.name)
+        if found is None:
+            keys: set[str] = set()
+            for gpu in node.gpus:
+                target = self._targets.get((node.name, gpu.index))
+                if target is not None:
+                    keys.update(key for key, _ in self._problem.keyed_devices(node, gpu, target))
+                    continue
+                kept = self._kept_keys.get(gpu.layout_shape)
+                if kept is None:
+                    kept = frozenset(key for key, _ in self._problem.keyed_devices(node, gpu, None))
+                    self._kept_keys[gpu.layout_shape] = kept
+                keys |= kept
+            found = self._keys_of_node[node.name] = frozenset(keys)
+        return found
+
+    def _add(self, node: NodeState, key: str) -> None:
         name, problem = node.name, self._problem
         used = self._used.get(name, frozenset())
+        spares = self._by_key[key]
         for gpu in node.gpus:
             target = self._targets.get((name, gpu.index))
-            for key, device in problem.keyed_devices(node, gpu, target):
-                if device not in used:
-                    self._by_key.setdefault(key, []).append(_Spare(node, gpu, device, target))
+            for offered, device in problem.keyed_devices(node, gpu, target):
+                if offered == key and device not in used:
+                    spares.append(_Spare(node, gpu, device, target))
 
 
 _CHECKPOINT_NODES = 500
