@@ -10,7 +10,7 @@ classes, whose number does not grow with the cluster, instead of its nodes and G
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -92,9 +92,16 @@ class Census:
     models: dict[str, GpuModel] = field(default_factory=dict)
 
 
-def census(snapshot: ClusterSnapshot, policy: PlanPolicy, pending: Iterable[Demand] | None = None) -> Census:
+def census(
+    snapshot: ClusterSnapshot,
+    policy: PlanPolicy,
+    pending: Iterable[Demand] | None = None,
+    known: Mapping[str, tuple[bool, int, int]] | None = None,
+) -> Census:
     """Count the snapshot's nodes and GPUs by class. With `pending` (the demands reasons will be asked for),
-    labels none of them selects on are left out of a node's class, so more nodes share one."""
+    labels none of them selects on are left out of a node's class, so more nodes share one. `known`: what the
+    problem's aggregation read of running pods (`Problem.holder_facts`), read instead of each pod again."""
+    known = known or {}
     keys: set[str] | None = None
     if pending is not None:
         keys = set()
@@ -125,7 +132,7 @@ def census(snapshot: ClusterSnapshot, policy: PlanPolicy, pending: Iterable[Dema
         result.nodes[number].count += 1
         for gpu in gpus:
             holders = gpu.holders
-            facts = _holder_facts(snapshot, policy, holders) if holders else unheld
+            facts = _holder_facts(snapshot, policy, holders, known) if holders else unheld
             free_instances = gpu.free_instances
             free = frees.get(free_instances)
             if free is None:
@@ -135,11 +142,19 @@ def census(snapshot: ClusterSnapshot, policy: PlanPolicy, pending: Iterable[Dema
 
 
 def _holder_facts(
-    snapshot: ClusterSnapshot, policy: PlanPolicy, names: frozenset[str]
+    snapshot: ClusterSnapshot, policy: PlanPolicy, names: frozenset[str], known: Mapping[str, tuple[bool, int, int]]
 ) -> tuple[str | None, int | None]:
-    holders = [snapshot.running_pod(p) for p in names]
-    protection = None if all(policy.may_evict(p) for p in holders) else _protection(holders)
-    return protection, max((p.priority for p in holders), default=None)
+    """What keeps the GPU its holders hold (None: the policy may evict them all), and their top priority."""
+    evictable, top = True, None
+    for name in names:
+        fact = known.get(name)
+        if fact is None:
+            pod = snapshot.running_pod(name)
+            fact = (policy.may_evict(pod), pod.priority, 0)
+        evictable = evictable and fact[0]
+        top = fact[1] if top is None or fact[1] > top else top
+    protection = None if evictable else _protection([snapshot.running_pod(p) for p in names])
+    return protection, top
 
 
 def _too_many(wanted: str, demand: Demand, capable: list[_NodeClass]) -> str:

@@ -145,6 +145,8 @@ class Problem:
     pod_groups: list[PodGroup]
     pools: list[PoolKey]
     expected: dict[str, int] = field(default_factory=dict)  # forecast devices per resource key (proactive)
+    # running pod -> whether the policy may evict it, its priority, its weight (what aggregation read of each)
+    holder_facts: dict[str, tuple[bool, int, int]] = field(default_factory=dict, repr=False)
     _census: Census | None = field(default=None, repr=False)
     _gpus: dict[tuple[str, int], tuple[NodeState, GpuState]] | None = field(default=None, repr=False)
     _keys: frozenset[str] | None = field(default=None, repr=False)
@@ -251,7 +253,7 @@ class Problem:
     def census(self) -> Census:
         """What unplaced-pod reasons read of the cluster, counted once and shared by every plan of this problem."""
         if self._census is None:
-            self._census = census(self.snapshot, self.policy, self.demands)
+            self._census = census(self.snapshot, self.policy, self.demands, self.holder_facts)
         return self._census
 
     def usable(self, group: PodGroup, pool: PoolKey) -> bool:
@@ -403,6 +405,7 @@ def build_problem(snapshot: ClusterSnapshot, policy: PlanPolicy) -> Problem:
         pod_groups=_pod_groups(data),
         pools=_pools(units, groups),
         expected=data.expected,
+        holder_facts=factory.holders,
     )
 
 
