@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 from solver.checkpoint import Checkpoint, carry_on
-from solver.decisions import Decisions, Device
+from solver.decisions import Decisions, Device, resource_key
 from solver.demand import Demand, rejection
 from solver.problem import PodGroup, Problem
 from solver.snapshot import GpuState, LayoutShape, NodeState
@@ -57,9 +57,11 @@ class Movers:
         decisions: Decisions,
         used: Mapping[str, set[Device]],
         tier: Callable[[GpuState, dict[str, int] | None], float],
+        facts: RelocationFacts,
         checkpoint: Checkpoint = carry_on,
     ) -> None:
         self._problem, self._decisions, self._used, self._tier = problem, decisions, used, tier
+        self._facts = facts
         self._checkpoint = checkpoint  # called while the spare devices are indexed (every node of the cluster)
         self._accepted: dict[tuple[int, str], bool] = {}  # (group id, node name) -> whether the node accepts it
         self._by_device: dict[Device, _Mover] | None = None  # `_movers`, made on the first question
@@ -172,20 +174,70 @@ class Movers:
     def _movers(self) -> dict[Device, _Mover]:
         """The plan's one-device pods by their device (a repair that moves no pod never asks)."""
         if self._by_device is None:
-            movers = {
-                d.pod.name: _Mover(d, g, d.resources[0][0])
-                for g in self._problem.pod_groups
-                if g.demands[0].devices == 1
-                for d in g.demands
-            }
+            movers = self._facts.movers()
             placements = self._decisions.placements
             self._by_device = {devices[0]: movers[pod] for pod, devices in placements.items() if pod in movers}
         return self._by_device
 
     def _spares(self) -> _SpareIndex:
         if self._spare is None:
-            self._spare = _SpareIndex(self._problem, self._decisions.targets, self._used, self._checkpoint)
+            targets, used = self._decisions.targets, self._used
+            self._spare = _SpareIndex(self._problem, targets, used, self._facts, self._checkpoint)
         return self._spare
+
+
+class RelocationFacts:
+    """What moving one-device pods reads that no plan changes: each one-device pending pod as a mover, by name,
+    and the resource keys of the devices each mixed-strategy node's GPUs offer while they keep their maps. Made
+    once per problem (`solver.repair.RepairContext` holds them: the optimal policy makes them while CP-SAT solves,
+    and both threads only fill caches, with the same values whoever fills them); a repair that moves no pod never
+    reads them. At 10,000 nodes, making them took 0.05-0.1 s each where a repair moved its first pod. Holds what
+    it reads of the problem, not the problem, which holds it: no reference cycle keeps a plan's data alive."""
+
+    def __init__(self, problem: Problem) -> None:
+        self._groups, self._nodes = problem.pod_groups, problem.snapshot.nodes
+        self._movers: dict[str, _Mover] | None = None
+        self._node_keys: dict[str, frozenset[str]] | None = None
+        self._layout_keys: dict[LayoutShape, frozenset[str]] = {}
+
+    def prime(self) -> None:
+        self.movers()
+        self.node_keys()
+
+    def movers(self) -> dict[str, _Mover]:
+        """Every one-device pending pod as a mover, by pod name."""
+        if self._movers is None:
+            self._movers = {
+                d.pod.name: _Mover(d, g, d.resources[0][0])
+                for g in self._groups
+                if g.demands[0].devices == 1
+                for d in g.demands
+            }
+        return self._movers
+
+    def node_keys(self) -> dict[str, frozenset[str]]:
+        """Per mixed-strategy node, the keys of its GPUs' free devices while each keeps its map."""
+        if self._node_keys is None:
+            keys_of: dict[str, frozenset[str]] = {}
+            alike: dict[tuple[frozenset[str], ...], frozenset[str]] = {}  # nodes repeat a few GPU layouts
+            for node in self._nodes:
+                if node.strategy == "mixed":
+                    per_gpu = tuple([self.kept_keys(node, gpu) for gpu in node.gpus])
+                    found = alike.get(per_gpu)
+                    if found is None:
+                        found = alike[per_gpu] = frozenset().union(*per_gpu)
+                    keys_of[node.name] = found
+            self._node_keys = keys_of
+        return self._node_keys
+
+    def kept_keys(self, node: NodeState, gpu: GpuState) -> frozenset[str]:
+        """The keys of a mixed-strategy GPU's free devices while it keeps its map: its layout (and which instances
+        are held) alone decides them (a device's key is its profile), so they are read once per layout."""
+        found = self._layout_keys.get(gpu.layout_shape)
+        if found is None:  # `Problem.keyed_devices(node, gpu, None)`'s keys
+            found = frozenset(resource_key(node, gpu, profile) for profile, _ in gpu.free_instances)
+            self._layout_keys[gpu.layout_shape] = found
+        return found
 
 
 class _SpareIndex:
@@ -193,26 +245,27 @@ class _SpareIndex:
 
     Indexed only as far as the questions go (`more`), key by key, from the targets and devices in use as they
     stood when it was made, so that it holds what indexing every node then would have: the first nodes mostly
-    answer, and indexing all of them took 0.3-0.5 s at 10,000 nodes. Each node's keys are read once, whatever
-    key asked first."""
+    answer, and indexing all of them took 0.3-0.5 s at 10,000 nodes. Which keys a node offers is known ahead for
+    nodes without a target (`RelocationFacts`), and read once for the others, whatever key asked first."""
 
     def __init__(
         self,
         problem: Problem,
         targets: Mapping[tuple[str, int], dict[str, int]],
         used: Mapping[str, set[Device]],
+        facts: RelocationFacts,
         checkpoint: Checkpoint,
     ) -> None:
-        self._problem, self._checkpoint = problem, checkpoint
+        self._problem, self._facts, self._checkpoint = problem, facts, checkpoint
         self._targets = dict(targets)  # targets are replaced, never changed in place: a shallow copy holds them
+        self._targeted = {name for name, _ in self._targets}
         self._used = {name: frozenset(devices) for name, devices in used.items()}
         self._nodes = sorted(
             (node for node in problem.snapshot.nodes if node.strategy == "mixed"), key=lambda n: n.name
         )
         self._next: dict[str, int] = {}  # per key, the position of the first node not indexed for it
         self._by_key: dict[str, list[_Spare]] = {}
-        self._keys_of_node: dict[str, frozenset[str]] = {}
-        self._kept_keys: dict[LayoutShape, frozenset[str]] = {}
+        self._keys_of_node: dict[str, frozenset[str]] = {}  # of the nodes with a target
 
     def of(self, key: str) -> list[_Spare]:
         """The key's spare devices indexed so far (`more` adds to this list; a caller may drop some from it)."""
@@ -235,21 +288,19 @@ class _SpareIndex:
         return True
 
     def _keys(self, node: NodeState) -> frozenset[str]:
-        """The keys of the node's devices: of a kept GPU, which its layout (and which instances are held) alone
-        decides on a mixed-strategy node (a device's key is its profile), read once per layout."""
+        """The keys of the node's devices: a node no GPU of which has a target offers what its kept GPUs do
+        (`RelocationFacts.node_keys`); on any other, each GPU's are read, once per node."""
+        if node.name not in self._targeted:
+            return self._facts.node_keys()[node.name]
         found = self._keys_of_node.get(node.name)
         if found is None:
             keys: set[str] = set()
             for gpu in node.gpus:
                 target = self._targets.get((node.name, gpu.index))
-                if target is not None:
+                if target is None:
+                    keys |= self._facts.kept_keys(node, gpu)
+                else:
                     keys.update(key for key, _ in self._problem.keyed_devices(node, gpu, target))
-                    continue
-                kept = self._kept_keys.get(gpu.layout_shape)
-                if kept is None:
-                    kept = frozenset(key for key, _ in self._problem.keyed_devices(node, gpu, None))
-                    self._kept_keys[gpu.layout_shape] = kept
-                keys |= kept
             found = self._keys_of_node[node.name] = frozenset(keys)
         return found
 

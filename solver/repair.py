@@ -32,7 +32,7 @@ from solver.decisions import Decisions, Device, GpuRef, single_profile
 from solver.demand import Demand, rejection
 from solver.geometry import max_alone, maximal_maps
 from solver.problem import PodGroup, Problem
-from solver.relocation import NOBODY, Movers
+from solver.relocation import NOBODY, Movers, RelocationFacts
 from solver.scope import PlanScope
 from solver.snapshot import GpuState, NodeState
 
@@ -57,14 +57,13 @@ def repair(problem: Problem, decisions: Decisions, checkpoint: Checkpoint = carr
     if not stranded:
         return
     context = repair_context(problem)
-    nodes, floors = context.nodes, context.floors
     initial, free = _Remembered(), _EvictionFree(decisions)
-    careful = _Attempt(problem, decisions, floors, initial, free, (False, _RELOCATE, True), checkpoint)
+    careful = _Attempt(problem, decisions, context, initial, free, (False, _RELOCATE, True), checkpoint)
     chosen = careful
-    careful.run(stranded, nodes)
+    careful.run(stranded, context.nodes)
     if careful.missed:
-        plain = _Attempt(problem, decisions, floors, initial, free, (True,), checkpoint)
-        plain.run(stranded, nodes)
+        plain = _Attempt(problem, decisions, context, initial, free, (True,), checkpoint)
+        plain.run(stranded, context.nodes)
         touched = [*careful.touched.values(), *plain.touched.values()]
         chosen = max(careful, plain, key=lambda attempt: attempt.score(touched))  # the careful one on a tie
     decisions.targets, decisions.placements = chosen.decisions.targets, chosen.decisions.placements
@@ -72,19 +71,23 @@ def repair(problem: Problem, decisions: Decisions, checkpoint: Checkpoint = carr
 
 class RepairContext:
     """What repairs read that no plan changes: the nodes in name order with the candidates of each several-device
-    pod group (`_NodeIndex`), and each GPU's floor and tier (`_Floors`). Made once per problem and shared by
-    every disaggregation of it (the optimal policy's speculative ones and the final one, on two threads: both
-    only fill caches, with the same values whoever fills them); `prime` fills the candidates ahead, as the
-    optimal policy does while CP-SAT solves."""
+    pod group (`_NodeIndex`), each GPU's floor and tier (`_Floors`), and what moving one-device pods reads
+    (`RelocationFacts`). Made once per problem and shared by every disaggregation of it (the optimal policy's
+    speculative ones and the final one, on two threads: both only fill caches, with the same values whoever
+    fills them); `prime` fills the candidates and the relocation facts ahead, as the optimal policy does while
+    CP-SAT solves."""
 
     def __init__(self, problem: Problem) -> None:
         self._groups = [g for g in problem.pod_groups if g.demands[0].devices > 1]
         self.nodes = _NodeIndex(problem, [g.demands[0] for g in self._groups])
         self.floors = _Floors(problem)
+        self.relocation = RelocationFacts(problem)
 
     def prime(self) -> None:
         for group in self._groups:
             self.nodes.candidates(group)
+        if self._groups:  # only several-device pods are repaired
+            self.relocation.prime()
 
 
 def repair_context(problem: Problem) -> RepairContext:
@@ -123,18 +126,19 @@ class _Attempt:
         self,
         problem: Problem,
         decisions: Decisions,
-        floors: _Floors,
+        context: RepairContext,
         initial: _Remembered,
         free: _EvictionFree,
         passes: tuple[int, ...],
         checkpoint: Checkpoint = carry_on,
     ) -> None:
-        self.problem, self.passes, self.floors, self.checkpoint = problem, passes, floors, checkpoint
+        self.problem, self.passes, self.checkpoint = problem, passes, checkpoint
+        self.floors = floors = context.floors
         self.decisions = Decisions(dict(decisions.targets), dict(decisions.placements))  # values are replaced
         # the plan's devices by node: `free` was made from these decisions, so its index is theirs, copied
         self.used = defaultdict(set, {name: set(devices) for name, devices in free.used.items()})
         self.caps = _Caps(problem, self.decisions)
-        self.movers = Movers(problem, self.decisions, self.used, floors.tier, checkpoint)
+        self.movers = Movers(problem, self.decisions, self.used, floors.tier, context.relocation, checkpoint)
         self.bounds = _Bounds(problem, self.decisions, self.used, floors, initial, free, self.movers)
         self.placed: list[Demand] = []
         self.touched: dict[str, NodeState] = {}

@@ -18,7 +18,7 @@ from solver.disaggregate import _drop_idle_reconfigurations, _index, _place, dis
 from solver.plan import ObjectiveBreakdown, PlanPolicy
 from solver.planner import make_plan
 from solver.problem import Problem, build_problem
-from solver.relocation import _SpareIndex
+from solver.relocation import RelocationFacts, _SpareIndex
 from solver.snapshot import parse_snapshot
 from tests.test_repair_index import _cases, _placed, attempted
 
@@ -123,7 +123,7 @@ def test_the_spare_index_holds_the_devices_as_they_stood_when_made(
         for device in devices:
             used.setdefault(device.node, set()).add(device)
     expected = _every_spare(problem, decisions.targets, used)
-    index = _SpareIndex(problem, decisions.targets, used, carry_on)
+    index = _SpareIndex(problem, decisions.targets, used, RelocationFacts(problem), carry_on)
     keys = sorted(expected)
     if keys:
         index.more(keys[asked_first % len(keys)])  # some nodes indexed before the cluster changes

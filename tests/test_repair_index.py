@@ -111,9 +111,9 @@ def attempted(problem: Problem, decisions: Decisions, passes: tuple[int, ...]) -
     """One of the repair's scans over the pods `decisions` left stranded, with these passes, once it has run."""
     stranded = repair_module._stranded(problem, decisions)
     nodes = repair_module._NodeIndex(problem, [pods[0] for _, pods in stranded])
-    floors, remembered = repair_module._Floors(problem), repair_module._Remembered()
+    context, remembered = repair_module.RepairContext(problem), repair_module._Remembered()
     free = repair_module._EvictionFree(decisions)
-    attempt = repair_module._Attempt(problem, decisions, floors, remembered, free, passes)
+    attempt = repair_module._Attempt(problem, decisions, context, remembered, free, passes)
     attempt.run(stranded, nodes)
     return attempt
 
