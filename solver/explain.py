@@ -145,14 +145,7 @@ def _holder_facts(
     snapshot: ClusterSnapshot, policy: PlanPolicy, names: frozenset[str], known: Mapping[str, tuple[bool, int, int]]
 ) -> tuple[str | None, int | None]:
     """What keeps the GPU its holders hold (None: the policy may evict them all), and their top priority."""
-    evictable, top = True, None
-    for name in names:
-        fact = known.get(name)
-        if fact is None:
-            pod = snapshot.running_pod(name)
-            fact = (policy.may_evict(pod), pod.priority, 0)
-        evictable = evictable and fact[0]
-        top = fact[1] if top is None or fact[1] > top else top
+    evictable, top = policy.may_evict_all(names, known, snapshot.running_pod)
     protection = None if evictable else _protection([snapshot.running_pod(p) for p in names])
     return protection, top
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields
 from enum import StrEnum
 from typing import Self
@@ -47,6 +48,23 @@ class PlanPolicy(BaseModel):
     def may_evict(self, pod: RunningPod) -> bool:
         """The one rule for which running pods a plan may evict: evictable ones below `protect_priority`."""
         return pod.evictable and pod.priority < self.protect_priority
+
+    def may_evict_all(
+        self, names: Iterable[str], known: Mapping[str, tuple[bool, int, int]], pod: Callable[[str], RunningPod]
+    ) -> tuple[bool, int | None]:
+        """Whether the plan may evict every named running pod (`may_evict`), and their top priority (None: no
+        name). Read from `known` where it has a pod (what aggregation read of each, `Problem.holder_facts`: a
+        dictionary lookup, where reading the pod again was most of the census's and the repair floors' work),
+        else from `pod(name)`."""
+        evictable, top = True, None
+        for name in names:
+            fact = known.get(name)
+            if fact is None:
+                running = pod(name)
+                fact = (self.may_evict(running), running.priority, 0)
+            evictable = evictable and fact[0]
+            top = fact[1] if top is None or fact[1] > top else top
+        return evictable, top
 
 
 class DeviceAssignment(BaseModel):

@@ -548,18 +548,15 @@ class _Floors:
     def __init__(self, problem: Problem) -> None:
         self._snapshot = problem.snapshot
         self._policy = problem.policy
+        self._known = problem.holder_facts  # what aggregation read of each running pod
         self._floors: dict[int, float] = {}
         self._tops: dict[int, float] = {}
 
     def floor(self, gpu: GpuState) -> float:
         floor = self._floors.get(id(gpu))
         if floor is None:
-            holders = [self._snapshot.running_pod(p) for p in gpu.holders]
-            if not all(self._policy.may_evict(p) for p in holders):
-                floor = float("inf")
-            else:
-                floor = max((p.priority for p in holders), default=NOBODY)
-            self._floors[id(gpu)] = floor
+            evictable, top = self._policy.may_evict_all(gpu.holders, self._known, self._snapshot.running_pod)
+            floor = self._floors[id(gpu)] = (NOBODY if top is None else top) if evictable else float("inf")
         return floor
 
     def tier(self, gpu: GpuState, target: dict[str, int] | None) -> float:
@@ -568,7 +565,8 @@ class _Floors:
             return NOBODY
         top = self._tops.get(id(gpu))
         if top is None:
-            top = self._tops[id(gpu)] = max(self._snapshot.running_pod(p).priority for p in gpu.holders)
+            _, highest = self._policy.may_evict_all(gpu.holders, self._known, self._snapshot.running_pod)
+            top = self._tops[id(gpu)] = NOBODY if highest is None else highest  # it has holders: not None
         return top
 
     def displaceable(self, gpu: GpuState, priority: int, evict: bool = True) -> bool:
