@@ -144,7 +144,7 @@ def prepare_writing(problem: Problem, unplaced_likely: bool) -> None:
 def write_kept_lines_json(problem: Problem, checkpoint: Checkpoint) -> None:
     """The JSON of the lines that keep their maps (`solver.plan_json`), for a plan written as JSON: the optimal
     policy writes them on its second thread while CP-SAT solves, and only then (`checkpoint` abandons the work
-    once the solve has ended: the one-pass serialisation at the end is no slower than what is left of it)."""
+    once the solve has ended: writing the lines at the end is no slower than what is left of it)."""
     if problem.kept_lines_json is None:
         problem.kept_lines_json = written_lines(problem.kept_lines().values(), checkpoint)
 

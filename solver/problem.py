@@ -230,10 +230,12 @@ class Problem:
     ) -> dict[str, dict[str, list[Device]]]:
         by_key: dict[str, dict[str, list[Device]]] = {}
         for member in unit.members:
-            node = gpus[member.node, member.gpus[0]][0]
+            node, first = gpus[member.node, member.gpus[0]]
             if advertises_nothing(node, {}):
                 continue  # a kept single-strategy node holding several profiles advertises no device
-            for gpu in (g for g in node.gpus if g.index in member.gpus):  # the node's order, as offered
+            # the node's order, as offered (a mixed-strategy member is one GPU: no need to look through the node's)
+            member_gpus = [first] if len(member.gpus) == 1 else [g for g in node.gpus if g.index in member.gpus]
+            for gpu in member_gpus:
                 for key, device in self.keyed_devices(node, gpu, None):
                     by_key.setdefault(key, {}).setdefault(node.name, []).append(device)
         return by_key
@@ -243,8 +245,9 @@ class Problem:
         index): the same whatever a plan decides, so written once per problem (the optimal policy writes them
         while CP-SAT solves)."""
         if self._kept_lines is None:
+            shared: dict[tuple[object, ...], tuple[dict[str, int], list[tuple[str, int]]]] = {}
             self._kept_lines = {
-                (n.name, g.index): _kept_line(n, g)
+                (n.name, g.index): _kept_line(n, g, shared)
                 for n in sorted(self.snapshot.nodes, key=lambda n: n.name)
                 for g in sorted(n.gpus, key=lambda g: g.index)
             }
@@ -261,8 +264,18 @@ class Problem:
         return group.eligibility in signature and (tier is None or tier < group.priority)
 
 
-def _kept_line(node: NodeState, gpu: GpuState) -> GpuPlan:
-    return GpuPlan.kept(node.name, gpu.index, gpu.gpu_model.key, gpu.mig_devices, list(gpu.layout_pairs))
+def _kept_line(
+    node: NodeState, gpu: GpuState, shared: dict[tuple[object, ...], tuple[dict[str, int], list[tuple[str, int]]]]
+) -> GpuPlan:
+    """The GPU's line if it keeps its map. GPUs of one layout share its map and layout (no reader changes a line's
+    maps or layout): 160,000 fewer objects at 10,000 nodes, and the plan's JSON writes their lines alike once
+    (`solver.plan_json`)."""
+    facts = (gpu.mig_devices_items, gpu.layout_pairs)
+    found = shared.get(facts)
+    if found is None:
+        found = shared[facts] = (dict(facts[0]), list(facts[1]))
+    devices, layout = found
+    return GpuPlan.kept(node.name, gpu.index, gpu.gpu_model.key, devices, layout)
 
 
 def _free_capacity(gpu: GpuState) -> dict[str, int]:

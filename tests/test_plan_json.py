@@ -11,6 +11,7 @@ from pydantic import TypeAdapter
 
 from migopt.render import json_text
 from simulations.synthetic_cluster import ClusterSpec, generate_snapshot
+from solver import plan_json as plan_json_module
 from solver.checkpoint import Abandoned
 from solver.plan import GpuPlan, Plan, PlanPolicy, PodPlacement
 from solver.plan_json import line_json, plan_json, written_lines
@@ -55,9 +56,7 @@ def test_a_line_replaced_after_writing_is_written_afresh(written_plan: Plan) -> 
     policy does to the lines it reshapes) is serialised as it is now."""
     first = written_plan.gpus[0]
     assert id(first) in written_plan._written_lines
-    changed = written_plan.model_copy(
-        update={"gpus": [replace(first, forecast=True), *written_plan.gpus[1:]]}
-    )
+    changed = written_plan.model_copy(update={"gpus": [replace(first, forecast=True), *written_plan.gpus[1:]]})
     assert changed._written_lines is written_plan._written_lines  # copied along with the plan
     assert plan_json(changed) == _one_pass(changed)
     assert b'"forecast": true' in plan_json(changed)
@@ -105,7 +104,7 @@ def _prepared_with_json(solve_ended_first: bool) -> Problem:
 
 def test_the_lines_are_written_ahead_only_while_the_solve_goes_on() -> None:
     """Once the solve has returned, the main thread wants the interpreter lock: writing ahead stops (at its
-    checkpoints) and the plan is written in one pass at the end."""
+    checkpoints) and the lines are written at the end."""
     assert _prepared_with_json(solve_ended_first=True).kept_lines_json is None
     written = _prepared_with_json(solve_ended_first=False).kept_lines_json
     assert written is not None and len(written) == 80
@@ -161,3 +160,39 @@ def test_a_placement_is_the_placement_validation_would_build(written_plan: Plan)
 
 
 _PLACEMENT = TypeAdapter(PodPlacement)
+
+
+def test_lines_alike_are_written_once_with_their_node_and_index_put_in(written_plan: Plan) -> None:
+    """Kept lines of one layout share its map and layout, and a plan none of whose lines were written ahead
+    writes them alike (no line of a layout met before is serialised again) into the same text as one pass."""
+    kept = [line for line in written_plan.gpus if not line.reconfigure]
+    layouts = {tuple(line.layout) for line in kept}
+    assert len({id(line.layout) for line in kept}) == len(layouts) < len(kept)
+    assert all(line.current is line.target for line in kept)
+    fresh = written_plan.model_copy()  # the same lines, none written ahead
+    fresh._written_lines = {}
+    serialised: list[GpuPlan] = []
+    real = plan_json_module.line_json
+
+    def counted(line: GpuPlan) -> bytes:
+        serialised.append(line)
+        return real(line)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plan_json_module, "line_json", counted)
+        assert plan_json(fresh) == _one_pass(fresh)
+    assert len({id(line.layout) for line in serialised if not line.reconfigure}) == len(serialised) - sum(
+        line.reconfigure for line in serialised
+    )  # each kept layout serialised once
+
+
+@pytest.mark.parametrize("node", ['gpu-"quoted"', "back\\slash", "nœud-7", "tab\tnode", "plain-node.example"])
+def test_a_line_is_written_as_one_pass_writes_it_whatever_its_node_name(node: str) -> None:
+    """A node's name is put into a line written alike only when JSON writes it as it is; any other is written
+    whole, escaped as the serialiser escapes it."""
+    first = GpuPlan.kept("node-a", 0, "A100-SXM4-40GB", {"1g.5gb": 7}, [("1g.5gb", i) for i in range(7)])
+    alike = GpuPlan.kept(node, 3, first.model, first.current, first.layout)
+    evicting = GpuPlan(**{**asdict(alike), "evict": ["pod-1"], "target": {"7g.40gb": 1}, "reconfigure": True})
+    write = plan_json_module._LineWriter()
+    for line in (first, alike, evicting, alike):
+        assert write(line) == line_json(line)

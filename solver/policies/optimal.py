@@ -102,7 +102,7 @@ class _Alongside:
             prepare_writing(self._problem, unplaced)
             self.prepared.reading = read_snapshot(self._snapshot)  # the snapshot the checks read, not the scoped one
             if self._as_json:
-                with suppress(Abandoned):  # the solve ended first: the plan is written in one pass
+                with suppress(Abandoned):  # the solve ended first: the lines are written at the end
                     write_kept_lines_json(self._problem, self._while_solving)
 
     def _while_solving(self) -> None:
