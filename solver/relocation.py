@@ -62,7 +62,7 @@ class Movers:
     ) -> None:
         self._problem, self._decisions, self._used, self._tier = problem, decisions, used, tier
         self._facts = facts
-        self._checkpoint = checkpoint  # called while the spare devices are indexed (every node of the cluster)
+        self._checkpoint = checkpoint  # called while the spare devices are indexed (node by node)
         self._accepted: dict[tuple[int, str], bool] = {}  # (group id, node name) -> whether the node accepts it
         self._by_device: dict[Device, _Mover] | None = None  # `_movers`, made on the first question
         self._where: dict[int | str, set[str]] | None = None  # `_nodes_of`, made when first asked
