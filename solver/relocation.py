@@ -199,10 +199,18 @@ class RelocationFacts:
         self._movers: dict[str, _Mover] | None = None
         self._node_keys: dict[str, frozenset[str]] | None = None
         self._layout_keys: dict[LayoutShape, frozenset[str]] = {}
+        self._mixed: list[NodeState] | None = None
 
     def prime(self) -> None:
         self.movers()
         self.node_keys()
+        self.mixed_nodes()
+
+    def mixed_nodes(self) -> list[NodeState]:
+        """The mixed-strategy nodes in name order, the order spare devices are indexed in (read-only)."""
+        if self._mixed is None:
+            self._mixed = sorted((node for node in self._nodes if node.strategy == "mixed"), key=lambda n: n.name)
+        return self._mixed
 
     def movers(self) -> dict[str, _Mover]:
         """Every one-device pending pod as a mover, by pod name."""
@@ -260,9 +268,7 @@ class _SpareIndex:
         self._targets = dict(targets)  # targets are replaced, never changed in place: a shallow copy holds them
         self._targeted = {name for name, _ in self._targets}
         self._used = {name: frozenset(devices) for name, devices in used.items()}
-        self._nodes = sorted(
-            (node for node in problem.snapshot.nodes if node.strategy == "mixed"), key=lambda n: n.name
-        )
+        self._nodes = facts.mixed_nodes()
         self._next: dict[str, int] = {}  # per key, the position of the first node not indexed for it
         self._by_key: dict[str, list[_Spare]] = {}
         self._keys_of_node: dict[str, frozenset[str]] = {}  # of the nodes with a target
